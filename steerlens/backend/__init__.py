@@ -43,14 +43,15 @@ def load_model(
     name: str = DEFAULT_MODEL,
     *,
     device: str | torch.device | None = None,
-    verify_cache: bool = False,
+    verify_cache: bool = True,
     seed: int = 0,
 ):
     """Return a `HookedTransformer` in eval mode for `name`.
 
     Names: "smollm2-135m-instruct" (default), "gemma-3-270m", "tiny-random", or any
     TransformerLens official model name (those download from the Hugging Face hub).
-    `verify_cache` re-hashes the cached weights; `seed` only affects the tiny random model.
+    `verify_cache` re-hashes the cached weights (about 0.5 s per GB) so silent corruption is
+    caught; `seed` only affects the tiny random model.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"Model name must be a non-empty string, got {name!r}.")

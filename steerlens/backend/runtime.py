@@ -43,6 +43,24 @@ def pattern_hook_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_pattern"
 
 
+ATTENTION_PARTS = ("q", "k", "v", "rot_q", "rot_k", "z", "pattern")
+
+
+def attention_hook_name(layer: int, part: str) -> str:
+    """Hook for one attention intermediate: q/k/v [b,p,heads,d_head] (k, v per key/value head),
+    rot_q/rot_k (after rotary), z (per-head output before W_O) or pattern [b,heads,q,k]."""
+    if part not in ATTENTION_PARTS:
+        raise ValueError(f"Unknown attention part {part!r}; valid parts are {list(ATTENTION_PARTS)}.")
+    return f"blocks.{layer}.attn.hook_{part}"
+
+
+def attention_shape(model) -> tuple[int, int, int]:
+    """(n query heads, n key/value heads, d_head); n_kv == n_heads without grouped-query attention."""
+    cfg = model.cfg
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    return int(cfg.n_heads), int(n_kv), int(cfg.d_head)
+
+
 def has_hook(model, name: str) -> bool:
     return name in model.hook_dict
 

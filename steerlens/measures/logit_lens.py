@@ -1,0 +1,242 @@
+"""Logit lens: read vectors and residual streams in the model's output vocabulary.
+
+*Vector lens.* A steering direction v added to the residual stream changes the final logits, to
+first order, by J(x) v pushed through the unembedding. For RMSNorm, J(x) = (g / rms(x)) (I - x x^T /
+(d rms(x)^2)): the dominant term is the final norm's per-dimension scale g times v, up to a positive
+factor 1/rms(x) that does not change the ranking of tokens. So the default `norm="scale"` projects
+`(g * v) @ W_U` (for LayerNorm, v is also centred, since centring is linear and acts exactly on
+an added vector). When the model was loaded with the norm folded into W_U (the embedded models
+are), g already lives in W_U and "scale" is simply `v @ W_U`. `norm="none"` is `v @ W_U` on the
+unfolded matrix, and `norm="full"` applies the final norm to v as if it were a residual (values
+are then independent of the vector's norm, which makes layers comparable). The unembedding bias
+is left out: it cancels in the difference a vector makes.
+
+*Residual lens* (nostalgebraist 2020). The residual stream entering every block (`resid_pre`)
+and the final one (`resid_post` of the last block) are each put through the final norm and the
+unembedding at one token position, giving the model's "current guess" per layer. The last row
+equals the model's actual output logits there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..backend import runtime
+from ..steer import PositionMode
+from ..vectors import SteeringVector
+from ._common import steering_context, token_strings, use_chat
+
+LensNorm = Literal["scale", "none", "full"]
+LENS_NORMS: tuple[str, ...] = ("scale", "none", "full")
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """One vocabulary entry: decoded string, id and value (a logit or a probability)."""
+
+    token: str
+    id: int
+    value: float
+
+
+@dataclass(frozen=True)
+class VectorLens:
+    """Top promoted / suppressed tokens of a steering vector's direction at each layer."""
+
+    layers: tuple[int, ...]
+    promoted: Mapping[int, tuple[TokenScore, ...]]
+    suppressed: Mapping[int, tuple[TokenScore, ...]]
+    k: int
+    norm: str
+    component: str
+    method: str
+    model_id: str
+
+    def top_tokens(self, layer: int, kind: Literal["promoted", "suppressed"] = "promoted") -> list[str]:
+        table = self.promoted if kind == "promoted" else self.suppressed
+        if layer not in table:
+            raise KeyError(f"Layer {layer} not in this lens; its layers are {list(self.layers)}.")
+        return [t.token for t in table[layer]]
+
+
+def _check_k(model, k: int) -> int:
+    vocab = int(model.cfg.d_vocab)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
+        raise ValueError(f"k must be an int in 1..{vocab} (the vocabulary size), got {k!r}.")
+    return k
+
+
+def direction_logits(
+    model, direction: Float[Tensor, "*batch d_model"], norm: LensNorm = "scale"
+) -> Float[Tensor, "*batch d_vocab"]:
+    """Logit effect of directions through the unembedding (see the module docstring for `norm`)."""
+    if norm not in LENS_NORMS:
+        raise ValueError(f"Unknown norm {norm!r}; valid choices are {list(LENS_NORMS)}.")
+    if direction.shape[-1] != runtime.d_model(model):
+        raise ValueError(
+            f"Direction has size {direction.shape[-1]} but the model's d_model is "
+            f"{runtime.d_model(model)}."
+        )
+    dev = runtime.model_device(model)
+    v = direction.to(dev, model.W_U.dtype)
+    with torch.inference_mode():
+        if norm == "full":
+            return runtime.unembed(model, v) - model.b_U
+        if norm == "scale":
+            ntype = model.cfg.normalization_type
+            if ntype in ("LN", "LNPre"):
+                v = v - v.mean(-1, keepdim=True)
+            scale = getattr(model.ln_final, "w", None)
+            if scale is not None:
+                v = v * scale
+        return v @ model.W_U
+
+
+def vector_lens(
+    model, vector: SteeringVector, k: int = 10, norm: LensNorm = "scale"
+) -> VectorLens:
+    """Top-k promoted and suppressed tokens of each layer's direction in `vector`."""
+    if not isinstance(vector, SteeringVector):
+        raise ValueError(f"vector must be a SteeringVector, got {type(vector).__name__}.")
+    vector.check_model(model)
+    _check_k(model, k)
+    layers = vector.layers
+    logits = direction_logits(model, torch.stack([vector[lay] for lay in layers]), norm).float().cpu()
+    top = logits.topk(k, dim=-1)
+    bottom = logits.topk(k, dim=-1, largest=False)
+    promoted, suppressed = {}, {}
+    for row, layer in enumerate(layers):
+        for table, res in ((promoted, top), (suppressed, bottom)):
+            ids = res.indices[row].tolist()
+            table[layer] = tuple(
+                TokenScore(s, i, float(v))
+                for s, i, v in zip(token_strings(model, ids), ids, res.values[row].tolist())
+            )
+    return VectorLens(tuple(layers), promoted, suppressed, k, norm, vector.component,
+                      vector.method, vector.model_id)
+
+
+@dataclass(frozen=True)
+class ResidualLens:
+    """Per-layer top-k next-token predictions read from the residual stream at one position.
+
+    Row i of the tables is `labels[i]`: "resid_pre 0" ... "resid_pre L-1", then "resid_post L-1"
+    (the final residual, whose lens is the model's actual output distribution). `target_rank` is
+    0-based (0 = the top token).
+    """
+
+    prompt: str
+    tokens: tuple[str, ...]
+    position: int
+    labels: tuple[str, ...]
+    top_ids: tuple[tuple[int, ...], ...]
+    top_tokens: tuple[tuple[str, ...], ...]
+    top_probs: tuple[tuple[float, ...], ...]
+    target: str | None
+    target_id: int | None
+    target_rank: tuple[int, ...] | None
+    target_prob: tuple[float, ...] | None
+    steered: bool
+    chat: bool
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.labels)
+
+
+def _target_id(model, target: str | int) -> int:
+    vocab = int(model.cfg.d_vocab)
+    if isinstance(target, int) and not isinstance(target, bool):
+        if not 0 <= target < vocab:
+            raise ValueError(f"Target id {target} out of range 0..{vocab - 1}.")
+        return target
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"target must be a token string or id, got {target!r}.")
+    ids = runtime.text_ids(model, target)
+    if len(ids) != 1:
+        raise ValueError(
+            f"Target {target!r} is {len(ids)} tokens ({token_strings(model, ids)}); give a string "
+            f"that is exactly one token (mind the leading space) or a token id."
+        )
+    return ids[0]
+
+
+def residual_lens(
+    model,
+    prompt: str,
+    k: int = 10,
+    *,
+    position: int = -1,
+    target: str | int | None = None,
+    chat: bool | None = False,
+    steering=None,
+    strength: float | None = None,
+    positions: PositionMode = "all",
+) -> ResidualLens:
+    """Logit lens of `prompt`'s residual stream at every layer, at token `position` (default last).
+
+    With `steering`, the lens reads the steered run (the injection is included in the residual of
+    the steered layer's `resid_pre`). `chat=None` uses the chat template on instruct models.
+    """
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"prompt must be a non-empty string, got {prompt!r}.")
+    _check_k(model, k)
+    chat_on = use_chat(model, chat)
+    batch = runtime.encode_prompts(model, [prompt], chat=chat_on)
+    n_pos = int(batch.tokens.shape[1])
+    if isinstance(position, bool) or not isinstance(position, int) or not -n_pos <= position < n_pos:
+        raise ValueError(f"position must be an int in {-n_pos}..{n_pos - 1} (the prompt has {n_pos} "
+                         f"tokens), got {position!r}.")
+    pos = position % n_pos
+    tid = None if target is None else _target_id(model, target)
+    n_layers = runtime.n_layers(model)
+    captured: dict[str, Tensor] = {}
+
+    def grab(key: str):
+        def hook(act, hook):
+            captured[key] = act[0, pos].detach().clone()
+
+        return hook
+
+    names = [runtime.hook_name(layer, "resid_pre") for layer in range(n_layers)]
+    names.append(runtime.hook_name(n_layers - 1, "resid_post"))
+    with steering_context(model, steering, strength, positions) as steerer:
+        if steerer is not None:
+            steerer.context.bind(batch)
+        try:
+            with runtime.attached(model, [(n, grab(n)) for n in names]):
+                runtime.forward(model, batch, stop_at_layer=n_layers, return_type=None)
+        finally:
+            if steerer is not None:
+                steerer.context.bind(None)
+    resid = torch.stack([captured[n] for n in names])
+    probs = runtime.unembed(model, resid).double().softmax(-1).cpu()
+    top = probs.topk(k, dim=-1)
+    top_ids = tuple(tuple(row) for row in top.indices.tolist())
+    ranks = probs_t = None
+    if tid is not None:
+        p_t = probs[:, tid]
+        ranks = tuple(int(r) for r in (probs > p_t[:, None]).sum(-1).tolist())
+        probs_t = tuple(float(p) for p in p_t.tolist())
+    labels = tuple(f"resid_pre {i}" for i in range(n_layers)) + (f"resid_post {n_layers - 1}",)
+    return ResidualLens(
+        prompt=prompt,
+        tokens=tuple(token_strings(model, batch.tokens[0].tolist())),
+        position=pos,
+        labels=labels,
+        top_ids=top_ids,
+        top_tokens=tuple(tuple(token_strings(model, row)) for row in top_ids),
+        top_probs=tuple(tuple(float(p) for p in row) for row in top.values.tolist()),
+        target=None if tid is None else runtime.decode(model, [tid], skip_special=False),
+        target_id=tid,
+        target_rank=ranks,
+        target_prob=probs_t,
+        steered=steering is not None,
+        chat=chat_on,
+    )

@@ -1,0 +1,262 @@
+"""Eigengap weakest-link scoring: how stable is each attention head, and each layer?
+
+The claim tested here reads attention as kernel ridge regression over the keys, so the spectrum of
+a head's key Gram matrix K_h = (1/d_head) K Kᵀ (K: the T x d_head keys of one prompt) measures how
+well-conditioned that regression is. The relative eigengap Δ = (λ1 - λ2) / λ1 of K_h is the
+head's score, and a layer is scored by its weakest link, the minimum Δ over its heads (the mean
+and median are reported beside it). Layers at or below a threshold (0.77 by default) are flagged.
+
+Computation. Keys are taken per key/value head (grouped-query models share one key matrix among
+several query heads, so that is the unit that has a Gram matrix), before and after the rotary
+embedding. Padding is excluded exactly: all prompts share one left-padded batch, and the key rows
+of padding positions are set to zero, which only adds zero eigenvalues to the Gram matrix. Since
+the nonzero eigenvalues of K Kᵀ equal those of Kᵀ K, the d_head x d_head side is used whenever the
+prompts are longer than d_head. Every (prompt, layer, head) matrix goes into one batched
+`eigvalsh` call in float64. The same gaps of post-softmax attention patterns A (via A Aᵀ, whose
+eigenvalues are A's squared singular values) give the contrast the claim rests on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from ..backend import runtime
+from ._capture import capture_attention, encode_checked, resolve_layers
+
+DEFAULT_THRESHOLD = 0.77
+GapKind = Literal["keys", "rotated_keys", "pattern"]
+LayerStat = Literal["min", "mean", "median"]
+LAYER_STATS: tuple[str, ...] = ("min", "mean", "median")
+
+
+def check_threshold(threshold: float) -> float:
+    t = float(threshold)
+    if not math.isfinite(t) or not 0.0 <= t <= 1.0:
+        raise ValueError(f"Eigengap threshold must be a number in [0, 1], got {threshold!r}.")
+    return t
+
+
+def gram_top2(
+    x: Float[Tensor, "*batch pos d"],
+    mask: Bool[Tensor, "*batch pos"] | None = None,
+    scale: float | None = None,
+) -> tuple[Float[Tensor, " *batch"], Float[Tensor, " *batch"]]:
+    """The two largest eigenvalues of scale * X Xᵀ over the unmasked rows of every matrix.
+
+    One batched float64 `eigvalsh` call; the d x d side (Xᵀ X) is used when pos > d. `scale`
+    defaults to 1/d. Raises if a matrix has fewer than 2 unmasked rows.
+    """
+    if x.ndim < 2:
+        raise ValueError(f"Expected [..., pos, d] rows, got shape {tuple(x.shape)}.")
+    x = x.to(torch.float64)
+    if mask is not None:
+        if mask.shape != x.shape[:-1]:
+            raise ValueError(f"Mask shape {tuple(mask.shape)} does not match rows {tuple(x.shape[:-1])}.")
+        counts = mask.sum(-1)
+        x = x * mask[..., None].to(x.dtype)
+    else:
+        counts = torch.full(x.shape[:-2], x.shape[-2])
+    if x.shape[-2] < 2 or bool((counts < 2).any()):
+        raise ValueError("Every matrix needs at least 2 rows (tokens): λ2 is undefined otherwise.")
+    pos, d = x.shape[-2], x.shape[-1]
+    s = (1.0 / d) if scale is None else float(scale)
+    gram = x.mT @ x if pos > d else x @ x.mT
+    ev = torch.linalg.eigvalsh(gram * s)
+    return ev[..., -1], ev[..., -2].clamp_min(0.0)
+
+
+def relative_gap(lam1: Tensor, lam2: Tensor) -> Tensor:
+    """Δ = (λ1 - λ2) / λ1, NaN where λ1 is 0."""
+    return torch.where(lam1 > 0, (lam1 - lam2) / lam1.clamp_min(1e-300), torch.nan)
+
+
+def gram_gaps(
+    x: Float[Tensor, "*batch pos d"], mask: Bool[Tensor, "*batch pos"] | None = None
+) -> Float[Tensor, " *batch"]:
+    """Relative eigengap of each (1/d) X Xᵀ, batched."""
+    return relative_gap(*gram_top2(x, mask))
+
+
+@dataclass(frozen=True)
+class GapTable:
+    """Eigengaps of one kind of matrix for every prompt, layer and head.
+
+    Layer statistics take the min/mean/median over heads within each prompt, then average over
+    prompts (`per_prompt` gives the prompt-level values, e.g. for bootstrap CIs).
+    """
+
+    kind: str
+    layers: tuple[int, ...]
+    gaps: np.ndarray  # [prompt, layer, head]
+    lambda1: np.ndarray
+    lambda2: np.ndarray
+    threshold: float = DEFAULT_THRESHOLD
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.gaps.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.gaps.shape[2])
+
+    def per_prompt(self, stat: LayerStat = "min") -> np.ndarray:
+        """[prompt, layer] statistic over heads."""
+        if stat not in LAYER_STATS:
+            raise ValueError(f"Unknown layer statistic {stat!r}; valid ones are {list(LAYER_STATS)}.")
+        fn = {"min": np.min, "mean": np.mean, "median": np.median}[stat]
+        return fn(self.gaps, axis=2)
+
+    def layer(self, stat: LayerStat = "min") -> np.ndarray:
+        """[layer] statistic over heads, averaged over prompts."""
+        return self.per_prompt(stat).mean(axis=0)
+
+    @property
+    def min_gap(self) -> np.ndarray:
+        return self.layer("min")
+
+    @property
+    def mean_gap(self) -> np.ndarray:
+        return self.layer("mean")
+
+    @property
+    def median_gap(self) -> np.ndarray:
+        return self.layer("median")
+
+    @property
+    def head_gap(self) -> np.ndarray:
+        """[layer, head] gap averaged over prompts."""
+        return self.gaps.mean(axis=0)
+
+    def flagged(self, threshold: float | None = None) -> tuple[int, ...]:
+        """Layers whose weakest-link gap is at or below the threshold."""
+        t = self.threshold if threshold is None else check_threshold(threshold)
+        return tuple(layer for layer, g in zip(self.layers, self.min_gap) if g <= t)
+
+    def rows(self) -> list[dict]:
+        flagged = set(self.flagged())
+        return [
+            {"layer": layer, "min_gap": float(mn), "mean_gap": float(me), "median_gap": float(md),
+             "flagged": layer in flagged}
+            for layer, mn, me, md in zip(self.layers, self.min_gap, self.mean_gap, self.median_gap)
+        ]
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "threshold": self.threshold, "n_prompts": self.n_prompts,
+                "n_heads": self.n_heads, "layers": self.rows()}
+
+
+@dataclass(frozen=True)
+class EigengapResult:
+    """Key gaps before/after rotary and pattern gaps for one model and prompt set."""
+
+    model: str
+    n_tokens: tuple[int, ...]
+    threshold: float
+    keys: GapTable
+    rotated_keys: GapTable | None
+    patterns: GapTable | None
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.n_tokens)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.keys.layers
+
+    def table(self, kind: GapKind = "keys") -> GapTable:
+        tables = {"keys": self.keys, "rotated_keys": self.rotated_keys, "pattern": self.patterns}
+        if kind not in tables:
+            raise ValueError(f"Unknown gap kind {kind!r}; valid kinds are {list(tables)}.")
+        if tables[kind] is None:
+            have = [k for k, v in tables.items() if v is not None]
+            raise ValueError(f"This result has no {kind!r} gaps; it has {have}.")
+        return tables[kind]
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model, "n_prompts": self.n_prompts, "n_tokens": list(self.n_tokens),
+            "threshold": self.threshold,
+            **{k: (t.to_dict() if t is not None else None) for k, t in (
+                ("keys", self.keys), ("rotated_keys", self.rotated_keys),
+                ("patterns", self.patterns))},
+        }
+
+
+def _table(kind: str, layers, lam1: Tensor, lam2: Tensor, threshold: float) -> GapTable:
+    gap = relative_gap(lam1, lam2)
+    return GapTable(kind, tuple(layers), gap.cpu().numpy(), lam1.cpu().numpy(),
+                    lam2.cpu().numpy(), threshold)
+
+
+def eigengaps(
+    model,
+    prompts: Sequence[str],
+    layers: Sequence[int] | None = None,
+    *,
+    chat: bool | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    patterns: bool = True,
+    batch_size: int = 8,
+) -> EigengapResult:
+    """Key-Gram (and pattern) eigengaps for every prompt, layer and head.
+
+    `chat=None` applies the chat template for instruct models that have one. Keys are compared
+    before (`keys`) and after (`rotated_keys`, rotary models only) the rotary embedding.
+    """
+    threshold = check_threshold(threshold)
+    layers = resolve_layers(model, layers)
+    if chat is None:
+        chat = runtime.is_instruct(model) and runtime.has_chat_template(model)
+    batch = encode_checked(model, prompts, chat)
+    rotary = runtime.has_hook(model, runtime.key_hook_name(layers[0], rotated=True))
+    parts = ["k"] + (["rot_k"] if rotary else []) + (["pattern"] if patterns else [])
+    cap = capture_attention(model, batch, layers, parts, batch_size)
+    mask = cap.mask
+
+    # keys: [prompt, layer, pos, head, d] -> [prompt, layer, head, pos, d]; one eigvalsh for all
+    keys = [cap.parts[p].permute(0, 1, 3, 2, 4) for p in parts if p != "pattern"]
+    kmask = mask[:, None, None, :].expand(*keys[0].shape[:3], mask.shape[-1])
+    lam1, lam2 = gram_top2(torch.stack(keys), kmask.expand(len(keys), *kmask.shape))
+    key_tables = [_table(kind, layers, lam1[i], lam2[i], threshold)
+                  for i, kind in enumerate(["keys", "rotated_keys"][: len(keys)])]
+
+    pattern_table = None
+    if patterns:
+        pat = cap.parts["pattern"].to(torch.float64)  # [prompt, layer, head, q, k]
+        pat = pat * mask[:, None, None, None, :].to(pat.dtype)
+        pmask = mask[:, None, None, :].expand(*pat.shape[:3], mask.shape[-1])
+        pattern_table = _table("pattern", layers, *gram_top2(pat, pmask, scale=1.0), threshold)
+    return EigengapResult(
+        model=runtime.model_id(model), n_tokens=cap.n_tokens, threshold=threshold,
+        keys=key_tables[0], rotated_keys=key_tables[1] if rotary else None,
+        patterns=pattern_table,
+    )
+
+
+def gated_layers(
+    table: GapTable | EigengapResult,
+    threshold: float | None = None,
+    by: LayerStat = "min",
+) -> tuple[int, ...]:
+    """Eigengap-gated layer selection: candidate steering layers ranked by gap, largest first.
+
+    Layers whose weakest-link (min) gap is at or below `threshold` (default: the table's) are
+    dropped; the rest are ordered by the `by` statistic. An `EigengapResult` uses its rotated keys
+    when it has them, else its plain keys.
+    """
+    if isinstance(table, EigengapResult):
+        table = table.rotated_keys if table.rotated_keys is not None else table.keys
+    flagged = set(table.flagged(threshold))
+    score = table.layer(by)
+    order = np.argsort(-score, kind="stable")
+    return tuple(table.layers[i] for i in order if table.layers[i] not in flagged)

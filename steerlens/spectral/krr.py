@@ -1,0 +1,170 @@
+"""How well does kernel ridge regression reproduce each attention head's output?
+
+The eigengap claim rests on reading a head as kernel ridge regression (KRR) with the linear kernel
+k(a, b) = a·b / d_head:  Ẑ = K_qk (K_kk + λI)^{-1} V, with K_qk = Q Kᵀ / d_head and
+K_kk = K Kᵀ / d_head. We test that reading directly: R² = 1 - Σ‖z - ẑ‖² / Σ‖z - z̄‖² between the
+head's actual output z (the pattern-weighted values, before W_O) and the KRR prediction, over a
+grid of ridge strengths λ. In a causal model the output at position i only sees keys 0..i, so by
+default (`causal=True`) query i is regressed on that prefix alone; `causal=False` uses the whole
+prompt, exactly the matrix formula above. λ is relative by default: λ_abs = λ · tr(K_kk) / T, the
+mean eigenvalue of the prompt's key Gram matrix, which makes one grid comparable across layers
+whose key norms differ by orders of magnitude (with a linear kernel a common rescaling of K_kk,
+K_qk and λ leaves Ẑ unchanged). Queries and keys are taken after the rotary embedding when the
+model has one (that is what the attention scores use); each query head is paired with its key/
+value head under grouped-query attention.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..backend import runtime
+from ._capture import capture_attention, encode_checked, resolve_layers
+
+DEFAULT_LAMBDAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+
+
+def check_lambdas(lambdas: Sequence[float]) -> tuple[float, ...]:
+    lam = tuple(float(x) for x in lambdas)
+    if not lam or any(not math.isfinite(x) or x <= 0 for x in lam):
+        raise ValueError(f"lambdas must be a non-empty list of finite numbers > 0, got {lambdas!r}.")
+    return lam
+
+
+def krr_predict(
+    q: Float[Tensor, "heads pos d"],
+    k: Float[Tensor, "kv_heads pos d"],
+    v: Float[Tensor, "kv_heads pos dv"],
+    lambdas: Sequence[float],
+    causal: bool = True,
+    relative: bool = True,
+) -> Float[Tensor, "heads n_lambda pos dv"]:
+    """KRR prediction of every head's output for one prompt (no padding), in float64.
+
+    Query head h uses key/value head h // (heads / kv_heads).
+    """
+    lam = torch.tensor(check_lambdas(lambdas), dtype=torch.float64, device=q.device)
+    n_heads, t, d = q.shape
+    n_kv = k.shape[0]
+    if n_heads % n_kv:
+        raise ValueError(f"{n_heads} query heads cannot be grouped over {n_kv} key/value heads.")
+    group = n_heads // n_kv
+    q, k, v = (x.to(torch.float64) for x in (q, k, v))
+    gkk = k @ k.mT / d  # [kv, T, T]
+    gqk = q.reshape(n_kv, group, t, d) @ k.mT[:, None] / d  # [kv, group, Tq, Tk]
+    if relative:
+        lam_abs = lam[None, :] * (gkk.diagonal(dim1=-2, dim2=-1).sum(-1) / t)[:, None]  # [kv, nl]
+    else:
+        lam_abs = lam[None, :].expand(n_kv, -1)
+    eye = torch.eye(t, dtype=torch.float64, device=q.device)
+    # The prefix system of query i, K_kk[:i+1, :i+1] + λI, is a leading block of K_kk + λI, so one
+    # Cholesky factor L serves every prefix: with u = L⁻¹(k_qi masked to j <= i) and Y = L⁻¹V,
+    # ẑ_i = Σ_{j<=i} u_j Y_j (L is lower triangular, so rows <= i only involve the prefix).
+    chol = torch.linalg.cholesky(gkk[:, None] + lam_abs[..., None, None] * eye)  # [kv, nl, T, T]
+    y = torch.linalg.solve_triangular(chol, v[:, None].expand(-1, len(lam), -1, -1), upper=False)
+    keep = torch.tril(torch.ones(t, t, dtype=torch.float64, device=q.device)) if causal else None
+    g = gqk if keep is None else gqk * keep  # [kv, group, Tq, Tk]; keep[i, j] = j <= i
+    rhs = g.permute(0, 3, 1, 2).reshape(n_kv, 1, t, group * t)  # [kv, 1, Tk, group*Tq]
+    u = torch.linalg.solve_triangular(chol, rhs.expand(-1, len(lam), -1, -1), upper=False)
+    u = u.reshape(n_kv, len(lam), t, group, t)  # [kv, nl, Tk, group, Tq]
+    if keep is not None:
+        u = u * keep.T[None, None, :, None, :]
+    z = torch.einsum("anjgi,anjd->agnid", u, y)  # [kv, group, nl, Tq, dv]
+    return z.reshape(n_heads, len(lam), t, v.shape[-1])
+
+
+def r2_score(
+    target: Float[Tensor, "*batch pos d"], pred: Float[Tensor, "*batch pos d"]
+) -> Float[Tensor, " *batch"]:
+    """R² = 1 - Σ(z - ẑ)² / Σ(z - z̄)², summed over positions and dimensions (z̄ per dimension)."""
+    target, pred = target.to(torch.float64), pred.to(torch.float64)
+    sse = ((target - pred) ** 2).sum((-2, -1))
+    sst = ((target - target.mean(-2, keepdim=True)) ** 2).sum((-2, -1))
+    return 1.0 - sse / sst
+
+
+@dataclass(frozen=True)
+class KRRResult:
+    """R² of the KRR reading of attention for every prompt, layer, query head and λ."""
+
+    model: str
+    layers: tuple[int, ...]
+    lambdas: tuple[float, ...]
+    relative: bool
+    causal: bool
+    r2: np.ndarray  # [prompt, layer, head, lambda]
+    n_tokens: tuple[int, ...]
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.r2.shape[0])
+
+    @property
+    def head_r2(self) -> np.ndarray:
+        """[layer, head, lambda] mean R² over prompts."""
+        return self.r2.mean(axis=0)
+
+    @property
+    def layer_r2(self) -> np.ndarray:
+        """[layer, lambda] mean R² over prompts and heads."""
+        return self.r2.mean(axis=(0, 2))
+
+    @property
+    def best_lambda(self) -> np.ndarray:
+        """[layer, head] the grid λ with the highest mean R²."""
+        return np.asarray(self.lambdas)[self.head_r2.argmax(-1)]
+
+    @property
+    def best_r2(self) -> np.ndarray:
+        """[layer, head] R² at each head's best λ (chosen on the same prompts: optimistic)."""
+        return self.head_r2.max(-1)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model, "n_prompts": self.n_prompts, "lambdas": list(self.lambdas),
+            "relative_lambda": self.relative, "causal": self.causal,
+            "layers": [
+                {"layer": layer, "r2_by_lambda": self.layer_r2[i].tolist(),
+                 "best_r2_per_head": self.best_r2[i].tolist(),
+                 "best_lambda_per_head": self.best_lambda[i].tolist()}
+                for i, layer in enumerate(self.layers)
+            ],
+        }
+
+
+def krr_fit(
+    model,
+    prompts: Sequence[str],
+    layers: Sequence[int] | None = None,
+    lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+    *,
+    causal: bool = True,
+    relative: bool = True,
+    chat: bool | None = None,
+    batch_size: int = 8,
+) -> KRRResult:
+    """R² of the KRR formula against each head's actual output, over a λ grid."""
+    lambdas = check_lambdas(lambdas)
+    layers = resolve_layers(model, layers)
+    if chat is None:
+        chat = runtime.is_instruct(model) and runtime.has_chat_template(model)
+    batch = encode_checked(model, prompts, chat)
+    rotary = runtime.has_hook(model, runtime.key_hook_name(layers[0], rotated=True))
+    qk = ("rot_q", "rot_k") if rotary else ("q", "k")
+    cap = capture_attention(model, batch, layers, [*qk, "v", "z"], batch_size)
+    r2 = np.empty((len(prompts), len(layers), cap.parts["z"].shape[-2], len(lambdas)))
+    for p in range(len(prompts)):
+        keep = cap.mask[p]
+        for li in range(len(layers)):
+            q, k, v, z = (cap.parts[name][p, li][keep].transpose(0, 1)
+                          for name in (*qk, "v", "z"))  # [heads, T, d]
+            pred = krr_predict(q, k, v, lambdas, causal=causal, relative=relative)
+            r2[p, li] = r2_score(z[:, None], pred).cpu().numpy()
+    return KRRResult(runtime.model_id(model), layers, lambdas, relative, causal, r2, cap.n_tokens)
