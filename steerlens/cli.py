@@ -19,7 +19,9 @@ def _layers(text: str) -> list[int]:
     try:
         layers = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--layers must be comma-separated ints, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--layers must be comma-separated ints, got {text!r}"
+        ) from None
     if not layers:
         raise argparse.ArgumentTypeError("--layers needs at least one layer")
     return layers

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -23,7 +22,7 @@ from .pairs import ContrastSet, as_contrast_set
 from .progress import progress
 from .sites import Component, Site
 
-Position = Literal["last", "first", "mean", "all"]
+Position = str  # one of POSITIONS, validated with a ValueError
 POSITIONS: tuple[str, ...] = ("last", "first", "mean", "all")
 
 

@@ -8,11 +8,12 @@ by one function in the backend, so no code parses hook names out of strings.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from .backend import runtime
 
-Component = Literal["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
+# One of COMPONENTS. Typed as str (not Literal) so a wrong value reaches our ValueError, which
+# lists the valid values, rather than a type-checker error.
+Component = str
 COMPONENTS: tuple[str, ...] = runtime.COMPONENTS
 
 

@@ -21,7 +21,6 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -29,7 +28,7 @@ from torch import Tensor
 from .backend import runtime
 from .vectors import SteeringVector
 
-PositionMode = Literal["all", "prompt", "generated", "first", "last"]
+PositionMode = str  # one of POSITION_MODES, validated with a ValueError
 POSITION_MODES: tuple[str, ...] = ("all", "prompt", "generated", "first", "last")
 
 

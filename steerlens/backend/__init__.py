@@ -7,6 +7,9 @@ tokenization, hooked forwards and KV caches. Everything else in steerlens calls 
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import torch
 
 from . import runtime
@@ -88,7 +91,7 @@ def _load_official(name: str, device: str):
             + "."
         ) from None
     try:
-        with quiet_backend():
+        with quiet_backend(), contextlib.redirect_stdout(sys.stderr):
             return HookedTransformer.from_pretrained(name, device=device).eval()
     except OSError as err:
         raise ModelLoadError(

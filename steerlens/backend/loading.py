@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -144,6 +145,12 @@ def _atomic_dir(final: Path) -> contextlib.AbstractContextManager[Path]:
     return cm()
 
 
+def move(model, device: str):
+    """`model.to(device)` without TransformerLens' "Moving model to device" print on stdout."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return model.to(device)
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -244,7 +251,7 @@ def _convert_to_tl(spec: EmbeddedSpec, hf, tok, device: str):
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as lp
 
-    with quiet_backend(), _hub_offline():
+    with quiet_backend(), _hub_offline(), contextlib.redirect_stdout(io.StringIO()):
         if spec.tl_name is not None:
             return HookedTransformer.from_pretrained(
                 spec.tl_name, hf_model=hf, tokenizer=tok, device=device,
@@ -261,7 +268,7 @@ def _convert_to_tl(spec: EmbeddedSpec, hf, tok, device: str):
         model.load_and_process_state_dict(
             state, fold_ln=True, center_writing_weights=False, center_unembed=True
         )
-        return model.to(device)
+        return move(model, device)
 
 
 def _cfg_to_json(cfg) -> dict:
@@ -327,7 +334,7 @@ def _read_cache(path: Path, device: str, verify: bool):
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as err:
         raise ModelLoadError(f"The model cache at {path} is missing or corrupt ({err}). {hint}") \
             from err
-    return model.to(device).eval()
+    return move(model, device).eval()
 
 
 def load_embedded(spec: EmbeddedSpec, device: str, verify: bool = True):
@@ -346,4 +353,4 @@ def load_embedded(spec: EmbeddedSpec, device: str, verify: bool = True):
     model = _convert_to_tl(spec, hf, tok, "cpu")
     _write_cache(model, tok, path, digest)
     del hf
-    return model.to(device).eval()
+    return move(model, device).eval()

@@ -46,7 +46,7 @@ def tiny_model(device: str = "cpu", seed: int = 0, n_layers: int = 2):
     """A randomly initialised 2-layer HookedTransformer (seeded, so tests are reproducible)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from .loading import quiet_backend
+    from .loading import move, quiet_backend
 
     tok = tiny_tokenizer()
     cfg = HookedTransformerConfig(
@@ -84,4 +84,4 @@ def tiny_model(device: str = "cpu", seed: int = 0, n_layers: int = 2):
                 else:
                     scale = p.shape[-2] ** 0.5 if p.ndim > 1 else 10.0
                     p.copy_(torch.randn(p.shape, generator=gen) / scale)
-    return model.to(device).eval()
+    return move(model, device).eval()

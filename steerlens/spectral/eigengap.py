@@ -59,7 +59,8 @@ def gram_top2(
     x = x.to(torch.float64)
     if mask is not None:
         if mask.shape != x.shape[:-1]:
-            raise ValueError(f"Mask shape {tuple(mask.shape)} does not match rows {tuple(x.shape[:-1])}.")
+            raise ValueError(
+                f"Mask shape {tuple(mask.shape)} does not match rows {tuple(x.shape[:-1])}.")
         counts = mask.sum(-1)
         x = x * mask[..., None].to(x.dtype)
     else:

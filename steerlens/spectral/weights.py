@@ -50,12 +50,17 @@ def check_alpha(alpha: float) -> float:
 
 @dataclass(frozen=True)
 class SpectralEdit:
-    """Rescale one layer's W_out spectrum by 1 + alpha * z(s), optionally on a band only."""
+    """Rescale one layer's W_out spectrum by 1 + alpha * z(s), optionally on a band only.
+
+    `shuffle_seed` turns the edit into its control: the same factors, randomly permuted over the
+    band's singular values, so the spectrum's shape changes without following the z-scores.
+    """
 
     layer: int
     alpha: float
     band: Band = "all"
     k: int | None = None  # band size for "top"/"tail"
+    shuffle_seed: int | None = None  # control: the same factors, randomly permuted over the band
 
     def __post_init__(self) -> None:
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
@@ -68,9 +73,17 @@ class SpectralEdit:
                 raise ValueError("k is only used with band='top' or band='tail'.")
         elif isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"band={self.band!r} needs k, an int >= 1, got {self.k!r}.")
+        if self.shuffle_seed is not None and (isinstance(self.shuffle_seed, bool)
+                                              or not isinstance(self.shuffle_seed, int)):
+            raise ValueError(f"shuffle_seed must be an int or None, got {self.shuffle_seed!r}.")
+
+    def shuffled(self, seed: int) -> SpectralEdit:
+        """The control edit: this edit's factors applied to randomly permuted singular values."""
+        return SpectralEdit(self.layer, self.alpha, self.band, self.k, int(seed))
 
     def to_dict(self) -> dict:
-        return {"layer": self.layer, "alpha": self.alpha, "band": self.band, "k": self.k}
+        return {"layer": self.layer, "alpha": self.alpha, "band": self.band, "k": self.k,
+                "shuffle_seed": self.shuffle_seed}
 
 
 @dataclass(frozen=True)
@@ -123,13 +136,15 @@ def rescale_spectrum(
     band: Band = "all",
     k: int | None = None,
     min_factor: float = DEFAULT_MIN_FACTOR,
+    shuffle_seed: int | None = None,
 ) -> tuple[Float[Tensor, " k"], Float[Tensor, " k"], int]:
     """New singular values, the factors applied and how many factors were clamped.
 
     `s` is in descending order (as from an SVD). factor = 1 + alpha * (s - mean) / sd on the band,
-    1 elsewhere; factors <= min_factor are clamped to min_factor.
+    1 elsewhere; factors below min_factor are clamped to min_factor. With `shuffle_seed` the band's
+    factors are permuted at random first (a control with the same factors but no link to s).
     """
-    edit = SpectralEdit(0, alpha, band, k)
+    edit = SpectralEdit(0, alpha, band, k, shuffle_seed)
     if s.ndim != 1 or s.numel() < 2:
         raise ValueError(f"A spectrum needs at least 2 singular values, got shape {tuple(s.shape)}.")
     s64 = s.to(torch.float64)
@@ -143,6 +158,10 @@ def rescale_spectrum(
     else:
         in_band[-edit.k:] = True
     factor = torch.where(in_band, 1.0 + edit.alpha * z, torch.ones_like(z))
+    if edit.shuffle_seed is not None:
+        idx = torch.nonzero(in_band).flatten()
+        gen = torch.Generator().manual_seed(edit.shuffle_seed)
+        factor[idx] = factor[idx[torch.randperm(idx.numel(), generator=gen)]]
     clamped = factor < min_factor
     factor = torch.where(clamped, torch.full_like(factor, min_factor), factor)
     return s64 * factor, factor, int(clamped.sum())
@@ -188,8 +207,8 @@ class LayerEditReport:
     band: str
     k: int | None
     n_clamped: int
-    s_before: np.ndarray
-    s_after: np.ndarray
+    s_before: np.ndarray  # descending
+    s_after: np.ndarray  # aligned with s_before (same singular vectors), so not always sorted
     applied: bool  # False for an exact no-op (alpha = 0), where the weight is untouched
 
     @property
@@ -206,7 +225,7 @@ class LayerEditReport:
                 "effective_rank_before": self.effective_rank_before,
                 "effective_rank_after": self.effective_rank_after,
                 "top_singular_before": float(self.s_before[0]),
-                "top_singular_after": float(self.s_after[0])}
+                "top_singular_after": float(self.s_after.max())}
 
 
 @dataclass(frozen=True)
@@ -268,7 +287,8 @@ def plan_edit(
             raise ValueError(f"The cached SVD of layer {e.layer} does not match its current W_out.")
         svd = svd or mlp_out_svd(model, e.layer)
         band_k = min(e.k, svd.s.numel()) if e.k is not None else None
-        s_new, _, n_clamped = rescale_spectrum(svd.s, e.alpha, e.band, band_k, config.min_factor)
+        s_new, _, n_clamped = rescale_spectrum(svd.s, e.alpha, e.band, band_k, config.min_factor,
+                                               e.shuffle_seed)
         applied = e.alpha != 0.0
         if applied:
             new_weights[e.layer] = ((svd.u * s_new) @ svd.vh).to(w.dtype)

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import __version__
 from ..backend import runtime
 from ..extract import resolve_chat
 from ..generate import check_generation_args
@@ -246,6 +245,3 @@ def make_spec(
         random_seed=random_seed,
     )
 
-
-def library_version() -> str:
-    return __version__

@@ -1,0 +1,308 @@
+"""The sweep engine: every (vector, layer, strength, prompt) cell at close to the minimum cost.
+
+Next-token KL (always computed). For each chunk of prompts the unsteered model runs once, with
+hooks keeping the residual stream entering every swept layer and the final residual. Steering at
+layer l cannot change anything below l, so the steered rows for layer l start from that cached
+residual and run only blocks l..N-1 (`runtime.run_from_layer`). All strengths (and prompts) of a
+layer share one such forward, as rows with per-row strengths (`Steerer.set_strength(i, rows)`),
+and only the last prompt position is unembedded. KL(base || steered) in bits comes from
+`measures.kl_bits`. A strength of exactly 0 leaves the model unchanged, so its cells are 0 bits
+without a forward. Cost: one full forward per prompt chunk plus, per layer l, (N - l) / N of a
+forward per non-zero strength, against one full forward per (layer, strength) for a plain loop.
+
+Generation ("generate" in measures). The unsteered greedy continuation of each prompt is
+generated once and reused as the baseline and as every strength-0 cell. Steered continuations
+run all strengths of a (vector, layer) together as rows of one batched `generate()` call with
+per-row strengths. Per cell: `text`; `changed` (greedy tokens differ from the baseline's, with
+`diverge_at`, from `measures.first_divergence`); `score` from the scorer (a failure on one text
+gives NaN and an `error` entry, and the sweep goes on); `perplexity` of the exact continuation
+tokens under the unsteered model (`measures.generation_perplexity`), the coherence check.
+
+Every batch of results is appended to the store (`store.py`) as soon as it is computed, so an
+interrupted sweep rerun with the same settings and `out_dir` computes only the missing cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..backend import runtime
+from ..generate import Generation, generate
+from ..measures import first_divergence, generation_perplexity, get_scorer, kl_bits, safe_score
+from ..progress import progress
+from ..steer import steer
+from .grid import SweepSpec, make_spec
+from .result import SweepResult, build_tables
+from .store import CellStore
+
+Row = tuple[float, int]  # (strength, prompt_idx)
+
+
+@dataclass
+class _Counts:
+    """Model passes run and records computed in this call (what resuming saves)."""
+
+    passes: dict[str, int] = field(
+        default_factory=lambda: {"base": 0, "steered": 0, "generate": 0, "perplexity": 0})
+    records: int = 0
+
+
+def _split(rows: list, size: int) -> list[list]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def _cell(part: str, name: str, layer: int, strength: float, p: int) -> tuple:
+    return (part, name, layer, strength, p)
+
+
+class _PromptChunk:
+    """One chunk of prompts: its tokens, cached unsteered residuals and base next-token logits."""
+
+    def __init__(self, model, spec: SweepSpec, idxs: list[int], layers: list[int]) -> None:
+        self.model, self.spec, self.idxs, self.layers = model, spec, idxs, layers
+        self.local = {p: i for i, p in enumerate(idxs)}
+        self.batch: runtime.TokenBatch | None = None
+        self.resid: dict[int, torch.Tensor] = {}
+        self.base_logits: torch.Tensor | None = None
+        self.pending = 0  # units still to run; the cache is dropped when it reaches 0
+
+    def ensure(self, counts: _Counts) -> None:
+        if self.batch is not None:
+            return
+        model = self.model
+        batch = runtime.encode_prompts(model, [self.spec.prompts[p] for p in self.idxs],
+                                       chat=self.spec.chat)
+        cache: dict[int, torch.Tensor] = {}
+
+        def keep(layer: int):
+            def hook(act, hook):
+                cache[layer] = act.detach().clone()
+            return hook
+
+        hooks = [(runtime.hook_name(layer, "resid_pre"), keep(layer)) for layer in self.layers]
+        with runtime.attached(model, hooks):
+            final = runtime.forward(model, batch, stop_at_layer=runtime.n_layers(model),
+                                    return_type=None)
+        counts.passes["base"] += 1
+        self.batch, self.resid = batch, cache
+        self.base_logits = runtime.unembed(model, final[:, -1])
+
+    def done_one(self) -> None:
+        self.pending -= 1
+        if self.pending <= 0:
+            self.batch, self.resid, self.base_logits = None, {}, None
+
+
+def _kl_units(model, spec: SweepSpec, store: CellStore, counts: _Counts, batch_size: int
+              ) -> list[Callable[[], None]]:
+    """Plan the KL work; strength-0 cells are recorded at once (0 bits, no forward)."""
+    units: list[Callable[[], None]] = []
+    zero_recs = []
+    order = range(len(spec.prompts))
+    for start in range(0, len(spec.prompts), batch_size):
+        idxs = list(order[start : start + batch_size])
+        todo: dict[tuple[str, int], list[Row]] = {}
+        for name in spec.names:
+            for layer in spec.layers:
+                for s in spec.strengths:
+                    for p in idxs:
+                        if _cell("kl", name, layer, s, p) in store:
+                            continue
+                        if s == 0.0:
+                            zero_recs.append(_kl_record(spec, name, layer, s, p, 0.0))
+                        else:
+                            todo.setdefault((name, layer), []).append((s, p))
+        if not todo:
+            continue
+        chunk = _PromptChunk(model, spec, idxs, sorted({layer for _, layer in todo}))
+        for (name, layer), rows in todo.items():
+            for piece in _split(rows, batch_size):
+                chunk.pending += 1
+                units.append(_kl_unit(model, spec, store, counts, chunk, name, layer, piece))
+    counts.records += len(zero_recs)
+    store.add(zero_recs)
+    return units
+
+
+def _kl_record(spec: SweepSpec, name: str, layer: int, s: float, p: int, bits: float) -> dict:
+    return {"part": "kl", "vector": name, "layer": layer, "strength": s, "prompt_idx": p,
+            "kl_bits": bits}
+
+
+def _kl_unit(model, spec, store, counts, chunk: _PromptChunk, name: str, layer: int,
+             rows: list[Row]) -> Callable[[], None]:
+    def run() -> None:
+        chunk.ensure(counts)
+        batch = chunk.batch
+        local = torch.tensor([chunk.local[p] for _, p in rows], device=batch.tokens.device)
+        sub = runtime.TokenBatch(batch.tokens[local], batch.attention_mask[local],
+                                 batch.span_start[local], batch.span_end[local])
+        with steer(model, spec.vectors[name].layer(layer), 1.0, spec.positions) as steerer:
+            steerer.set_strength(0, [s for s, _ in rows])
+            steerer.context.bind(sub)
+            try:
+                final = runtime.run_from_layer(model, chunk.resid[layer][local],
+                                               sub.attention_mask, layer)
+            finally:
+                steerer.context.bind(None)
+        counts.passes["steered"] += 1
+        bits = kl_bits(chunk.base_logits[local], runtime.unembed(model, final[:, -1])).cpu()
+        recs = [_kl_record(spec, name, layer, s, p, float(b)) for (s, p), b in zip(rows, bits)]
+        store.add(recs)
+        counts.records += len(recs)
+        chunk.done_one()
+
+    return run
+
+
+# ------------------------------------------------------------------------------ generation
+
+
+def _measure_generation(model, gen: Generation, scorer, batch_size: int, counts: _Counts
+                        ) -> tuple[list[float], list[float], list[str | None]]:
+    """Perplexity under the unsteered model, scores and per-item scorer errors."""
+    ppl = generation_perplexity(model, gen, batch_size=batch_size).perplexity
+    counts.passes["perplexity"] += 1
+    errors: list[str | None] = [None] * len(gen)
+    if scorer is None:
+        return list(ppl), [float("nan")] * len(gen), errors
+    scores, errs = safe_score(scorer, list(gen.texts))
+    for e in errs:
+        errors[e.index] = e.error
+    return list(ppl), [float(x) for x in scores], errors
+
+
+def _gen_units(model, spec: SweepSpec, store: CellStore, counts: _Counts, scorer,
+               batch_size: int) -> list[Callable[[], None]]:
+    units: list[Callable[[], None]] = []
+    missing_base = [p for p in range(len(spec.prompts)) if ("base", p) not in store]
+    for piece in _split(missing_base, batch_size):
+        units.append(_base_unit(model, spec, store, counts, scorer, batch_size, piece))
+    zero = [(name, layer, s, p) for name in spec.names for layer in spec.layers
+            for s in spec.strengths if s == 0.0 for p in range(len(spec.prompts))
+            if _cell("gen", name, layer, s, p) not in store]
+    if zero:
+        units.append(_zero_unit(store, counts, zero))
+    for name in spec.names:
+        for layer in spec.layers:
+            rows = [(s, p) for s in spec.strengths if s != 0.0 for p in range(len(spec.prompts))
+                    if _cell("gen", name, layer, s, p) not in store]
+            for piece in _split(rows, batch_size):
+                units.append(_gen_unit(model, spec, store, counts, scorer, batch_size, name,
+                                       layer, piece))
+    return units
+
+
+def _base_unit(model, spec, store, counts, scorer, batch_size, idxs: list[int]):
+    def run() -> None:
+        gen = generate(model, [spec.prompts[p] for p in idxs], None,
+                       max_new_tokens=spec.max_new_tokens, chat=spec.chat)
+        counts.passes["generate"] += 1
+        ppl, scores, errors = _measure_generation(model, gen, scorer, batch_size, counts)
+        recs = [{"part": "base", "prompt_idx": p, "text": gen.texts[i],
+                 "tokens": list(gen.tokens[i]), "score": scores[i], "perplexity": ppl[i],
+                 "error": errors[i]} for i, p in enumerate(idxs)]
+        store.add(recs)
+        counts.records += len(recs)
+
+    return run
+
+
+def _gen_record(name, layer, s, p, text, changed, diverge, score, ppl, error) -> dict:
+    return {"part": "gen", "vector": name, "layer": layer, "strength": s, "prompt_idx": p,
+            "text": text, "changed": changed, "diverge_at": diverge, "score": score,
+            "perplexity": ppl, "error": error}
+
+
+def _zero_unit(store, counts, cells: Sequence[tuple[str, int, float, int]]):
+    def run() -> None:
+        recs = []
+        for name, layer, s, p in cells:
+            base = store.get(("base", p))
+            recs.append(_gen_record(name, layer, s, p, base["text"], False, None, base["score"],
+                                    base["perplexity"], base["error"]))
+        store.add(recs)
+        counts.records += len(recs)
+
+    return run
+
+
+def _gen_unit(model, spec, store, counts, scorer, batch_size, name: str, layer: int,
+              rows: list[Row]):
+    def run() -> None:
+        with steer(model, spec.vectors[name].layer(layer), 1.0, spec.positions) as steerer:
+            steerer.set_strength(0, [s for s, _ in rows])
+            gen = generate(model, [spec.prompts[p] for _, p in rows], steerer,
+                           max_new_tokens=spec.max_new_tokens, chat=spec.chat)
+        counts.passes["generate"] += 1
+        ppl, scores, errors = _measure_generation(model, gen, scorer, batch_size, counts)
+        recs = []
+        for i, (s, p) in enumerate(rows):
+            div = first_divergence(store.get(("base", p))["tokens"], gen.tokens[i])
+            recs.append(_gen_record(name, layer, s, p, gen.texts[i], div is not None, div,
+                                    scores[i], ppl[i], errors[i]))
+        store.add(recs)
+        counts.records += len(recs)
+
+    return run
+
+
+# ------------------------------------------------------------------------------ entry point
+
+
+def sweep(
+    model,
+    vectors,
+    layers: Sequence[int],
+    strengths: Sequence[float],
+    prompts: Sequence[str],
+    *,
+    measures: Sequence[str] = ("kl",),
+    scorer=None,
+    max_new_tokens: int = 24,
+    n_random: int = 0,
+    random_seed: int = 0,
+    positions: str = "all",
+    chat: bool | None = None,
+    batch_size: int = 32,
+    out_dir=None,
+    resume: bool = True,
+    show_progress: bool = True,
+) -> SweepResult:
+    """Run a layers x strengths x prompts grid for one or several vectors; return a tidy table.
+
+    `vectors`: a SteeringVector or a dict name -> SteeringVector (column `vector`). `measures`:
+    "kl" (next-token KL in bits, always computed) and/or "generate" (greedy continuation of
+    `max_new_tokens` tokens: text, changed, score, perplexity, error). `scorer`: a callable
+    str -> float or a spec for `measures.get_scorer` (needs "generate"). `n_random`: random
+    directions matched in norm per real vector (rows "random:<seed>"). `positions`: steering
+    position mode. `batch_size`: most rows per forward. `out_dir`: stream results there and, with
+    `resume`, continue a sweep of identical settings (resume=False discards it).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    spec = make_spec(model, vectors, layers, strengths, prompts, measures=measures,
+                     scorer=scorer, max_new_tokens=max_new_tokens, n_random=n_random,
+                     random_seed=random_seed, positions=positions, chat=chat)
+    score_fn = get_scorer(scorer) if scorer is not None else None
+    store = CellStore.open(out_dir, spec.fingerprint(model), resume)
+    counts = _Counts()
+    units = _kl_units(model, spec, store, counts, batch_size)
+    if spec.generate:
+        units += _gen_units(model, spec, store, counts, score_fn, batch_size)
+    for run in progress(units, desc="sweep", enabled=show_progress and bool(units),
+                        total=len(units)):
+        run()
+    table, baseline = build_tables(spec, store)
+    return SweepResult(
+        table=table,
+        baseline=baseline,
+        config=spec.fingerprint(model),
+        n_computed=counts.records,
+        n_resumed=store.n_loaded,
+        passes=dict(counts.passes),
+        out_dir=None if out_dir is None else str(out_dir),
+    )
