@@ -16,7 +16,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   tmp="$(mktemp -d)"
   if "$PY" -m pip download -q --no-deps --no-index -d "$tmp" "torch==2.13.0" >/dev/null 2>&1; then
     echo "[steerlens] installing the local CPU build of torch 2.13.0" >&2
-    "$PY" -m pip install -q "torch==2.13.0"
+    "$PY" -m pip install -q "torch==2.13.0" 2> >(grep -v "^WARNING: Location" >&2)
   elif command -v nvidia-smi >/dev/null 2>&1; then
     echo "[steerlens] GPU found: torch will come from PyPI with CUDA" >&2
   else

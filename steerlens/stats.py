@@ -21,6 +21,7 @@ Randomness is always seeded; results are frozen dataclasses that state their n.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -71,10 +72,10 @@ def _check_level(ci: float) -> float:
     return float(ci)
 
 
-def _check_count(value: int, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def _check_count(value: int | np.integer, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
-    return value
+    return int(value)
 
 
 def binom_two_sided(k: int, n: int) -> float:
@@ -157,11 +158,13 @@ def sem(values, nan_policy: Literal["raise", "omit"] = "raise") -> float:
     return float(arr.std(ddof=1) / math.sqrt(arr.size))
 
 
-def proportion_ci(successes: int, n: int, ci: float = 0.95) -> CI:
+def proportion_ci(successes: int | np.integer, n: int | np.integer, ci: float = 0.95) -> CI:
     """Wilson score interval for a proportion (good coverage even at 0/n or n/n)."""
-    _check_count(n, "n")
-    if isinstance(successes, bool) or not isinstance(successes, int) or not 0 <= successes <= n:
+    n = _check_count(n, "n")
+    if (isinstance(successes, bool) or not isinstance(successes, numbers.Integral)
+            or not 0 <= successes <= n):
         raise ValueError(f"successes must be an int in 0..{n}, got {successes!r}.")
+    successes = int(successes)
     level = _check_level(ci)
     z = float(_sp.norm.ppf(0.5 + level / 2.0))
     p = successes / n

@@ -100,9 +100,7 @@ def test_change_rate_rejects_mismatched_baseline(tiny, vec):
 
 
 @pytest.mark.embedded
-def test_smol_sampling_is_diverse_and_greedy_is_not(smol):
-    prompts = ["Tell me about your morning.", "Describe a rainy afternoon."]
-    hot = sampling_diversity(smol, prompts, k=4, temperature=1.0, max_new_tokens=8)
-    assert min(hot.distinct_fraction) > 0.25
-    cold = sampling_diversity(smol, prompts[:1], k=4, top_k=1, max_new_tokens=8)
-    assert cold.distinct_fraction == (0.25,)
+def test_smol_sampling_is_diverse(smol):
+    hot = sampling_diversity(smol, ["Tell me about your morning."], k=4, temperature=1.0,
+                             max_new_tokens=6)
+    assert hot.distinct_fraction[0] > 0.25 and len(hot.samples[0]) == 4

@@ -69,6 +69,7 @@ def test_proportion_ci_matches_scipy_wilson(k, n):
     ref = sp.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
     assert (ours.low, ours.high) == pytest.approx((ref.low, ref.high), abs=1e-12)
     assert ours.estimate == k / n and ours.n == n
+    assert proportion_ci(np.int64(k), np.int64(n)) == ours  # numpy counts are fine
 
 
 @pytest.mark.parametrize("b,c", [(0, 0), (1, 0), (3, 9), (7, 7), (2, 15), (30, 48)])

@@ -17,7 +17,7 @@ from steerlens.generate import generate
 from steerlens.methods import random_like
 from steerlens.steer import steer, steered_forward
 from steerlens.sweep import compare_random, layer_effect, sweep, zones
-from steerlens.vectors import SteeringVector
+from steerlens.vectors import SteeringVector, SteeringVectorSet
 
 PROMPTS = ["hi there", "a much longer prompt here, with commas", "x", "the cat"]
 STRENGTHS = [-6.0, 0.0, 2.5, 6.0]
@@ -59,6 +59,18 @@ def test_kl_matches_plain_loop(tiny, vec, positions):
     assert (moved > 1e-7).all() and moved.max() > 0.1
 
 
+@pytest.mark.parametrize("component", ["resid_post", "mlp_out", "attn_out"])
+def test_kl_matches_plain_loop_other_components(tiny, vec, component):
+    v = SteeringVector(dict(vec.directions), component=component)
+    res = sweep(tiny, v, [0, 1], [-3.0, 4.0], PROMPTS, chat=False, show_progress=False)
+    t = res.table
+    for layer in (0, 1):
+        for s in (-3.0, 4.0):
+            got = t[(t.layer == layer) & (t.strength == s)].sort_values("prompt_idx").kl_bits
+            np.testing.assert_allclose(got.to_numpy(), plain_kl(tiny, v, layer, s, PROMPTS),
+                                       atol=1e-4, rtol=0)
+
+
 def test_forward_count_is_minimal(tiny, vec):
     res = sweep(tiny, vec, [0, 1], STRENGTHS, PROMPTS, chat=False, batch_size=64,
                 show_progress=False)
@@ -72,8 +84,8 @@ def test_forward_count_is_minimal(tiny, vec):
 
 def test_several_vectors_and_chat(tiny, vec):
     other = SteeringVector({0: -vec[0] * 0.5, 1: vec[1] * 2.0})
-    res = sweep(tiny, {"a": vec, "b": other}, [1], [3.0], PROMPTS[:2], chat=True,
-                show_progress=False)
+    res = sweep(tiny, SteeringVectorSet({"a": vec, "b": other}), [1], [3.0], PROMPTS[:2],
+                chat=True, show_progress=False)
     assert list(dict.fromkeys(res.table.vector)) == ["a", "b"]
     for name, v in (("a", vec), ("b", other)):
         got = res.table[res.table.vector == name].sort_values("prompt_idx").kl_bits.to_numpy()
@@ -217,8 +229,10 @@ def test_bad_input(tiny, vec):
     only0 = SteeringVector({0: vec[0]})
     with pytest.raises(ValueError, match=r"not built for layer\(s\) \[1\]; its layers are \[0\]"):
         sweep(tiny, only0, [0, 1], [1.0], PROMPTS, **ok)
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="valid layers are the ints 0..1"):
         sweep(tiny, vec, [5], [1.0], PROMPTS, **ok)
+    with pytest.raises(ValueError, match="valid layers"):
+        sweep(tiny, vec, [0.5], [1.0], PROMPTS, **ok)
     with pytest.raises(ValueError, match="valid measures"):
         sweep(tiny, vec, [0], [1.0], PROMPTS, measures=("kl", "acc"), **ok)
     with pytest.raises(ValueError, match="needs generated text"):
@@ -241,3 +255,6 @@ def test_single_values_and_table_types(tiny, vec):
     res = sweep(tiny, vec, 1, 2.0, "hello", chat=False, show_progress=False)
     assert len(res.table) == 1 and isinstance(res.table, pd.DataFrame)
     assert res.table.kl_bits.dtype == np.float64 and res.n_resumed == 0 and res.n_computed == 1
+    arr = sweep(tiny, vec, np.arange(2), np.linspace(-2.0, 2.0, 3), ["a", "b"], chat=False,
+                show_progress=False)
+    assert arr.table.layer.tolist()[::6] == [0, 1] and arr.config["strengths"] == [-2.0, 0.0, 2.0]

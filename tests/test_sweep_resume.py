@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from steerlens.backend import runtime
-from steerlens.sweep import CELLS_FILE, CONFIG_FILE, sweep
+from steerlens.sweep import CELLS_FILE, CONFIG_FILE, load_sweep, sweep
 from steerlens.sweep import engine as sweep_engine
 from steerlens.vectors import SteeringVector
 
@@ -58,6 +58,8 @@ def test_kl_sweep_resumes_without_recomputing(tiny, vec, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         sweep(tiny, vec, [0, 1], STRENGTHS, PROMPTS, n_random=1, out_dir=tmp_path, **KW)
     saved = _lines(tmp_path)
+    with pytest.raises(ValueError, match="unfinished"):
+        load_sweep(tmp_path)
     zero_cells = 2 * 2 * len(PROMPTS)  # strength 0: recorded without a forward
     assert len(saved) == zero_cells + 3 * 4  # 3 forwards of 4 rows finished before the interrupt
     assert len({(r["vector"], r["layer"], r["strength"], r["prompt_idx"]) for r in saved}) == len(saved)
@@ -103,6 +105,9 @@ def test_generation_sweep_resumes(tiny, vec, tmp_path, monkeypatch):
     assert res.n_computed == 8 and res.n_resumed == 4 + 4 + len(STRENGTHS) * len(PROMPTS)
     pd.testing.assert_frame_equal(res.baseline, full.baseline)
     _same(res.table, full.table)
+    saved = load_sweep(tmp_path)  # reopened without the model, e.g. by a figure script
+    pd.testing.assert_frame_equal(saved.table, res.table)
+    pd.testing.assert_frame_equal(saved.baseline, res.baseline)
 
 
 def test_fingerprint_refuses_other_settings(tiny, vec, tmp_path):
@@ -135,5 +140,7 @@ def test_torn_last_line_is_dropped(tiny, vec, tmp_path):
     with pytest.raises(ValueError, match="line 1 is corrupt"):
         sweep(tiny, vec, [0], [1.0, 2.0], PROMPTS, out_dir=tmp_path, **KW)
     (tmp_path / CONFIG_FILE).unlink()
+    with pytest.raises(ValueError, match="holds no sweep"):
+        load_sweep(tmp_path)
     with pytest.raises(ValueError, match="settings are unknown"):
         sweep(tiny, vec, [0], [1.0, 2.0], PROMPTS, out_dir=tmp_path, **KW)

@@ -31,6 +31,7 @@ from ..generate import generate
 from ..io import atomic_write_text
 from ..measures import get_scorer, kl_bits, safe_score, text_perplexity
 from ..progress import progress
+from ..sites import check_layer
 from ..stats import CI, bootstrap_ci
 from .weights import (
     Band,
@@ -251,6 +252,10 @@ def evaluate_configs(
     score_fn = get_scorer(scorer) if scorer is not None else None
     scorer_label = None if scorer is None else (scorer if isinstance(scorer, (str, dict))
                                                  else getattr(scorer, "__name__", "custom"))
+    for cfg in configs:  # validate every configuration before any model work
+        for e in cfg.edits:
+            check_layer(model, e.layer)
+            runtime.mlp_out_weight(model, e.layer)
     if controls:
         configs = configs + [
             SpectralConfig(tuple(e.shuffled(control_seed + i) for i, e in enumerate(c.edits)),
@@ -270,7 +275,7 @@ def evaluate_configs(
                 points.append(SpectralPoint.from_dict(saved["point"]))
                 continue
         for e in cfg.edits:
-            if e.layer not in svds and 0 <= e.layer < runtime.n_layers(model):
+            if e.layer not in svds:
                 svds[e.layer] = mlp_out_svd(model, e.layer)
         with spectral_steering(model, cfg, svds=svds) as res:
             erank = float(np.mean([r.effective_rank_after - r.effective_rank_before

@@ -9,7 +9,8 @@ positions are unembedded, and the unsteered continuation is generated once per p
 stream to disk (`store.py`) and an interrupted sweep resumes where it stopped. `n_random` adds
 norm-matched random directions run through the same grid (`control.py`), and `compare_random`
 sets the real vector against them. Modules: grid (validation and fingerprint), engine, store,
-result (table, summaries, per-layer effects, zones), control.
+result (table, summaries, per-layer effects, zones, `load_sweep` to reopen a results
+directory without the model), control.
 """
 
 from .control import RANDOM_PREFIX, compare_random, random_controls
@@ -21,6 +22,7 @@ from .result import (
     SweepResult,
     effect_values,
     layer_effect,
+    load_sweep,
     zones,
 )
 from .store import CELLS_FILE, CONFIG_FILE, CellStore
@@ -38,6 +40,7 @@ __all__ = [
     "compare_random",
     "effect_values",
     "layer_effect",
+    "load_sweep",
     "make_spec",
     "random_controls",
     "sweep",

@@ -24,7 +24,7 @@ interrupted sweep rerun with the same settings and `out_dir` computes only the m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -256,11 +256,11 @@ def _gen_unit(model, spec, store, counts, scorer, batch_size, name: str, layer: 
 def sweep(
     model,
     vectors,
-    layers: Sequence[int],
-    strengths: Sequence[float],
-    prompts: Sequence[str],
+    layers: int | Iterable,
+    strengths: float | int | Iterable,
+    prompts: str | Iterable,
     *,
-    measures: Sequence[str] = ("kl",),
+    measures: str | Sequence[str] = ("kl",),
     scorer=None,
     max_new_tokens: int = 24,
     n_random: int = 0,

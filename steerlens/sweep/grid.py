@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..backend import runtime
 from ..extract import resolve_chat
 from ..generate import check_generation_args
 from ..steer import POSITION_MODES
-from ..vectors import SteeringVector
+from ..vectors import SteeringVector, SteeringVectorSet
 from .control import RANDOM_PREFIX, random_controls
 
 MEASURES: tuple[str, ...] = ("kl", "generate")
@@ -103,9 +104,12 @@ def scorer_label(scorer) -> str | None:
 def _check_vectors(model, vectors) -> dict[str, SteeringVector]:
     if isinstance(vectors, SteeringVector):
         vectors = {"vector": vectors}
+    if isinstance(vectors, SteeringVectorSet):
+        vectors = dict(vectors.items())
     if not isinstance(vectors, Mapping):
         raise ValueError(
-            "vectors must be a SteeringVector or a dict name -> SteeringVector, got "
+            "vectors must be a SteeringVector, a SteeringVectorSet or a dict name -> "
+            "SteeringVector, got "
             f"{type(vectors).__name__}."
         )
     if not vectors:
@@ -127,15 +131,17 @@ def _check_vectors(model, vectors) -> dict[str, SteeringVector]:
 
 
 def _check_layers(model, layers, vectors: Mapping[str, SteeringVector]) -> tuple[int, ...]:
-    if isinstance(layers, int):
+    if isinstance(layers, numbers.Integral):
         layers = [layers]
     layers = list(layers)
     if not layers:
         raise ValueError("The sweep grid is empty: no layers were given.")
     n = runtime.n_layers(model)
     for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
-            raise ValueError(f"Layer {layer!r} is out of range: this model has layers 0..{n - 1}.")
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= layer < n:
+            raise ValueError(f"Layer {layer!r} is not a layer of this model: valid layers are "
+                             f"the ints 0..{n - 1}.")
+    layers = [int(layer) for layer in layers]
     if len(set(layers)) != len(layers):
         raise ValueError(f"Layers must not repeat, got {layers}.")
     for name, vec in vectors.items():
@@ -199,9 +205,9 @@ def _check_count(value, name: str, minimum: int) -> int:
 def make_spec(
     model,
     vectors,
-    layers: Sequence[int],
-    strengths: Sequence[float],
-    prompts: Sequence[str],
+    layers,
+    strengths,
+    prompts,
     *,
     measures,
     scorer,

@@ -12,9 +12,11 @@ layer-selection analyses consume. `zones` labels each (layer, strength) of a vec
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,8 +42,8 @@ def build_tables(spec, store) -> tuple[pd.DataFrame, pd.DataFrame]:
                     kl = store.get(("kl", name, layer, s, p))
                     row: dict[str, Any] = {
                         "vector": name, "control_for": spec.control_for[name],
-                        "is_random": spec.is_random(name), "layer": layer, "strength": s,
-                        "prompt_idx": p, "prompt": prompt,
+                        "is_random": spec.control_for[name] != name, "layer": layer,
+                        "strength": s, "prompt_idx": p, "prompt": prompt,
                         "kl_bits": _nan(kl["kl_bits"]) if kl else float("nan"),
                     }
                     if spec.generate:
@@ -64,6 +66,55 @@ def build_tables(spec, store) -> tuple[pd.DataFrame, pd.DataFrame]:
     baseline = pd.DataFrame(base_rows, columns=["prompt_idx", "prompt", "text", "score",
                                                 "perplexity", "error"])
     return table, baseline
+
+
+@dataclass(frozen=True)
+class _SavedGrid:
+    """The grid axes recovered from a results directory's fingerprint (no vectors, no model)."""
+
+    names: list[str]
+    control_for: dict[str, str]
+    layers: list[int]
+    strengths: list[float]
+    prompts: list[str]
+    generate: bool
+
+
+def load_sweep(out_dir) -> SweepResult:
+    """Reopen a sweep written to `out_dir` (e.g. for figures) without the model.
+
+    Raises a ValueError if the directory is not a sweep or holds an unfinished one (rerun
+    `sweep(...)` with the same settings and out_dir to complete it).
+    """
+    from .control import random_label
+    from .store import CELLS_FILE, CONFIG_FILE, CellStore, _load
+
+    directory = Path(out_dir)
+    cfg_path = directory / CONFIG_FILE
+    if not cfg_path.exists():
+        raise ValueError(f"{directory} holds no sweep ({CONFIG_FILE} is missing).")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        real = list(cfg["vectors"])
+        names = real + [random_label(cfg["random_seed"] + k, owner, len(real))
+                        for owner in real for k in range(cfg["n_random"])]
+        control = {n: n for n in real}
+        control.update({random_label(cfg["random_seed"] + k, owner, len(real)): owner
+                        for owner in real for k in range(cfg["n_random"])})
+        grid = _SavedGrid(names, control, [int(x) for x in cfg["layers"]],
+                          [float(x) for x in cfg["strengths"]], list(cfg["prompts"]),
+                          "generate" in cfg["measures"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{cfg_path} is not a valid sweep config ({err}).") from err
+    store = CellStore(directory, _load(directory / CELLS_FILE), 0)
+    n_parts = 2 if grid.generate else 1
+    n_cells = len(names) * len(grid.layers) * len(grid.strengths) * len(grid.prompts)
+    missing = n_cells * n_parts + (len(grid.prompts) if grid.generate else 0) - len(store.records)
+    if missing > 0:
+        raise ValueError(f"The sweep in {directory} is unfinished ({missing} records missing); "
+                         "rerun sweep(...) with the same settings and out_dir to complete it.")
+    table, baseline = build_tables(grid, store)
+    return SweepResult(table, baseline, cfg, 0, len(store.records), {}, str(directory))
 
 
 @dataclass(frozen=True, eq=False)

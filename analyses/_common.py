@@ -1,0 +1,303 @@
+"""Shared plumbing for the analysis scripts: flags, model loading, output paths and findings.
+
+Every script takes the same core flags (`--model`, `--device`, `--out`, `--quick`, `--seed`,
+`--no-progress`), writes tables under `results/<name>/` and figures under `figures/`, and records
+its headline numbers as "finding rows" (analysis, measure, value, 95% CI, n, random control,
+verdict) in `results/<name>/findings.json`. `write_findings_md` gathers every script's rows into
+`results/FINDINGS_measurement.md`, so the summary table is always regenerated from the numbers a
+script actually computed. Two helpers put steering strengths on a comparable scale across layers
+and models: `residual_norms` (median per-token norm of the residual stream entering a layer) and
+`scale_to_residual` (rescale a vector so that strength 1.0 adds that many residual norms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `python analyses/x.py` from anywhere finds the sibling modules
+    sys.path.insert(0, str(ROOT))
+
+from steerlens.backend import DEFAULT_MODEL, load_model, runtime  # noqa: E402
+from steerlens.extract import extract  # noqa: E402
+from steerlens.io import atomic_write_text  # noqa: E402
+from steerlens.methods import build_vector  # noqa: E402
+from steerlens.pairs import Behaviour, load_behaviour  # noqa: E402
+from steerlens.vectors import SteeringVector, VectorFileError  # noqa: E402
+
+RESULTS = ROOT / "results"
+FIGURES = ROOT / "figures"
+FINDINGS_MD = "FINDINGS_measurement.md"
+
+
+def parser(name: str, description: str) -> argparse.ArgumentParser:
+    """An ArgumentParser with the flags every analysis shares."""
+    p = argparse.ArgumentParser(prog=f"{name}.py", description=description)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model name (default %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--out", default=None, help=f"results directory (default results/{name}/)")
+    p.add_argument("--fig-dir", default=None, help="figures directory (default figures/)")
+    p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random controls and sampling")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--fresh", action="store_true", help="ignore cached sweep results in --out")
+    return p
+
+
+@dataclass(frozen=True)
+class Context:
+    """Resolved output locations and run settings for one script run."""
+
+    name: str
+    out: Path
+    fig_dir: Path
+    device: str
+    progress: bool
+    seed: int
+    quick: bool
+    resume: bool
+
+    def fig(self, suffix: str) -> Path:
+        return self.fig_dir / f"{self.name}_{suffix}.html"
+
+
+def context(name: str, args: argparse.Namespace) -> Context:
+    out = Path(args.out) if args.out else RESULTS / name
+    fig_dir = Path(args.fig_dir) if args.fig_dir else FIGURES
+    out.mkdir(parents=True, exist_ok=True)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    return Context(name, out, fig_dir, args.device, not args.no_progress, args.seed, args.quick,
+                   not args.fresh)
+
+
+def get_model(name: str, device: str, cache: dict | None = None):
+    """Load a model once per process (tests call several scripts in one session)."""
+    cache = _MODELS if cache is None else cache
+    key = (name, str(device))
+    if key not in cache:
+        cache[key] = load_model(name, device=device)
+    return cache[key]
+
+
+_MODELS: dict[tuple[str, str], Any] = {}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------------------ data and vectors
+
+
+def sentiment_data() -> Behaviour:
+    return load_behaviour("sentiment")
+
+
+def heldout_prompts(behaviour: Behaviour, n: int | None = None) -> list[str]:
+    """Prompts never used to build the vector: the evaluation prompts, then the test-pair prompts."""
+    prompts = list(behaviour.eval_prompts)
+    prompts += [p.prompt for p in behaviour.test if p.prompt and p.prompt not in prompts]
+    if n is not None:
+        if not 1 <= n <= len(prompts):
+            raise ValueError(f"n_prompts must be in 1..{len(prompts)} for {behaviour.name!r}, got {n}.")
+        prompts = prompts[:n]
+    return prompts
+
+
+def cached_vector(model, behaviour: Behaviour, layers: Sequence[int], cache_dir: Path,
+                  show_progress: bool = False, resume: bool = True,
+                  chat: bool | None = None) -> SteeringVector:
+    """Mean-difference vector on the behaviour's train pairs, saved once and reloaded.
+
+    `chat=None` chat-templates the pairs' prompts for instruct models (the library default).
+    """
+    layers = sorted(int(x) for x in layers)
+    tag = "" if chat is None else ("_chat" if chat else "_raw")
+    path = cache_dir / f"vector_{behaviour.name}{tag}"
+    if resume and path.exists():
+        try:
+            vec = SteeringVector.load(path, model)
+            if (vec.layers == layers and vec.model_id == runtime.model_id(model)
+                    and vec.n_pairs == len(behaviour.train)):
+                return vec
+        except VectorFileError:
+            pass
+    vec = build_vector(model, behaviour.train, layers, show_progress=show_progress, chat=chat)
+    vec.save(path)
+    return vec
+
+
+def residual_norms(model, texts: Sequence[str], layers: Sequence[int],
+                   show_progress: bool = False) -> dict[int, float]:
+    """Median L2 norm of the residual stream entering each layer, over every token of the raw
+    texts after BOS.
+
+    The median ignores the few "attention sink" positions whose norm is many times the rest.
+    """
+    acts = extract(model, list(texts), list(layers), position="all", show_progress=show_progress,
+                   chat=False)
+    return {layer: float(acts[layer].double().norm(dim=-1).median()) for layer in acts.layers}
+
+
+def scale_to_residual(vector: SteeringVector, norms: Mapping[int, float]) -> SteeringVector:
+    """The vector with each layer's direction rescaled to norm `norms[layer]`.
+
+    With norms from `residual_norms`, strength alpha then adds alpha x (median residual norm) at
+    every layer, a scale that is comparable across layers and across models.
+    """
+    missing = [layer for layer in vector.layers if layer not in norms]
+    if missing:
+        raise ValueError(f"No residual norm for layer(s) {missing}; norms cover {sorted(norms)}.")
+    dirs = {}
+    for layer, d in vector.directions.items():
+        n = float(d.norm())
+        if n == 0.0:
+            raise ValueError(f"Layer {layer} of the vector is zero; it cannot be rescaled.")
+        dirs[layer] = d * (float(norms[layer]) / n)
+    extra = dict(vector.extra)
+    extra["scaled_to_residual_norm"] = {str(k): float(norms[k]) for k in vector.layers}
+    return replace(vector, directions=dirs, method=f"{vector.method}|residual-scaled", extra=extra)
+
+
+def relative_layers(model, fractions: Sequence[float]) -> list[int]:
+    """Layer index nearest to each fraction of depth (0 = first block, 1 = last), deduplicated."""
+    n = runtime.n_layers(model)
+    out = []
+    for f in fractions:
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"Depth fractions must be in [0, 1], got {f}.")
+        layer = int(round(f * (n - 1)))
+        if layer not in out:
+            out.append(layer)
+    return out
+
+
+def spread_layers(n_layers_model: int, k: int, first: int = 1) -> list[int]:
+    """k layers spread evenly from `first` to the last layer."""
+    if k < 1:
+        raise ValueError(f"Need at least one layer, got {k}.")
+    return sorted({int(round(x)) for x in np.linspace(first, n_layers_model - 1, k)})
+
+
+# ------------------------------------------------------------------------------ output
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.tolist())
+    return x
+
+
+def write_json(path: Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(_jsonable(obj), indent=1, ensure_ascii=False))
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> Path:
+    return atomic_write_text(path, df.to_csv(index=False))
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "nan"
+    return f"{x:.{digits}g}"
+
+
+def fmt_ci(est: float, low: float, high: float, digits: int = 3) -> str:
+    return f"{fmt(est, digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One row of the findings table."""
+
+    analysis: str
+    measure: str
+    value: float
+    low: float
+    high: float
+    n: str
+    random_control: str
+    verdict: str
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def save_findings(ctx: Context, findings: Sequence[Finding], settings: Mapping[str, Any]) -> Path:
+    """Write the script's finding rows and settings, then regenerate the markdown summary.
+
+    Quick (smoke-test) runs write only their own directory, never the shared summary.
+    """
+    path = write_json(ctx.out / "findings.json",
+                      {"analysis": ctx.name, "quick": ctx.quick, "settings": dict(settings),
+                       "findings": [f.as_dict() for f in findings]})
+    if not ctx.quick and ctx.out.parent.resolve() == RESULTS.resolve():
+        write_findings_md(RESULTS)
+    return path
+
+
+def print_findings(findings: Sequence[Finding]) -> None:
+    print("\nFindings (95% CIs):")
+    for f in findings:
+        print(f"- {f.measure}: {fmt_ci(f.value, f.low, f.high)} (n={f.n}); random: "
+              f"{f.random_control}; verdict: {f.verdict}")
+
+
+ORDER = ["mid_layer_sweep", "kl_diversity_by_layer", "base_vs_instruct", "outcome_direction"]
+
+
+def write_findings_md(results_root: Path) -> Path:
+    """Collect every `<analysis>/findings.json` under results_root into one markdown table."""
+    rows, notes = [], []
+    files = sorted(results_root.glob("*/findings.json"),
+                   key=lambda p: (ORDER.index(p.parent.name) if p.parent.name in ORDER else 99,
+                                  p.parent.name))
+    for fpath in files:
+        data = json.loads(fpath.read_text(encoding="utf-8"))
+        if data.get("quick") or data.get("analysis") not in ORDER:
+            continue
+        notes.append(f"- `{data['analysis']}`: settings {json.dumps(data.get('settings', {}))}")
+        for f in data["findings"]:
+            ci = ("" if f["low"] is None or f["high"] is None
+                  else f"[{fmt(f['low'])}, {fmt(f['high'])}]")
+            rows.append(f"| {f['analysis']} | {f['measure']} | {fmt(f['value'])} | {ci} | "
+                        f"{f['n']} | {f['random_control']} | {f['verdict']} |")
+    text = [
+        "# Measurement findings (steerlens analyses)",
+        "",
+        "Generated by the scripts in `analyses/` (each run rewrites this file from every",
+        "`results/<analysis>/findings.json`). Intervals are 95% (percentile bootstrap over",
+        "prompts/items unless the measure says Wilson). n counts prompts or items.",
+        "",
+        "| analysis | measure | value | 95% CI | n | random control | verdict |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "## Settings",
+        "",
+        *notes,
+        "",
+    ]
+    return atomic_write_text(results_root / FINDINGS_MD, "\n".join(text))

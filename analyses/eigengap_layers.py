@@ -1,0 +1,205 @@
+"""Do key-Gram eigengaps predict which layers steer well?
+
+Steps, on one embedded model:
+1. Eigengaps of every layer's key Gram matrices (per key/value head, before and after rotary) and
+   of the attention patterns, on a behaviour's evaluation prompts; the layer table with the
+   weakest-link (min), mean and median gap and the layers at or below the threshold.
+2. The KRR reading of attention that the claim rests on: R² of K_qk (K_kk + λI)⁻¹ V against each
+   head's actual output over a relative λ grid.
+3. A steering sweep (CAA mean-difference vector from the behaviour's training pairs, every
+   `--layer-step`-th layer, one strength, greedy generations scored by the behaviour's scorer,
+   plus one norm-matched random direction per layer) giving the per-layer steering effect (mean
+   paired change in score) and next-token KL.
+4. Pearson and Spearman correlations (bootstrap CIs, permutation p) of min and mean gap with the
+   effect, the layer the gaps rank first vs the best measured layer, and a verdict.
+
+Writes results/eigengap_layers/<model>/ (JSON + CSV + the resumable sweep) and
+figures/eigengap_layers_<model>_*.html.
+
+    python analyses/eigengap_layers.py [--model smollm2-135m-instruct] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from steerlens.backend import load_model, runtime
+from steerlens.figures import save_html
+from steerlens.figures.spectral import eigengap_profile, gap_vs_effect, krr_r2_heatmap
+from steerlens.io import atomic_write_text
+from steerlens.methods import build_vector
+from steerlens.pairs import load_behaviour
+from steerlens.spectral import eigengaps, krr_fit, predict_steering
+from steerlens.sweep import layer_effect, sweep
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 is much faster on a machine shared with other jobs)")
+    ap.add_argument("--out", default=None, help="results directory (default "
+                    "results/eigengap_layers/<model>)")
+    ap.add_argument("--figures", default="figures")
+    ap.add_argument("--behaviour", default="sentiment")
+    ap.add_argument("--n-prompts", type=int, default=12, help="evaluation prompts (gaps + sweep)")
+    ap.add_argument("--krr-prompts", type=int, default=6)
+    ap.add_argument("--layer-step", type=int, default=2)
+    ap.add_argument("--strength", type=float, default=6.0)
+    ap.add_argument("--max-new-tokens", type=int, default=20)
+    ap.add_argument("--n-random", type=int, default=1)
+    ap.add_argument("--threshold", type=float, default=0.77)
+    ap.add_argument("--n-boot", type=int, default=2000)
+    return ap.parse_args()
+
+
+def corr_line(name: str, c) -> str:
+    return (f"  {name:<28} r = {c.r:+.3f}  95% CI [{c.ci_low:+.3f}, {c.ci_high:+.3f}]  "
+            f"p_perm = {c.p_perm:.4f}  (n = {c.n} layers)")
+
+
+def verdict(pred) -> str:
+    mp, ms = pred.min_pearson, pred.min_spearman
+    supported = mp.ci_low > 0 and mp.p_perm < 0.05
+    better = mp.r > pred.mean_pearson.r
+    if supported:
+        head = "SUPPORTED: the weakest-link gap correlates positively with the steering effect"
+    elif math.isfinite(mp.r) and mp.ci_high < 0:
+        head = "CONTRADICTED: the weakest-link gap correlates negatively with the steering effect"
+    else:
+        head = "NOT SUPPORTED: no reliable correlation between weakest-link gap and steering effect"
+    return (f"{head} (Pearson r = {mp.r:+.2f} [{mp.ci_low:+.2f}, {mp.ci_high:+.2f}], Spearman "
+            f"{ms.r:+.2f} [{ms.ci_low:+.2f}, {ms.ci_high:+.2f}], n = {pred.n} layers); min gap "
+            f"{'beats' if better else 'does not beat'} mean gap (r = {pred.mean_pearson.r:+.2f}). "
+            f"Predicted layer {pred.predicted_layer}, best measured layer {pred.best_layer} "
+            f"(rank {pred.rank_of_best} of {len(pred.ranking)} gated candidates).")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    model = load_model(args.model, device=args.device)
+    name = runtime.model_id(model)
+    out = Path(args.out or f"results/eigengap_layers/{name}")
+    out.mkdir(parents=True, exist_ok=True)
+    figs = Path(args.figures)
+    behaviour = load_behaviour(args.behaviour)
+    prompts = list(behaviour.eval_prompts[: args.n_prompts])
+    chat = runtime.is_instruct(model) and runtime.has_chat_template(model)
+    n_layers = runtime.n_layers(model)
+    print(f"model {name}: {n_layers} layers; behaviour {behaviour.name}; n = {len(prompts)} prompts "
+          f"(chat={chat})")
+
+    # 1. eigengaps (all layers)
+    gaps = eigengaps(model, prompts, chat=chat, threshold=args.threshold)
+    print(f"[{time.time() - t0:.0f}s] eigengaps: tokens per prompt {min(gaps.n_tokens)}-"
+          f"{max(gaps.n_tokens)}")
+    # 2. KRR reading
+    krr = krr_fit(model, prompts[: args.krr_prompts], chat=chat)
+    print(f"[{time.time() - t0:.0f}s] KRR R² on n = {krr.n_prompts} prompts")
+
+    # 3. steering sweep
+    layers = list(range(0, n_layers, args.layer_step))
+    vec = build_vector(model, behaviour.train, layers, chat=chat, show_progress=False)
+    res = sweep(model, vec, layers, [args.strength], prompts, measures=("kl", "generate"),
+                scorer=behaviour.scorer, max_new_tokens=args.max_new_tokens,
+                n_random=args.n_random, chat=chat, out_dir=out / "sweep", show_progress=False)
+    print(f"[{time.time() - t0:.0f}s] sweep: {len(layers)} layers x {len(prompts)} prompts, "
+          f"strength {args.strength:+g}, {args.n_random} random control(s)")
+    eff = layer_effect(res, "score", args.strength, n_boot=args.n_boot)
+    kl_eff = layer_effect(res, "kl_bits", args.strength, n_boot=args.n_boot)
+    real = eff[~eff["is_random"].astype(bool)].set_index("layer")
+    rand = eff[eff["is_random"].astype(bool)].groupby("layer")["effect"].mean()
+    kl_real = kl_eff[~kl_eff["is_random"].astype(bool)].set_index("layer")
+
+    # 4. predictions
+    preds = {}
+    for kind in ("rotated_keys", "keys") if gaps.rotated_keys is not None else ("keys",):
+        preds[f"{kind}/score"] = predict_steering(gaps, real["effect"].to_dict(), kind=kind,
+                                                  effect_label=f"Δ {behaviour.name} score",
+                                                  n_boot=args.n_boot, n_perm=args.n_boot)
+        preds[f"{kind}/kl"] = predict_steering(gaps, kl_real["effect"].to_dict(), kind=kind,
+                                               effect_label="next-token KL (bits)",
+                                               n_boot=args.n_boot, n_perm=args.n_boot)
+        if len(rand):
+            preds[f"{kind}/random_control_score"] = predict_steering(
+                gaps, rand.to_dict(), kind=kind, effect_label="Δ score, random direction",
+                n_boot=args.n_boot, n_perm=args.n_boot)
+
+    primary_kind = "rotated_keys" if gaps.rotated_keys is not None else "keys"
+    table = gaps.table(primary_kind)
+    rows = []
+    for r in table.rows():
+        layer = r["layer"]
+        row = {"layer": layer, "min_gap": r["min_gap"], "mean_gap": r["mean_gap"],
+               "median_gap": r["median_gap"], "flagged": r["flagged"],
+               "min_gap_prerotary": gaps.keys.rows()[table.layers.index(layer)]["min_gap"],
+               "pattern_mean_gap": (float(gaps.patterns.mean_gap[table.layers.index(layer)])
+                                    if gaps.patterns is not None else math.nan),
+               "krr_median_r2_best_lambda": float(np.median(krr.r2[:, krr.layers.index(layer)]
+                                                            .max(-1)))}
+        if layer in real.index:
+            row.update(effect=real.loc[layer, "effect"], effect_low=real.loc[layer, "low"],
+                       effect_high=real.loc[layer, "high"], effect_n=int(real.loc[layer, "n"]),
+                       random_effect=float(rand.get(layer, math.nan)),
+                       kl_bits=kl_real.loc[layer, "effect"])
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    atomic_write_text(out / "layer_table.csv", df.to_csv(index=False))
+    summary = {
+        "model": name, "behaviour": behaviour.name, "n_prompts": len(prompts),
+        "n_tokens": list(gaps.n_tokens), "strength": args.strength,
+        "max_new_tokens": args.max_new_tokens, "n_random": args.n_random,
+        "sweep_layers": layers, "threshold": args.threshold,
+        "eigengaps": gaps.to_dict(), "krr": krr.to_dict(),
+        "predictions": {k: p.to_dict() for k, p in preds.items()},
+        "verdict": verdict(preds[f"{primary_kind}/score"]),
+        "krr_fraction_positive_r2": float((krr.r2.max(-1) > 0).mean()),
+        "pattern_gap_overall_mean": (float(gaps.patterns.gaps.mean())
+                                     if gaps.patterns is not None else None),
+        "key_gap_overall_mean": float(table.gaps.mean()),
+        "seconds": time.time() - t0,
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+
+    save_html(eigengap_profile(gaps), figs / f"eigengap_layers_{name}_profile.html")
+    save_html(gap_vs_effect(preds[f"{primary_kind}/score"]),
+              figs / f"eigengap_layers_{name}_correlation.html")
+    save_html(krr_r2_heatmap(krr), figs / f"eigengap_layers_{name}_krr.html")
+
+    pd.set_option("display.width", 200)
+    print(f"\nLayer table ({primary_kind}; gaps over n = {len(prompts)} prompts; effect = mean Δ "
+          f"{behaviour.name} score at strength {args.strength:+g}, n = {len(prompts)} prompts):")
+    print(df[["layer", "min_gap", "mean_gap", "median_gap", "flagged", "effect", "effect_low",
+              "effect_high", "random_effect", "kl_bits"]].to_string(index=False,
+                                                                   float_format="%.3f"))
+    print(f"\nFlagged layers (min gap <= {args.threshold}): {list(table.flagged())}")
+    print(f"Pattern gaps: mean {summary['pattern_gap_overall_mean']:.3f} vs key gaps mean "
+          f"{summary['key_gap_overall_mean']:.3f}")
+    print(f"KRR: best-λ R² > 0 for {summary['krr_fraction_positive_r2']:.1%} of (prompt, layer, "
+          f"head); median best-λ R² {float(np.median(krr.r2.max(-1))):+.3f} "
+          f"(n = {krr.n_prompts} prompts)")
+    for key, p in preds.items():
+        print(f"\n{key} vs {p.effect_label}:")
+        print(corr_line("min gap, Pearson", p.min_pearson))
+        print(corr_line("min gap, Spearman", p.min_spearman))
+        print(corr_line("mean gap, Pearson", p.mean_pearson))
+        print(corr_line("mean gap, Spearman", p.mean_spearman))
+        print(f"  predicted layer {p.predicted_layer}; best measured layer {p.best_layer}")
+    print("\nVerdict:", summary["verdict"])
+    print(f"[{time.time() - t0:.0f}s] wrote {out} and {figs}/eigengap_layers_{name}_*.html")
+
+
+if __name__ == "__main__":
+    main()

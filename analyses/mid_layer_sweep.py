@@ -1,0 +1,241 @@
+"""Where does steering work? A layer x strength sweep of a sentiment vector with a random control.
+
+Steps (SmolLM2-135M-Instruct by default):
+1. A CAA mean-difference sentiment vector (positive minus negative) from the behaviour's *train*
+   pairs, at every swept layer (resid_pre, last completion token).
+2. `steerlens.sweep.sweep` over layers x strengths on *held-out* prompts (the behaviour's
+   evaluation prompts, then its test-pair prompts), greedy continuations: change rate (greedy
+   tokens differ from the unsteered ones), behaviour score (VADER compound, as a paired shift from
+   the same prompt's unsteered continuation), perplexity of the continuation under the unsteered
+   model (coherence), next-token KL. Each real cell is run again with a norm-matched random
+   direction (`n_random`).
+3. Zones per cell (`sweep.zones`: unstable = perplexity > 2x unsteered, frozen = change rate
+   < 10%, otherwise sweet spot), the real effect against the random band (`sweep.compare_random`),
+   and the strength expressed as a fraction of the median residual norm at that layer.
+
+Strengths are raw multiples of the mean-difference vector (as in CAA); because the vector's norm
+grows with depth faster than or as fast as the residual stream, the same strength is a larger
+relative push at late layers (the `rel_norm` column says how large).
+
+    python analyses/mid_layer_sweep.py [--n-prompts 12] [--layers 2,6,10] [--strengths -8,0,8]
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from _common import (  # noqa: E402
+    Finding,
+    cached_vector,
+    context,
+    fmt,
+    fmt_ci,
+    get_model,
+    heldout_prompts,
+    log,
+    parser,
+    print_findings,
+    residual_norms,
+    save_findings,
+    sentiment_data,
+    spread_layers,
+    write_csv,
+    write_json,
+)
+
+from steerlens.backend import runtime  # noqa: E402
+from steerlens.figures import save_html  # noqa: E402
+from steerlens.figures.sweep import strength_curves, zone_heatmap  # noqa: E402
+from steerlens.stats import proportion_ci  # noqa: E402
+from steerlens.sweep import compare_random, sweep, zones  # noqa: E402
+
+NAME = "mid_layer_sweep"
+VECTOR = "sentiment"
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def build_parser():
+    p = parser(NAME, __doc__.splitlines()[0])
+    p.add_argument("--n-prompts", type=int, default=12, help="held-out prompts (max 26)")
+    p.add_argument("--n-layers", type=int, default=8, help="layers spread from 2 to the last")
+    p.add_argument("--layers", type=_ints, default=None, help="explicit layers, e.g. 2,6,10")
+    p.add_argument("--strengths", type=_floats, default=[-16.0, -8.0, -4.0, 0.0, 4.0, 8.0],
+                   help="comma-separated multiples of the vector (default %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--n-random", type=int, default=1, help="random directions per real vector")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def settings_for(args, model) -> dict:
+    if args.quick:
+        last = runtime.n_layers(model) - 1
+        return dict(n_prompts=2, layers=[last], strengths=[0.0, 4.0], max_new_tokens=3,
+                    n_random=1, batch_size=8)
+    layers = args.layers or spread_layers(runtime.n_layers(model), args.n_layers,
+                                          first=min(2, runtime.n_layers(model) - 1))
+    return dict(n_prompts=args.n_prompts, layers=layers, strengths=args.strengths,
+                max_new_tokens=args.max_new_tokens, n_random=args.n_random,
+                batch_size=args.batch_size)
+
+
+def tables(res, vec, norms: dict[int, float]) -> dict[str, pd.DataFrame]:
+    """Per-cell summary, zones and real-vs-random comparisons, with the relative strength."""
+    summ = res.summary()
+    z = zones(res)
+    cmp = {m: compare_random(res, m) for m in ("score", "changed", "perplexity", "kl_bits")}
+    cell = z[~z["is_random"]][["layer", "strength", "n", "zone", "change_rate", "perplexity_ratio",
+                               "kl_bits"]].copy()
+    cell["rel_norm"] = [abs(s) * vec.norms[int(la)] / norms[int(la)]
+                        for la, s in zip(cell["layer"], cell["strength"])]
+    sc = cmp["score"].set_index(["layer", "strength"])
+    ch = cmp["changed"].set_index(["layer", "strength"])
+    pp = cmp["perplexity"].set_index(["layer", "strength"])
+    rows = []
+    for _, r in cell.iterrows():
+        key = (r["layer"], r["strength"])
+        s, c, p = sc.loc[key], ch.loc[key], pp.loc[key]
+        rows.append({
+            "score_shift": s["real_mean"], "score_low": s["real_low"], "score_high": s["real_high"],
+            "score_random": s["random_mean"], "score_p_random": s["p_value"],
+            "change_low": proportion_ci(int(round(r["change_rate"] * r["n"])), int(r["n"])).low,
+            "change_high": proportion_ci(int(round(r["change_rate"] * r["n"])), int(r["n"])).high,
+            "change_random": c["random_mean"],
+            "ppl_shift": p["real_mean"], "ppl_low": p["real_low"], "ppl_high": p["real_high"],
+            "ppl_random": p["random_mean"],
+        })
+    cell = pd.concat([cell.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+    # behaviour effect in the direction the strength asks for (+: more positive sentiment)
+    cell["effect"] = np.sign(cell["strength"]) * cell["score_shift"]
+    return {"summary": summ, "zones": z, "cells": cell,
+            **{f"random_{m}": df for m, df in cmp.items()}}
+
+
+def findings(cells: pd.DataFrame, n: int, k_random: int) -> list[Finding]:
+    out = []
+    steered = cells[cells["strength"] != 0].copy()
+    ok = steered[steered["zone"] != "unstable"]
+    # 1) sweet spot: the coherent cell with the largest behaviour shift in the asked direction
+    if len(ok):
+        best = ok.loc[ok["effect"].idxmax()]
+        lo, hi = sorted((best["score_low"], best["score_high"]))
+        excl = (best["score_low"] > 0) or (best["score_high"] < 0)
+        rnd = best["score_random"]
+        beats = abs(best["score_shift"]) > abs(rnd) if not math.isnan(rnd) else False
+        out.append(Finding(
+            NAME, f"sweet spot: VADER shift at layer {int(best['layer'])}, strength "
+            f"{best['strength']:g} ({best['rel_norm']:.2f}x resid norm), best of {len(ok)} "
+            f"coherent cells", best["score_shift"], lo, hi, str(n),
+            f"random shift {fmt(rnd)} (k={k_random})",
+            ("shift CI excludes 0" if excl else "shift CI includes 0 (null)")
+            + ("; larger than random" if beats else "; not larger than random")
+            + "; max over cells, so optimistic"))
+    # 2) frozen zone: which layers never reach a 10% change rate below the unstable zone
+    frozen_layers = [int(la) for la, g in steered.groupby("layer")
+                     if (g["change_rate"] < 0.1).all()]
+    frozen_cells = steered[steered["zone"] == "frozen"]
+    out.append(Finding(
+        NAME, "frozen cells (change rate < 10%) / steered cells", float(len(frozen_cells)),
+        float("nan"), float("nan"), f"{len(steered)} cells x {n} prompts",
+        "-", f"frozen layers at every strength: {frozen_layers or 'none'}; frozen cells: "
+        + (", ".join(f"L{int(a)}@{b:g}" for a, b in zip(frozen_cells['layer'],
+                                                      frozen_cells['strength'])) or "none")))
+    # 3) change rate by depth at the most moderate negative and positive strengths
+    for s in sorted({float(x) for x in steered["strength"]}, key=lambda x: (abs(x), x))[:2]:
+        sel = steered[steered["strength"] == s].sort_values("layer")
+        for _, r in sel.iterrows():
+            if r["layer"] not in (sel["layer"].min(), sel["layer"].max(),
+                                  sel["layer"].iloc[len(sel) // 2]):
+                continue
+            k = int(round(r["change_rate"] * n))
+            out.append(Finding(
+                NAME, f"change rate, layer {int(r['layer'])}, strength {s:g} "
+                f"({r['rel_norm']:.2f}x resid norm), Wilson CI", r["change_rate"],
+                proportion_ci(k, n).low, proportion_ci(k, n).high, str(n),
+                f"random {fmt(r['change_random'])}", r["zone"]))
+    # 4) degeneration at the strongest |strength|
+    s_max = max({float(x) for x in steered["strength"]}, key=lambda x: (abs(x), -x))
+    sel = steered[steered["strength"] == s_max]
+    for _, r in sel.iterrows():
+        if r["layer"] != sel.loc[sel["ppl_shift"].idxmax(), "layer"]:
+            continue
+        out.append(Finding(
+            NAME, f"degeneration: perplexity shift (steered - unsteered continuation) at layer "
+            f"{int(r['layer'])}, strength {s_max:g} ({r['rel_norm']:.2f}x resid norm), worst layer",
+            r["ppl_shift"], r["ppl_low"], r["ppl_high"], str(n),
+            f"random {fmt(r['ppl_random'])}",
+            f"perplexity x{r['perplexity_ratio']:.2f} of unsteered; zone {r['zone']}"))
+    zc = steered["zone"].value_counts().to_dict()
+    out.append(Finding(NAME, "zone counts over steered cells", float(zc.get("sweet spot", 0)),
+                       float("nan"), float("nan"), f"{len(steered)} cells",
+                       "-", ", ".join(f"{k}: {v}" for k, v in zc.items())))
+    return out
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = context(NAME, args)
+    model = get_model(args.model, ctx.device)
+    st = settings_for(args, model)
+    beh = sentiment_data()
+    prompts = heldout_prompts(beh, st["n_prompts"])
+    log(f"{NAME}: model {runtime.model_id(model)}, layers {st['layers']}, strengths "
+        f"{st['strengths']}, n={len(prompts)} held-out prompts, n_random={st['n_random']}")
+    vec = cached_vector(model, beh, st["layers"], ctx.out, ctx.progress, ctx.resume)
+    norms = residual_norms(model, prompts, st["layers"])
+    res = sweep(model, {VECTOR: vec}, st["layers"], st["strengths"], prompts,
+                measures=("kl", "generate"), scorer=beh.scorer,
+                max_new_tokens=st["max_new_tokens"], n_random=st["n_random"],
+                random_seed=ctx.seed, batch_size=st["batch_size"], out_dir=ctx.out / "sweep",
+                resume=ctx.resume, show_progress=ctx.progress)
+    log(f"sweep done: {res.n_computed} records computed, {res.n_resumed} resumed, passes "
+        f"{dict(res.passes)}")
+    tabs = tables(res, vec, norms)
+    for key, df in tabs.items():
+        write_csv(ctx.out / f"{key}.csv", df)
+    write_csv(ctx.out / "cells_table.csv", res.table)
+    write_csv(ctx.out / "baseline.csv", res.baseline)
+    write_json(ctx.out / "vector_norms.json", {"vector": vec.norms, "residual_median": norms})
+    save_html(zone_heatmap(res, VECTOR), ctx.fig("zones"))
+    save_html(strength_curves(res, "score", VECTOR), ctx.fig("score_curves"))
+    save_html(strength_curves(res, "changed", VECTOR), ctx.fig("change_curves"))
+    save_html(strength_curves(res, "perplexity", VECTOR), ctx.fig("perplexity_curves"))
+    cells = tabs["cells"]
+    found = findings(cells, len(prompts), st["n_random"])
+    settings = {**st, "model": runtime.model_id(model), "vector": "mean_diff on sentiment/train "
+                f"({len(beh.train)} pairs)", "prompts": f"{len(prompts)} held-out prompts",
+                "baseline_score_mean": float(res.baseline["score"].mean())}
+    save_findings(ctx, found, settings)
+    show = cells[["layer", "strength", "rel_norm", "zone", "change_rate", "score_shift",
+                  "score_random", "ppl_shift"]]
+    with pd.option_context("display.width", 140, "display.max_rows", 200):
+        print(show.round(3).to_string(index=False))
+    print(f"\nUnsteered mean VADER score {fmt(res.baseline['score'].mean())} (n={len(prompts)}).")
+    print_findings(found)
+    best = cells[cells["strength"] != 0]
+    log("done; sweet-spot candidate cells: "
+        + ", ".join(f"L{int(a)}@{b:g}: {fmt_ci(c, d, e)}" for a, b, c, d, e in
+                    best[best["zone"] == "sweet spot"][["layer", "strength", "score_shift",
+                                                        "score_low", "score_high"]].values[:6]))
+    return {"result": res, "cells": cells, "findings": found, "settings": st}
+
+
+if __name__ == "__main__":
+    main()
