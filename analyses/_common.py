@@ -82,8 +82,13 @@ def context(name: str, args: argparse.Namespace) -> Context:
                    not args.fresh)
 
 
-def get_model(name: str, device: str, cache: dict | None = None):
-    """Load a model once per process (tests call several scripts in one session)."""
+def get_model(name: str, device: str, given=None, cache: dict | None = None):
+    """Load a model once per process, or check and return `given` (an already loaded model)."""
+    if given is not None:
+        if runtime.model_id(given) != name:
+            raise ValueError(f"The model passed in is {runtime.model_id(given)!r} but --model is "
+                             f"{name!r}; pass --model {runtime.model_id(given)}.")
+        return given
     cache = _MODELS if cache is None else cache
     key = (name, str(device))
     if key not in cache:
@@ -253,7 +258,7 @@ def save_findings(ctx: Context, findings: Sequence[Finding], settings: Mapping[s
     path = write_json(ctx.out / "findings.json",
                       {"analysis": ctx.name, "quick": ctx.quick, "settings": dict(settings),
                        "findings": [f.as_dict() for f in findings]})
-    if not ctx.quick and ctx.out.parent.resolve() == RESULTS.resolve():
+    if not ctx.quick and RESULTS.resolve() in ctx.out.resolve().parents:
         write_findings_md(RESULTS)
     return path
 
@@ -271,14 +276,15 @@ ORDER = ["mid_layer_sweep", "kl_diversity_by_layer", "base_vs_instruct", "outcom
 def write_findings_md(results_root: Path) -> Path:
     """Collect every `<analysis>/findings.json` under results_root into one markdown table."""
     rows, notes = [], []
-    files = sorted(results_root.glob("*/findings.json"),
-                   key=lambda p: (ORDER.index(p.parent.name) if p.parent.name in ORDER else 99,
-                                  p.parent.name))
-    for fpath in files:
+    found = []
+    for fpath in sorted(results_root.glob("**/findings.json")):
         data = json.loads(fpath.read_text(encoding="utf-8"))
-        if data.get("quick") or data.get("analysis") not in ORDER:
-            continue
-        notes.append(f"- `{data['analysis']}`: settings {json.dumps(data.get('settings', {}))}")
+        if not data.get("quick") and data.get("analysis") in ORDER:
+            found.append((ORDER.index(data["analysis"]), str(fpath), data))
+    for _, fpath, data in sorted(found, key=lambda x: (x[0], x[1])):
+        rel = Path(fpath).parent.relative_to(results_root)
+        notes.append(f"- `{data['analysis']}` (`results/{rel}/`): settings "
+                     f"{json.dumps(data.get('settings', {}))}")
         for f in data["findings"]:
             ci = ("" if f["low"] is None or f["high"] is None
                   else f"[{fmt(f['low'])}, {fmt(f['high'])}]")

@@ -41,6 +41,21 @@ from steerlens.spectral import eigengaps, krr_fit, predict_steering
 from steerlens.sweep import layer_effect, sweep
 
 
+def jsonable(x):
+    """Plain JSON: non-finite floats become null, numpy scalars and arrays become Python values."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(float(x)) else None
+    return x
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -68,20 +83,28 @@ def corr_line(name: str, c) -> str:
 
 
 def verdict(pred) -> str:
+    """SUPPORTED when both the Pearson and Spearman CIs of the min-gap correlation lie above 0,
+    PARTIAL when one does, CONTRADICTED when one lies below 0, NOT SUPPORTED otherwise."""
     mp, ms = pred.min_pearson, pred.min_spearman
-    supported = mp.ci_low > 0 and mp.p_perm < 0.05
-    better = mp.r > pred.mean_pearson.r
-    if supported:
+    above = [c.ci_low > 0 for c in (mp, ms)]
+    if all(above):
         head = "SUPPORTED: the weakest-link gap correlates positively with the steering effect"
-    elif math.isfinite(mp.r) and mp.ci_high < 0:
+    elif any(c.ci_high < 0 for c in (mp, ms)):
         head = "CONTRADICTED: the weakest-link gap correlates negatively with the steering effect"
+    elif any(above):
+        head = ("PARTIAL: only the " + ("Pearson" if above[0] else "Spearman") + " correlation of "
+                "the weakest-link gap with the steering effect has a CI above 0")
     else:
         head = "NOT SUPPORTED: no reliable correlation between weakest-link gap and steering effect"
-    return (f"{head} (Pearson r = {mp.r:+.2f} [{mp.ci_low:+.2f}, {mp.ci_high:+.2f}], Spearman "
-            f"{ms.r:+.2f} [{ms.ci_low:+.2f}, {ms.ci_high:+.2f}], n = {pred.n} layers); min gap "
-            f"{'beats' if better else 'does not beat'} mean gap (r = {pred.mean_pearson.r:+.2f}). "
-            f"Predicted layer {pred.predicted_layer}, best measured layer {pred.best_layer} "
-            f"(rank {pred.rank_of_best} of {len(pred.ranking)} gated candidates).")
+    better = mp.r > pred.mean_pearson.r
+    return (f"{head} (Pearson r = {mp.r:+.2f} [{mp.ci_low:+.2f}, {mp.ci_high:+.2f}], p = "
+            f"{mp.p_perm:.3f}; Spearman {ms.r:+.2f} [{ms.ci_low:+.2f}, {ms.ci_high:+.2f}], p = "
+            f"{ms.p_perm:.3f}; n = {pred.n} layers). The min gap "
+            f"{'beats' if better else 'does not beat'} the mean gap (Pearson r = "
+            f"{pred.mean_pearson.r:+.2f} [{pred.mean_pearson.ci_low:+.2f}, "
+            f"{pred.mean_pearson.ci_high:+.2f}]). Predicted layer {pred.predicted_layer}, best "
+            f"measured layer {pred.best_layer} (rank {pred.rank_of_best} of {len(pred.ranking)} "
+            f"gated candidates).")
 
 
 def main() -> None:
@@ -122,20 +145,32 @@ def main() -> None:
     real = eff[~eff["is_random"].astype(bool)].set_index("layer")
     rand = eff[eff["is_random"].astype(bool)].groupby("layer")["effect"].mean()
     kl_real = kl_eff[~kl_eff["is_random"].astype(bool)].set_index("layer")
+    # A layer whose vector is exactly zero cannot be steered (e.g. layer 0's resid_pre is the
+    # token embedding, and the contrast completions can end on the same token): leave it out.
+    norms = vec.norms
+    zero = [layer for layer in layers if norms[layer] == 0.0]
+    usable = [layer for layer in layers if norms[layer] > 0.0]
+    if zero:
+        print(f"layers {zero} have a zero steering vector and are left out of the correlations")
+    score_eff = {layer: float(real.loc[layer, "effect"]) for layer in usable}
+    kl_map = {layer: float(kl_real.loc[layer, "effect"]) for layer in usable}
+    specific = {layer: score_eff[layer] - float(rand[layer]) for layer in usable if layer in rand}
 
     # 4. predictions
     preds = {}
     for kind in ("rotated_keys", "keys") if gaps.rotated_keys is not None else ("keys",):
-        preds[f"{kind}/score"] = predict_steering(gaps, real["effect"].to_dict(), kind=kind,
-                                                  effect_label=f"Δ {behaviour.name} score",
-                                                  n_boot=args.n_boot, n_perm=args.n_boot)
-        preds[f"{kind}/kl"] = predict_steering(gaps, kl_real["effect"].to_dict(), kind=kind,
-                                               effect_label="next-token KL (bits)",
-                                               n_boot=args.n_boot, n_perm=args.n_boot)
-        if len(rand):
+        kw = {"kind": kind, "n_boot": args.n_boot, "n_perm": args.n_boot}
+        preds[f"{kind}/score"] = predict_steering(
+            gaps, score_eff, effect_label=f"Δ {behaviour.name} score", **kw)
+        if specific:
+            preds[f"{kind}/score_minus_random"] = predict_steering(
+                gaps, specific, effect_label=f"Δ {behaviour.name} score minus random-direction Δ",
+                **kw)
             preds[f"{kind}/random_control_score"] = predict_steering(
-                gaps, rand.to_dict(), kind=kind, effect_label="Δ score, random direction",
-                n_boot=args.n_boot, n_perm=args.n_boot)
+                gaps, {layer: float(rand[layer]) for layer in usable},
+                effect_label="Δ score, random direction", **kw)
+        preds[f"{kind}/kl"] = predict_steering(gaps, kl_map, effect_label="next-token KL (bits)",
+                                               **kw)
 
     primary_kind = "rotated_keys" if gaps.rotated_keys is not None else "keys"
     table = gaps.table(primary_kind)
@@ -150,7 +185,8 @@ def main() -> None:
                "krr_median_r2_best_lambda": float(np.median(krr.r2[:, krr.layers.index(layer)]
                                                             .max(-1)))}
         if layer in real.index:
-            row.update(effect=real.loc[layer, "effect"], effect_low=real.loc[layer, "low"],
+            row.update(vector_norm=norms[layer], effect=real.loc[layer, "effect"],
+                       effect_low=real.loc[layer, "low"],
                        effect_high=real.loc[layer, "high"], effect_n=int(real.loc[layer, "n"]),
                        random_effect=float(rand.get(layer, math.nan)),
                        kl_bits=kl_real.loc[layer, "effect"])
@@ -161,7 +197,7 @@ def main() -> None:
         "model": name, "behaviour": behaviour.name, "n_prompts": len(prompts),
         "n_tokens": list(gaps.n_tokens), "strength": args.strength,
         "max_new_tokens": args.max_new_tokens, "n_random": args.n_random,
-        "sweep_layers": layers, "threshold": args.threshold,
+        "sweep_layers": layers, "zero_vector_layers": zero, "threshold": args.threshold,
         "eigengaps": gaps.to_dict(), "krr": krr.to_dict(),
         "predictions": {k: p.to_dict() for k, p in preds.items()},
         "verdict": verdict(preds[f"{primary_kind}/score"]),
@@ -171,7 +207,28 @@ def main() -> None:
         "key_gap_overall_mean": float(table.gaps.mean()),
         "seconds": time.time() - t0,
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(jsonable(summary), indent=2))
+    main_pred = preds[f"{primary_kind}/score"]
+    findings = []
+    for key, label in ((f"{primary_kind}/score", f"Δ {behaviour.name} score"),
+                       (f"{primary_kind}/score_minus_random", "Δ score minus random-direction Δ")):
+        if key not in preds:
+            continue
+        p = preds[key]
+        rand_key = f"{primary_kind}/random_control_score"
+        rc = preds[rand_key].min_pearson if rand_key in preds else None
+        for stat, c in (("min gap", p.min_pearson), ("min gap (Spearman)", p.min_spearman),
+                        ("mean gap", p.mean_pearson)):
+            findings.append({
+                "analysis": "eigengap_layers", "measure": f"{name}: r({stat}, {label})",
+                "value": c.r, "low": c.ci_low, "high": c.ci_high,
+                "n": f"{c.n} layers x {len(prompts)} prompts",
+                "random_control": (f"r(min gap, random-direction Δ) = {rc.r:+.2f} "
+                                   f"[{rc.ci_low:+.2f}, {rc.ci_high:+.2f}]" if rc else "none"),
+                "verdict": f"p_perm = {c.p_perm:.3f}"})
+    atomic_write_text(out / "findings.json", json.dumps(jsonable(
+        {"analysis": "eigengap_layers", "model": name, "verdict": verdict(main_pred),
+         "findings": findings}), indent=1))
 
     save_html(eigengap_profile(gaps), figs / f"eigengap_layers_{name}_profile.html")
     save_html(gap_vs_effect(preds[f"{primary_kind}/score"]),
@@ -181,9 +238,9 @@ def main() -> None:
     pd.set_option("display.width", 200)
     print(f"\nLayer table ({primary_kind}; gaps over n = {len(prompts)} prompts; effect = mean Δ "
           f"{behaviour.name} score at strength {args.strength:+g}, n = {len(prompts)} prompts):")
-    print(df[["layer", "min_gap", "mean_gap", "median_gap", "flagged", "effect", "effect_low",
-              "effect_high", "random_effect", "kl_bits"]].to_string(index=False,
-                                                                   float_format="%.3f"))
+    print(df[["layer", "min_gap", "mean_gap", "median_gap", "flagged", "vector_norm", "effect",
+              "effect_low", "effect_high", "random_effect", "kl_bits"]]
+          .to_string(index=False, float_format="%.3f"))
     print(f"\nFlagged layers (min gap <= {args.threshold}): {list(table.flagged())}")
     print(f"Pattern gaps: mean {summary['pattern_gap_overall_mean']:.3f} vs key gaps mean "
           f"{summary['key_gap_overall_mean']:.3f}")

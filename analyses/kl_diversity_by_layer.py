@@ -224,12 +224,13 @@ def diversity_part(model, ctx, st, args, vec, prompts):
     return pd.DataFrame(rows), samples
 
 
-def main(argv=None) -> dict:
+def main(argv=None, model=None) -> dict:
+    """Run the analysis; `model` reuses an already loaded model (it must match --model)."""
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = context(NAME, args)
-    model = get_model(args.model, ctx.device)
+    model = get_model(args.model, ctx.device, given=model)
     st = settings_for(args, model)
     beh = sentiment_data()
     prompts = heldout_prompts(beh, st["n_prompts"])

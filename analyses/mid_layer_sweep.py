@@ -13,11 +13,19 @@ Steps (SmolLM2-135M-Instruct by default):
    < 10%, otherwise sweet spot), the real effect against the random band (`sweep.compare_random`),
    and the strength expressed as a fraction of the median residual norm at that layer.
 
-Strengths are raw multiples of the mean-difference vector (as in CAA); because the vector's norm
-grows with depth faster than or as fast as the residual stream, the same strength is a larger
-relative push at late layers (the `rel_norm` column says how large).
+Strength scale (`--scale`). "resid" (default): the vector is rescaled per layer to the median
+per-token residual norm at that layer (`_common.scale_to_residual`), so strength alpha adds
+alpha x (typical residual norm) at every layer and layers are compared at equal relative push.
+"raw": strengths are multiples of the mean-difference vector itself, as in CAA; its norm grows
+with depth (about 5% of the residual norm at layer 8 of SmolLM2, 20% at layer 29), so the same raw
+strength is a much larger relative push at late layers. `rel_norm` = |strength| x vector norm /
+median residual norm says how large each push was. Figures for the raw scale get a `_raw` suffix.
 
-    python analyses/mid_layer_sweep.py [--n-prompts 12] [--layers 2,6,10] [--strengths -8,0,8]
+Change rate (any greedy token differs within `--max-new-tokens`) saturates quickly, so the mean
+first-divergence position (`diverge_mean`, unchanged continuations count as the full length) is
+reported too: late divergence means a weak effect.
+
+    python analyses/mid_layer_sweep.py [--scale resid|raw] [--n-prompts 12] [--strengths ...]
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from _common import (  # noqa: E402
     print_findings,
     residual_norms,
     save_findings,
+    scale_to_residual,
     sentiment_data,
     spread_layers,
     write_csv,
@@ -58,6 +67,9 @@ from steerlens.sweep import compare_random, sweep, zones  # noqa: E402
 
 NAME = "mid_layer_sweep"
 VECTOR = "sentiment"
+SCALES = ("resid", "raw")
+DEFAULT_STRENGTHS = {"resid": [-0.4, -0.2, -0.1, -0.05, 0.0, 0.2],
+                     "raw": [-16.0, -8.0, -4.0, 0.0, 4.0, 8.0]}
 
 
 def _floats(text: str) -> list[float]:
@@ -73,8 +85,11 @@ def build_parser():
     p.add_argument("--n-prompts", type=int, default=12, help="held-out prompts (max 26)")
     p.add_argument("--n-layers", type=int, default=8, help="layers spread from 2 to the last")
     p.add_argument("--layers", type=_ints, default=None, help="explicit layers, e.g. 2,6,10")
-    p.add_argument("--strengths", type=_floats, default=[-16.0, -8.0, -4.0, 0.0, 4.0, 8.0],
-                   help="comma-separated multiples of the vector (default %(default)s)")
+    p.add_argument("--scale", choices=SCALES, default="resid",
+                   help="strength unit: median residual norm (resid) or the raw vector (raw)")
+    p.add_argument("--strengths", type=_floats, default=None,
+                   help="comma-separated strengths (default: resid "
+                   f"{DEFAULT_STRENGTHS['resid']}, raw {DEFAULT_STRENGTHS['raw']})")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--n-random", type=int, default=1, help="random directions per real vector")
     p.add_argument("--batch-size", type=int, default=64)
@@ -85,16 +100,18 @@ def build_parser():
 def settings_for(args, model) -> dict:
     if args.quick:
         last = runtime.n_layers(model) - 1
-        return dict(n_prompts=2, layers=[last], strengths=[0.0, 4.0], max_new_tokens=3,
+        return dict(scale=args.scale, n_prompts=2, layers=[last],
+                    strengths=[0.0, 0.5 if args.scale == "resid" else 4.0], max_new_tokens=3,
                     n_random=1, batch_size=8)
     layers = args.layers or spread_layers(runtime.n_layers(model), args.n_layers,
                                           first=min(2, runtime.n_layers(model) - 1))
-    return dict(n_prompts=args.n_prompts, layers=layers, strengths=args.strengths,
+    return dict(scale=args.scale, n_prompts=args.n_prompts, layers=layers,
+                strengths=args.strengths or DEFAULT_STRENGTHS[args.scale],
                 max_new_tokens=args.max_new_tokens, n_random=args.n_random,
                 batch_size=args.batch_size)
 
 
-def tables(res, vec, norms: dict[int, float]) -> dict[str, pd.DataFrame]:
+def tables(res, vec, norms: dict[int, float], max_new_tokens: int) -> dict[str, pd.DataFrame]:
     """Per-cell summary, zones and real-vs-random comparisons, with the relative strength."""
     summ = res.summary()
     z = zones(res)
@@ -103,6 +120,11 @@ def tables(res, vec, norms: dict[int, float]) -> dict[str, pd.DataFrame]:
                                "kl_bits"]].copy()
     cell["rel_norm"] = [abs(s) * vec.norms[int(la)] / norms[int(la)]
                         for la, s in zip(cell["layer"], cell["strength"])]
+    real = res.table[~res.table["is_random"]].copy()
+    real["div"] = real["diverge_at"].astype("Float64").fillna(max_new_tokens).astype(float)
+    div = real.groupby(["layer", "strength"])["div"].mean()
+    cell["diverge_mean"] = [float(div.loc[(la, s)]) for la, s in zip(cell["layer"],
+                                                                      cell["strength"])]
     sc = cmp["score"].set_index(["layer", "strength"])
     ch = cmp["changed"].set_index(["layer", "strength"])
     pp = cmp["perplexity"].set_index(["layer", "strength"])
@@ -126,8 +148,9 @@ def tables(res, vec, norms: dict[int, float]) -> dict[str, pd.DataFrame]:
             **{f"random_{m}": df for m, df in cmp.items()}}
 
 
-def findings(cells: pd.DataFrame, n: int, k_random: int) -> list[Finding]:
+def findings(cells: pd.DataFrame, n: int, k_random: int, scale: str) -> list[Finding]:
     out = []
+    unit = "x resid norm" if scale == "resid" else "x raw vector"
     steered = cells[cells["strength"] != 0].copy()
     ok = steered[steered["zone"] != "unstable"]
     # 1) sweet spot: the coherent cell with the largest behaviour shift in the asked direction
@@ -138,9 +161,9 @@ def findings(cells: pd.DataFrame, n: int, k_random: int) -> list[Finding]:
         rnd = best["score_random"]
         beats = abs(best["score_shift"]) > abs(rnd) if not math.isnan(rnd) else False
         out.append(Finding(
-            NAME, f"sweet spot: VADER shift at layer {int(best['layer'])}, strength "
-            f"{best['strength']:g} ({best['rel_norm']:.2f}x resid norm), best of {len(ok)} "
-            f"coherent cells", best["score_shift"], lo, hi, str(n),
+            NAME, f"[{scale}] sweet spot: VADER shift at layer {int(best['layer'])}, strength "
+            f"{best['strength']:g} {unit} ({best['rel_norm']:.2f}x resid norm), best of {len(ok)} "
+            f"non-unstable cells", best["score_shift"], lo, hi, str(n),
             f"random shift {fmt(rnd)} (k={k_random})",
             ("shift CI excludes 0" if excl else "shift CI includes 0 (null)")
             + ("; larger than random" if beats else "; not larger than random")
@@ -150,7 +173,8 @@ def findings(cells: pd.DataFrame, n: int, k_random: int) -> list[Finding]:
                      if (g["change_rate"] < 0.1).all()]
     frozen_cells = steered[steered["zone"] == "frozen"]
     out.append(Finding(
-        NAME, "frozen cells (change rate < 10%) / steered cells", float(len(frozen_cells)),
+        NAME, f"[{scale}] frozen cells (change rate < 10%) / steered cells",
+        float(len(frozen_cells)),
         float("nan"), float("nan"), f"{len(steered)} cells x {n} prompts",
         "-", f"frozen layers at every strength: {frozen_layers or 'none'}; frozen cells: "
         + (", ".join(f"L{int(a)}@{b:g}" for a, b in zip(frozen_cells['layer'],
@@ -164,10 +188,11 @@ def findings(cells: pd.DataFrame, n: int, k_random: int) -> list[Finding]:
                 continue
             k = int(round(r["change_rate"] * n))
             out.append(Finding(
-                NAME, f"change rate, layer {int(r['layer'])}, strength {s:g} "
+                NAME, f"[{scale}] change rate, layer {int(r['layer'])}, strength {s:g} {unit} "
                 f"({r['rel_norm']:.2f}x resid norm), Wilson CI", r["change_rate"],
                 proportion_ci(k, n).low, proportion_ci(k, n).high, str(n),
-                f"random {fmt(r['change_random'])}", r["zone"]))
+                f"random {fmt(r['change_random'])}",
+                f"{r['zone']}; mean first divergence at token {r['diverge_mean']:.1f}"))
     # 4) degeneration at the strongest |strength|
     s_max = max({float(x) for x in steered["strength"]}, key=lambda x: (abs(x), -x))
     sel = steered[steered["strength"] == s_max]
@@ -175,31 +200,35 @@ def findings(cells: pd.DataFrame, n: int, k_random: int) -> list[Finding]:
         if r["layer"] != sel.loc[sel["ppl_shift"].idxmax(), "layer"]:
             continue
         out.append(Finding(
-            NAME, f"degeneration: perplexity shift (steered - unsteered continuation) at layer "
-            f"{int(r['layer'])}, strength {s_max:g} ({r['rel_norm']:.2f}x resid norm), worst layer",
+            NAME, f"[{scale}] degeneration: perplexity shift (steered - unsteered continuation) "
+            f"at layer {int(r['layer'])}, strength {s_max:g} {unit} ({r['rel_norm']:.2f}x resid "
+            "norm), worst layer",
             r["ppl_shift"], r["ppl_low"], r["ppl_high"], str(n),
             f"random {fmt(r['ppl_random'])}",
             f"perplexity x{r['perplexity_ratio']:.2f} of unsteered; zone {r['zone']}"))
     zc = steered["zone"].value_counts().to_dict()
-    out.append(Finding(NAME, "zone counts over steered cells", float(zc.get("sweet spot", 0)),
+    out.append(Finding(NAME, f"[{scale}] zone counts over steered cells (value = sweet spots)",
+                       float(zc.get("sweet spot", 0)),
                        float("nan"), float("nan"), f"{len(steered)} cells",
                        "-", ", ".join(f"{k}: {v}" for k, v in zc.items())))
     return out
 
 
-def main(argv=None) -> dict:
+def main(argv=None, model=None) -> dict:
+    """Run the analysis; `model` reuses an already loaded model (it must match --model)."""
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = context(NAME, args)
-    model = get_model(args.model, ctx.device)
+    model = get_model(args.model, ctx.device, given=model)
     st = settings_for(args, model)
     beh = sentiment_data()
     prompts = heldout_prompts(beh, st["n_prompts"])
     log(f"{NAME}: model {runtime.model_id(model)}, layers {st['layers']}, strengths "
         f"{st['strengths']}, n={len(prompts)} held-out prompts, n_random={st['n_random']}")
-    vec = cached_vector(model, beh, st["layers"], ctx.out, ctx.progress, ctx.resume)
+    raw = cached_vector(model, beh, st["layers"], ctx.out, ctx.progress, ctx.resume)
     norms = residual_norms(model, prompts, st["layers"])
+    vec = scale_to_residual(raw, norms) if st["scale"] == "resid" else raw
     res = sweep(model, {VECTOR: vec}, st["layers"], st["strengths"], prompts,
                 measures=("kl", "generate"), scorer=beh.scorer,
                 max_new_tokens=st["max_new_tokens"], n_random=st["n_random"],
@@ -207,24 +236,31 @@ def main(argv=None) -> dict:
                 resume=ctx.resume, show_progress=ctx.progress)
     log(f"sweep done: {res.n_computed} records computed, {res.n_resumed} resumed, passes "
         f"{dict(res.passes)}")
-    tabs = tables(res, vec, norms)
+    tabs = tables(res, vec, norms, st["max_new_tokens"])
     for key, df in tabs.items():
         write_csv(ctx.out / f"{key}.csv", df)
     write_csv(ctx.out / "cells_table.csv", res.table)
     write_csv(ctx.out / "baseline.csv", res.baseline)
-    write_json(ctx.out / "vector_norms.json", {"vector": vec.norms, "residual_median": norms})
-    save_html(zone_heatmap(res, VECTOR), ctx.fig("zones"))
-    save_html(strength_curves(res, "score", VECTOR), ctx.fig("score_curves"))
-    save_html(strength_curves(res, "changed", VECTOR), ctx.fig("change_curves"))
-    save_html(strength_curves(res, "perplexity", VECTOR), ctx.fig("perplexity_curves"))
+    write_json(ctx.out / "vector_norms.json", {"vector": raw.norms, "residual_median": norms})
+    tag = "" if st["scale"] == "resid" else "_raw"
+    unit = "x median residual norm" if st["scale"] == "resid" else "x mean-difference vector"
+    zfig = zone_heatmap(res, VECTOR)
+    zfig.update_layout(xaxis_title=f"strength ({unit})",
+                       title=zfig.layout.title.text + f"; strength in {unit}")
+    save_html(zfig, ctx.fig(f"zones{tag}"))
+    for m, key in (("score", "score_curves"), ("changed", "change_curves"),
+                   ("perplexity", "perplexity_curves")):
+        fig = strength_curves(res, m, VECTOR)
+        fig.update_layout(xaxis_title=f"strength ({unit})")
+        save_html(fig, ctx.fig(f"{key}{tag}"))
     cells = tabs["cells"]
-    found = findings(cells, len(prompts), st["n_random"])
+    found = findings(cells, len(prompts), st["n_random"], st["scale"])
     settings = {**st, "model": runtime.model_id(model), "vector": "mean_diff on sentiment/train "
                 f"({len(beh.train)} pairs)", "prompts": f"{len(prompts)} held-out prompts",
                 "baseline_score_mean": float(res.baseline["score"].mean())}
     save_findings(ctx, found, settings)
-    show = cells[["layer", "strength", "rel_norm", "zone", "change_rate", "score_shift",
-                  "score_random", "ppl_shift"]]
+    show = cells[["layer", "strength", "rel_norm", "zone", "change_rate", "diverge_mean",
+                  "score_shift", "score_random", "ppl_shift", "perplexity_ratio"]]
     with pd.option_context("display.width", 140, "display.max_rows", 200):
         print(show.round(3).to_string(index=False))
     print(f"\nUnsteered mean VADER score {fmt(res.baseline['score'].mean())} (n={len(prompts)}).")

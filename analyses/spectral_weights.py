@@ -7,7 +7,8 @@ model: held-out perplexity (the shipped prose, paired per text), next-token KL a
 and the behaviour's score on greedy continuations (paired per prompt), all with bootstrap CIs.
 A configuration counts as an improvement when its score-change CI lies above zero and its
 perplexity stays within the baseline perplexity's CI; every such configuration is re-run with its
-shuffled-factor control (same factors, randomly permuted over the singular values).
+shuffled-factor control (same factors, randomly permuted over the singular values), and so is
+the hybrid configuration.
 
 Writes results/spectral_weights/<model>/ (JSON, CSV, per-configuration resumable files) and
 figures/spectral_weights_<model>_*.html.
@@ -19,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -39,6 +42,21 @@ from steerlens.spectral import (
     load_heldout,
     plan_edit,
 )
+
+
+def jsonable(x):
+    """Plain JSON: non-finite floats become null, numpy scalars and arrays become Python values."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(float(x)) else None
+    return x
 
 
 def parse_args() -> argparse.Namespace:
@@ -94,11 +112,13 @@ def main() -> None:
     print(f"[{time.time() - t0:.0f}s] grid measured ({len(res.points)} configurations)")
 
     improved = [p.config for p in res.improvements]
+    controlled = improved + ([HYBRID] if HYBRID in configs and HYBRID not in improved else [])
     controls = None
-    if improved:
-        controls = evaluate_configs(model, improved, controls=True, out_dir=out / "controls",
+    if controlled:
+        controls = evaluate_configs(model, controlled, controls=True, out_dir=out / "controls",
                                     **common)
-        print(f"[{time.time() - t0:.0f}s] shuffled controls for {len(improved)} configurations")
+        print(f"[{time.time() - t0:.0f}s] shuffled-factor controls for "
+              f"{[c.name for c in controlled]}")
 
     table = res.table()
     if controls is not None:
@@ -125,7 +145,30 @@ def main() -> None:
         "expected_false_improvements_at_2.5pct": 0.025 * n_cfg,
         "seconds": time.time() - t0,
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(jsonable(summary), indent=2))
+    best = max(res.points, key=lambda p: p.delta_score.estimate)
+    control_note = {}
+    if controls is not None:
+        for p in controls.points:
+            if p.control:
+                base_label = p.label.replace(" (shuffled control)", "")
+                control_note[base_label] = (f"shuffled factors: Δscore {ci(p.delta_score)}, "
+                                            f"Δnll {ci(p.delta_nll)}")
+    shown_points = [best] + [p for p in res.points if p.label == "hybrid" and p is not best]
+    findings = []
+    for p in shown_points:
+        for measure, c in ((f"Δ {behaviour.name} score", p.delta_score),
+                           ("Δ held-out NLL (nats/token)", p.delta_nll)):
+            findings.append({
+                "analysis": "spectral_weights",
+                "measure": f"{name} {p.label}{' (best Δscore of grid)' if p is best else ''}: "
+                           f"{measure}",
+                "value": c.estimate, "low": c.low, "high": c.high, "n": str(c.n),
+                "random_control": control_note.get(p.label, "none (not an improving config)"),
+                "verdict": "improves" if res.improves(p) else "no improvement"})
+    atomic_write_text(out / "findings.json", json.dumps(jsonable(
+        {"analysis": "spectral_weights", "model": name, "n_configurations": n_cfg,
+         "n_improvements": n_impr, "findings": findings}), indent=1))
 
     b = res.baseline
     print(f"\nBaseline: held-out perplexity {b.perplexity:.2f} (95% CI {b.perplexity_ci[0]:.2f}-"
@@ -138,9 +181,10 @@ def main() -> None:
         print(f"{p.label:<26}{p.n_clamped:>6}{p.perplexity:>8.2f}{ci(p.delta_nll):>28}"
               f"{ci(p.kl_bits):>26}{ci(p.delta_score):>28}  {p.effective_rank_change:+.0f}{flag}")
     if controls is not None:
-        print("\nShuffled-factor controls of the improving configurations:")
+        print("\nShuffled-factor controls (same factors, randomly permuted over singular values):")
         for p in controls.points:
-            print(f"{p.label:<40} ppl {p.perplexity:.2f}  Δscore {ci(p.delta_score)}")
+            print(f"{p.label:<40} ppl {p.perplexity:.2f}  Δnll {ci(p.delta_nll)}  KL "
+                  f"{ci(p.kl_bits)}  Δscore {ci(p.delta_score)}")
     print(f"\n{n_impr} of {n_cfg} configurations improve the {behaviour.name} score with perplexity "
           f"inside the baseline CI (about {0.025 * n_cfg:.1f} expected by chance at a one-sided "
           f"2.5% per configuration, uncorrected).")

@@ -49,9 +49,9 @@ def test_kl_matches_plain_loop_on_smollm2(smol, smol_vec, sentiment):
 def test_generation_grid_on_smollm2(smol, smol_vec, sentiment):
     prompts = list(sentiment.eval_prompts[:2])
     res = sweep(smol, smol_vec, [11], [0.0, 8.0], prompts, measures=("kl", "generate"),
-                scorer=sentiment.scorer, max_new_tokens=8, show_progress=False)
+                scorer=sentiment.scorer, max_new_tokens=6, show_progress=False)
     t = res.table
-    ref = generate(smol, prompts, smol_vec.layer(11), strength=8.0, max_new_tokens=8)
+    ref = generate(smol, prompts, smol_vec.layer(11), strength=8.0, max_new_tokens=6)
     steered = t[t.strength == 8.0].sort_values("prompt_idx")
     assert list(steered.text) == list(ref.texts)
     score = get_scorer(sentiment.scorer)

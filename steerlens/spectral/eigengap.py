@@ -152,7 +152,8 @@ class GapTable:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "threshold": self.threshold, "n_prompts": self.n_prompts,
-                "n_heads": self.n_heads, "layers": self.rows()}
+                "n_heads": self.n_heads, "layers": self.rows(),
+                "head_gap": self.head_gap.tolist()}
 
 
 @dataclass(frozen=True)

@@ -2,17 +2,19 @@
 
 No gradients and no activations: take the SVD of a layer's MLP output matrix W = U S Vᵀ (W_out,
 Hugging Face `mlp.down_proj`; W_out is down_proj transposed, so the two share their singular
-values, and TransformerLens' layer-norm folding touches only the matrices that read from the
-residual stream, not W_out) and rescale each singular value by a factor 1 + α·z(s), where z is
-the singular value's z-score within the spectrum (population SD). With this formula α > 0 grows
-the singular values above the mean and shrinks those below it (a more peaked, lower effective
-rank spectrum), while α < 0 pulls the spectrum towards its mean (flatter, higher effective rank).
-Each result reports the effective rank before and after, so the direction of a change is
-measured, not named. A band restricts the rescaling to the top-k or the tail (bottom-k) singular
-values; z-scores are always taken over the whole spectrum. A factor that would be <= 0 is
-clamped to `min_factor` (a small positive fraction of the original value) and the result says
-so. An edit is applied inside a context manager that restores the original weights bit-exactly on
-every exit path, and α = 0 (or an empty band) leaves the weight untouched.
+values: TransformerLens' layer-norm folding only touches matrices that read from the residual
+stream, and steerlens loads without centring writing weights) and rescale each singular value by
+a factor 1 + α·z(s), where z is the singular value's z-score within the spectrum (population SD).
+With this formula α > 0 grows the singular values above the mean and shrinks those below it (a
+more peaked spectrum, lower effective rank), while α < 0 pulls the spectrum towards its mean
+(flatter, higher effective rank). Some write-ups call α < 0 "sharpening" and α > 0 "smoothing";
+because the words are ambiguous, each result reports the effective rank before and after, so the
+direction of a change is measured rather than named. A band restricts the rescaling to the top-k
+or the tail (bottom-k) singular values; z-scores are always taken over the whole spectrum. A
+factor that would be <= 0 (or below `min_factor`) is clamped to `min_factor`, a small positive
+fraction of the original value, and the result says so. An edit is applied inside a context
+manager that restores the original weights bit-exactly on every exit path, and α = 0 leaves the
+weight untouched (no reconstruction at all).
 """
 
 from __future__ import annotations

@@ -1,0 +1,319 @@
+"""Is an instruct model more fragile under steering than a base model? SmolLM2 vs Gemma 3.
+
+Compares the embedded SmolLM2-135M-Instruct (30 layers, d_model 576) with the embedded Gemma 3
+270M *base* model (18 layers, d_model 640) under the same behaviour (sentiment):
+
+- Layers are matched by relative depth: fraction f of the way through the blocks maps to layer
+  round(f x (n_layers - 1)) of each model.
+- Strengths are matched by the residual stream's own scale. Residual norms differ between the
+  models by orders of magnitude (Gemma multiplies its embeddings by sqrt(d_model), and norms grow
+  with depth), so a raw multiple of a mean-difference vector means different things in each. Each
+  model's vector (mean difference of its own activations on the train pairs) is rescaled per layer
+  to the median per-token L2 norm of that model's residual stream entering that layer, measured
+  on the same held-out prompts (`_common.residual_norms`). Strength alpha therefore adds
+  alpha x (typical residual norm) at every layer of both models; alpha = 1 doubles the scale of a
+  typical token's residual.
+- Both models read the same raw text (no chat template), so the inputs match; SmolLM2 is also
+  measured with its chat template, to show how much the input format alone moves the numbers.
+
+Measures: next-token KL (bits) after each held-out prompt (`sweep`, with norm-matched random
+directions); degeneration as the perplexity of held-out prose under steering relative to
+unsteered (`measures.text_perplexity`, reported as the mean log2 ratio, with a random direction);
+greedy change rate on a few prompts (`sweep` with generation).
+
+Confound: the two models differ in family, size, tokenizer, training data and vocabulary, not only
+in instruction tuning; any difference is "these two models", not "base vs instruct".
+
+    python analyses/base_vs_instruct.py [--base-model gemma-3-270m] [--alphas 0.25,0.5,1]
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from _common import (  # noqa: E402
+    Finding,
+    cached_vector,
+    context,
+    fmt,
+    get_model,
+    heldout_prompts,
+    log,
+    parser,
+    print_findings,
+    relative_layers,
+    residual_norms,
+    save_findings,
+    scale_to_residual,
+    sentiment_data,
+    write_csv,
+    write_json,
+)
+
+from steerlens.backend import runtime  # noqa: E402
+from steerlens.figures import save_html  # noqa: E402
+from steerlens.figures.kl import kl_by_layer as kl_figure  # noqa: E402
+from steerlens.measures import text_perplexity  # noqa: E402
+from steerlens.methods import random_like  # noqa: E402
+from steerlens.spectral.evaluate import load_heldout  # noqa: E402
+from steerlens.stats import bootstrap_ci, proportion_ci  # noqa: E402
+from steerlens.sweep import sweep  # noqa: E402
+
+NAME = "base_vs_instruct"
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def build_parser():
+    p = parser(NAME, __doc__.splitlines()[0])
+    p.add_argument("--base-model", default="gemma-3-270m")
+    p.add_argument("--depths", type=_floats, default=[0.15, 0.3, 0.45, 0.6, 0.75, 0.9])
+    p.add_argument("--alphas", type=_floats, default=[0.25, 0.5, 1.0],
+                   help="strengths as fractions of the median residual norm")
+    p.add_argument("--n-prompts", type=int, default=26, help="held-out prompts for KL (max 26)")
+    p.add_argument("--n-random", type=int, default=2)
+    p.add_argument("--ppl-alphas", type=_floats, default=[0.5, 1.0])
+    p.add_argument("--n-texts", type=int, default=8, help="held-out prose paragraphs")
+    p.add_argument("--max-words", type=int, default=60)
+    p.add_argument("--gen-prompts", type=int, default=6, help="prompts for the change rate")
+    p.add_argument("--max-new-tokens", type=int, default=12)
+    p.add_argument("--no-chat-check", action="store_true", help="skip SmolLM2-with-chat KL")
+    p.add_argument("--threads", type=int, default=None)
+    return p
+
+
+def settings_for(args) -> dict:
+    if args.quick:
+        return dict(depths=[1.0], alphas=[0.5], n_prompts=2, n_random=1, ppl_alphas=[0.5],
+                    n_texts=2, max_words=12, gen_prompts=1, max_new_tokens=2)
+    return dict(depths=args.depths, alphas=args.alphas, n_prompts=args.n_prompts,
+                n_random=args.n_random, ppl_alphas=args.ppl_alphas, n_texts=args.n_texts,
+                max_words=args.max_words, gen_prompts=args.gen_prompts,
+                max_new_tokens=args.max_new_tokens)
+
+
+def measure_model(model, label: str, ctx, st, beh, prompts, texts, chat: bool) -> dict:
+    """KL sweep, perplexity degeneration and change rate for one model (one input format)."""
+    layers = relative_layers(model, st["depths"])
+    depth_of = dict(zip(layers, st["depths"]))
+    vec = cached_vector(model, beh, layers, ctx.out / label, ctx.progress, ctx.resume, chat=chat)
+    norms = residual_norms(model, prompts, layers)
+    scaled = scale_to_residual(vec, norms)
+    log(f"{label}: layers {layers}; median residual norms "
+        + ", ".join(f"L{la} {norms[la]:.3g}" for la in layers))
+    kl = sweep(model, {"sentiment": scaled}, layers, st["alphas"], prompts, measures=("kl",),
+               n_random=st["n_random"], random_seed=ctx.seed, chat=chat,
+               out_dir=ctx.out / label / "kl_sweep", resume=ctx.resume, show_progress=ctx.progress)
+    kt = kl.table.copy()
+    kt["model"], kt["depth"] = label, kt["layer"].map(depth_of)
+    out = {"label": label, "layers": layers, "norms": norms, "vector_norms": vec.norms,
+           "kl": kt, "model_id": runtime.model_id(model)}
+    if chat:  # format check only: KL
+        return out
+    # degeneration: held-out prose perplexity under steering, as log2(steered / unsteered)
+    base = text_perplexity(model, texts)
+    rnd = random_like(scaled, seed=ctx.seed)
+    rows = []
+    for layer in layers:
+        for a in st["ppl_alphas"]:
+            for kind, v in (("real", scaled), ("random", rnd)):
+                r = text_perplexity(model, texts, steering=v.layer(layer), strength=a)
+                for i, (p0, p1) in enumerate(zip(base.perplexity, r.perplexity)):
+                    rows.append({"model": label, "layer": layer, "depth": depth_of[layer],
+                                 "alpha": a, "kind": kind, "text_idx": i, "ppl_base": p0,
+                                 "ppl_steered": p1, "log2_ratio": math.log2(p1 / p0)})
+    out["ppl"] = pd.DataFrame(rows)
+    # change rate: greedy continuations of a few prompts (no random control: cost)
+    if st["gen_prompts"]:
+        gen = sweep(model, {"sentiment": scaled}, layers, [0.0, *st["alphas"]],
+                    prompts[: st["gen_prompts"]], measures=("kl", "generate"),
+                    max_new_tokens=st["max_new_tokens"], chat=chat,
+                    out_dir=ctx.out / label / "gen_sweep", resume=ctx.resume,
+                    show_progress=ctx.progress)
+        gt = gen.table.copy()
+        gt["model"], gt["depth"] = label, gt["layer"].map(depth_of)
+        out["gen"] = gt
+    return out
+
+
+def _ci_row(vals: np.ndarray, seed: int) -> tuple[float, float, float]:
+    c = bootstrap_ci(vals, n_boot=4000, seed=seed)
+    return c.estimate, c.low, c.high
+
+
+def ratio_ci(num: np.ndarray, den: np.ndarray, seed: int = 0):
+    """mean(num) / mean(den) over paired prompts, percentile bootstrap over prompts."""
+    def stat(ix, axis=None):
+        i = ix.astype(int)
+        if axis is None:
+            return float(num[i].mean() / den[i].mean())
+        return num[i].mean(axis) / den[i].mean(axis)
+
+    return bootstrap_ci(np.arange(len(num), dtype=float), stat=stat, n_boot=4000, seed=seed)
+
+
+def summarise(results: list[dict], st, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per (model, depth, alpha): mean KL with CI and the random mean; per-model perplexity."""
+    kl_rows = []
+    for r in results:
+        t = r["kl"]
+        for (depth, layer, a), g in t.groupby(["depth", "layer", "strength"]):
+            real = g[~g["is_random"]]["kl_bits"].to_numpy(float)
+            rnd = g[g["is_random"]].groupby("vector")["kl_bits"].mean()
+            est, lo, hi = _ci_row(real, seed)
+            kl_rows.append({"model": r["label"], "depth": depth, "layer": layer, "alpha": a,
+                            "kl_mean": est, "kl_low": lo, "kl_high": hi, "n": real.size,
+                            "kl_random": float(rnd.mean()) if len(rnd) else float("nan")})
+    ppl_rows = []
+    for r in results:
+        if "ppl" not in r:
+            continue
+        for (depth, layer, a, kind), g in r["ppl"].groupby(["depth", "layer", "alpha", "kind"]):
+            est, lo, hi = _ci_row(g["log2_ratio"].to_numpy(float), seed)
+            ppl_rows.append({"model": r["label"], "depth": depth, "layer": layer, "alpha": a,
+                             "kind": kind, "log2_ppl_ratio": est, "low": lo, "high": hi,
+                             "n": len(g)})
+    return pd.DataFrame(kl_rows), pd.DataFrame(ppl_rows)
+
+
+def _per_prompt_kl(r: dict, alpha: float) -> np.ndarray:
+    """Per prompt, the real vector's KL averaged over the matched depths."""
+    t = r["kl"]
+    t = t[(~t["is_random"]) & (t["strength"] == alpha)]
+    return t.groupby("prompt_idx")["kl_bits"].mean().sort_index().to_numpy(float)
+
+
+def _random_kl(r: dict, alpha: float) -> float:
+    t = r["kl"]
+    t = t[t["is_random"] & (t["strength"] == alpha)]
+    return float(t["kl_bits"].mean()) if len(t) else float("nan")
+
+
+def findings(results, kl_sum, ppl_sum, st, seed) -> list[Finding]:
+    inst, base = results[0], results[1]
+    out = []
+    n = int(kl_sum["n"].iloc[0])
+    for a in st["alphas"]:
+        # per prompt, mean KL over matched depths; paired ratio base / instruct
+        ki, kb = _per_prompt_kl(inst, a), _per_prompt_kl(base, a)
+        c = ratio_ci(kb, ki, seed)
+        ri, rb = _random_kl(inst, a), _random_kl(base, a)
+        ci_i = bootstrap_ci(ki, n_boot=4000, seed=seed)
+        ci_b = bootstrap_ci(kb, n_boot=4000, seed=seed)
+        for r, cc, rr in ((inst, ci_i, ri), (base, ci_b, rb)):
+            out.append(Finding(NAME, f"{r['label']}: next-token KL (bits), mean over depths "
+                               f"{st['depths']}, alpha {a:g}", cc.estimate, cc.low, cc.high,
+                               f"{cc.n} prompts", f"random {fmt(rr)}", "-"))
+        if c.low > 1:
+            verdict = f"{base['label']} more disturbed"
+        elif c.high < 1:
+            verdict = f"{inst['label']} more disturbed"
+        else:
+            verdict = "no reliable difference (CI includes 1)"
+        out.append(Finding(NAME, f"KL ratio {base['label']} / {inst['label']}, alpha {a:g}",
+                           c.estimate, c.low, c.high, f"{n} prompts (paired)",
+                           f"random ratio {fmt(rb / ri) if ri > 0 else '-'}", verdict))
+    if len(ppl_sum):
+        for a in st["ppl_alphas"]:
+            for r in results[:2]:
+                g = r["ppl"]
+                g = g[(g["alpha"] == a)]
+                real = g[g["kind"] == "real"].groupby("text_idx")["log2_ratio"].mean()
+                rnd = g[g["kind"] == "random"]["log2_ratio"].mean()
+                c = bootstrap_ci(real.to_numpy(float), n_boot=4000, seed=seed)
+                out.append(Finding(
+                    NAME, f"{r['label']}: degeneration, log2(perplexity steered / unsteered) on "
+                    f"held-out prose, mean over depths, alpha {a:g}", c.estimate, c.low, c.high,
+                    f"{c.n} texts", f"random {fmt(rnd)}",
+                    f"perplexity x{2 ** c.estimate:.2f}"))
+    for r in results[:2]:
+        if "gen" not in r:
+            continue
+        g = r["gen"]
+        g = g[(~g["is_random"]) & (g["strength"] > 0)]
+        for a, ga in g.groupby("strength"):
+            k, m = int(ga["changed"].sum()), len(ga)
+            ci = proportion_ci(k, m)
+            out.append(Finding(NAME, f"{r['label']}: greedy change rate, all depths pooled, alpha "
+                               f"{a:g} (Wilson; cells not independent)", ci.estimate, ci.low,
+                               ci.high, f"{m} cells ({ga['prompt_idx'].nunique()} prompts)",
+                               "not run (cost)", "-"))
+    return out
+
+
+def main(argv=None, models=None) -> dict:
+    """Run the analysis; `models` optionally reuses loaded (instruct, base) models."""
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = context(NAME, args)
+    st = settings_for(args)
+    beh = sentiment_data()
+    prompts = heldout_prompts(beh, st["n_prompts"])
+    texts = load_heldout(st["n_texts"], max_words=st["max_words"])
+    names = [args.model, args.base_model]
+    if args.quick and args.base_model == "gemma-3-270m" and args.model == "tiny-random":
+        names = ["tiny-random", "tiny-random"]  # smoke test: the pipeline, not the comparison
+    results = []
+    for i, name in enumerate(names):
+        model = get_model(name, ctx.device, given=None if models is None else models[i])
+        label = f"{name}" if i == 0 or name != names[0] else f"{name}-b"
+        log(f"{NAME}: measuring {label} (raw text)")
+        results.append(measure_model(model, label, ctx, st, beh, prompts, texts, chat=False))
+        if i == 0 and not args.no_chat_check and not args.quick and runtime.has_chat_template(model):
+            log(f"{NAME}: measuring {label} with its chat template (format check)")
+            results.append(measure_model(model, f"{label}+chat", ctx, st, beh, prompts, texts,
+                                         chat=True))
+    if len(results) == 3:  # keep instruct, base first; the chat check last
+        results = [results[0], results[2], results[1]]
+    kl_sum, ppl_sum = summarise(results, st, ctx.seed)
+    write_csv(ctx.out / "kl_summary.csv", kl_sum)
+    write_csv(ctx.out / "ppl_summary.csv", ppl_sum)
+    write_csv(ctx.out / "kl_table.csv", pd.concat([r["kl"] for r in results]))
+    if any("ppl" in r for r in results):
+        write_csv(ctx.out / "ppl_table.csv", pd.concat([r["ppl"] for r in results if "ppl" in r]))
+    if any("gen" in r for r in results):
+        write_csv(ctx.out / "gen_table.csv", pd.concat([r["gen"] for r in results if "gen" in r]))
+    write_json(ctx.out / "models.json", [{k: r[k] for k in ("label", "model_id", "layers", "norms",
+                                                            "vector_norms")} for r in results])
+    # figure: KL by relative depth (x = depth fraction), one series per model, at each alpha
+    for a in st["alphas"]:
+        series = {}
+        for r in results:
+            t = r["kl"]
+            t = t[(t["strength"] == a)]
+            series[r["label"]] = {int(round(100 * d)): g[~g["is_random"]]["kl_bits"].to_numpy(float)
+                                  for d, g in t.groupby("depth")}
+            series[f"{r['label']} random"] = {
+                int(round(100 * d)): g[g["is_random"]].groupby("prompt_idx")["kl_bits"].mean()
+                .to_numpy(float) for d, g in t.groupby("depth")}
+        fig = kl_figure(series)
+        fig.update_layout(
+            title=f"Next-token KL vs relative depth, push = {a:g} x median residual norm "
+                  f"(n={len(prompts)} prompts, mean and 95% CI; random = norm-matched directions)",
+            xaxis_title="depth (% of layers)")
+        save_html(fig, ctx.fig(f"kl_alpha{a:g}"))
+    found = findings(results, kl_sum, ppl_sum, st, ctx.seed)
+    settings = {**st, "models": [r["model_id"] for r in results],
+                "layers": {r["label"]: r["layers"] for r in results},
+                "normalisation": "strength alpha = alpha x median residual L2 norm at the layer"}
+    save_findings(ctx, found, settings)
+    with pd.option_context("display.width", 160, "display.max_rows", 200):
+        print(kl_sum.round(4).to_string(index=False))
+        if len(ppl_sum):
+            print(ppl_sum.round(3).to_string(index=False))
+    print_findings(found)
+    return {"results": results, "kl_summary": kl_sum, "ppl_summary": ppl_sum, "findings": found}
+
+
+if __name__ == "__main__":
+    main()
