@@ -250,14 +250,15 @@ class Finding:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def save_findings(ctx: Context, findings: Sequence[Finding], settings: Mapping[str, Any]) -> Path:
-    """Write the script's finding rows and settings, then regenerate the markdown summary.
+def save_findings(ctx: Context, findings: Sequence[Finding], settings: Mapping[str, Any],
+                  notes: Sequence[str] = ()) -> Path:
+    """Write the script's finding rows, settings and caveats, then regenerate the markdown summary.
 
     Quick (smoke-test) runs write only their own directory, never the shared summary.
     """
     path = write_json(ctx.out / "findings.json",
                       {"analysis": ctx.name, "quick": ctx.quick, "settings": dict(settings),
-                       "findings": [f.as_dict() for f in findings]})
+                       "notes": list(notes), "findings": [f.as_dict() for f in findings]})
     if not ctx.quick and RESULTS.resolve() in ctx.out.resolve().parents:
         write_findings_md(RESULTS)
     return path
@@ -285,6 +286,7 @@ def write_findings_md(results_root: Path) -> Path:
         rel = Path(fpath).parent.relative_to(results_root)
         notes.append(f"- `{data['analysis']}` (`results/{rel}/`): settings "
                      f"{json.dumps(data.get('settings', {}))}")
+        notes.extend(f"  - {note}" for note in data.get("notes", []))
         for f in data["findings"]:
             ci = ("" if f["low"] is None or f["high"] is None
                   else f"[{fmt(f['low'])}, {fmt(f['high'])}]")
@@ -301,7 +303,7 @@ def write_findings_md(results_root: Path) -> Path:
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "## Settings",
+        "## Settings and caveats",
         "",
         *notes,
         "",

@@ -306,7 +306,19 @@ def main(argv=None, models=None) -> dict:
     settings = {**st, "models": [r["model_id"] for r in results],
                 "layers": {r["label"]: r["layers"] for r in results},
                 "normalisation": "strength alpha = alpha x median residual L2 norm at the layer"}
-    save_findings(ctx, found, settings)
+    notes = [
+        "Confound: the models differ in family, size (135M vs 270M), tokenizer, vocabulary "
+        "(49k vs 262k) and training data, not only in instruction tuning; a difference is "
+        "'SmolLM2-Instruct vs Gemma-3-270M base', not 'instruct vs base' in general.",
+        "Normalisation: each model's own mean-difference vector, rescaled per layer to the median "
+        "per-token residual L2 norm of that model at that layer on the same held-out prompts; "
+        "alpha is the push as a fraction of that norm. Layers matched by relative depth.",
+        "Both models read raw text (no chat template); the '+chat' rows show SmolLM2 with its "
+        "chat template, i.e. how much input format alone changes the KL.",
+        "Next-token KL also depends on how peaked each model's unsteered prediction is (a "
+        "base model after a raw question is less certain), which is part of what is compared.",
+    ]
+    save_findings(ctx, found, settings, notes)
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         print(kl_sum.round(4).to_string(index=False))
         if len(ppl_sum):

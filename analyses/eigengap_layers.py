@@ -9,7 +9,11 @@ Steps, on one embedded model:
 3. A steering sweep (CAA mean-difference vector from the behaviour's training pairs, every
    `--layer-step`-th layer, one strength, greedy generations scored by the behaviour's scorer,
    plus one norm-matched random direction per layer) giving the per-layer steering effect (mean
-   paired change in score) and next-token KL.
+   paired change in score) and next-token KL. By default (`--scale residual`) each layer's
+   vector is rescaled to the median residual-stream norm entering that layer, so the strength is
+   a fraction of the residual norm and comparable across layers (raw mean-difference norms grow
+   with depth, which would confound the per-layer effect with the perturbation size); layers
+   whose vector is exactly zero are dropped.
 4. Pearson and Spearman correlations (bootstrap CIs, permutation p) of min and mean gap with the
    effect, the layer the gaps rank first vs the best measured layer, and a verdict.
 
@@ -30,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _common import residual_norms, scale_to_residual  # analyses/_common.py (sibling module)
 
 from steerlens.backend import load_model, runtime
 from steerlens.figures import save_html
@@ -37,7 +42,7 @@ from steerlens.figures.spectral import eigengap_profile, gap_vs_effect, krr_r2_h
 from steerlens.io import atomic_write_text
 from steerlens.methods import build_vector
 from steerlens.pairs import load_behaviour
-from steerlens.spectral import eigengaps, krr_fit, predict_steering
+from steerlens.spectral import eigengaps, krr_fit, load_heldout, predict_steering
 from steerlens.sweep import layer_effect, sweep
 
 
@@ -69,7 +74,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--n-prompts", type=int, default=12, help="evaluation prompts (gaps + sweep)")
     ap.add_argument("--krr-prompts", type=int, default=6)
     ap.add_argument("--layer-step", type=int, default=2)
-    ap.add_argument("--strength", type=float, default=6.0)
+    ap.add_argument("--scale", choices=["residual", "raw"], default="residual",
+                    help="residual: strength is a fraction of the median residual norm per layer; "
+                    "raw: strength multiplies the raw mean-difference vector")
+    ap.add_argument("--strength", type=float, default=None,
+                    help="default 0.3 with --scale residual, 6 with --scale raw")
     ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--n-random", type=int, default=1)
     ap.add_argument("--threshold", type=float, default=0.77)
@@ -133,25 +142,35 @@ def main() -> None:
     print(f"[{time.time() - t0:.0f}s] KRR R² on n = {krr.n_prompts} prompts")
 
     # 3. steering sweep
+    if args.strength is None:
+        args.strength = 0.3 if args.scale == "residual" else 6.0
     layers = list(range(0, n_layers, args.layer_step))
     vec = build_vector(model, behaviour.train, layers, chat=chat, show_progress=False)
+    # A layer whose vector is exactly zero cannot be steered (e.g. layer 0's resid_pre is the
+    # token embedding, and the contrast completions can end on the same token): leave it out.
+    raw_norms = vec.norms
+    zero = [layer for layer in layers if raw_norms[layer] == 0.0]
+    layers = [layer for layer in layers if raw_norms[layer] > 0.0]
+    if zero:
+        print(f"layers {zero} have a zero steering vector and are left out")
+    vec = vec.select(layers)
+    resid = {}
+    if args.scale == "residual":
+        resid = residual_norms(model, load_heldout(8, max_words=80), layers)
+        vec = scale_to_residual(vec, resid)
     res = sweep(model, vec, layers, [args.strength], prompts, measures=("kl", "generate"),
                 scorer=behaviour.scorer, max_new_tokens=args.max_new_tokens,
-                n_random=args.n_random, chat=chat, out_dir=out / "sweep", show_progress=False)
+                n_random=args.n_random, chat=chat, show_progress=False,
+                out_dir=out / f"sweep_{args.scale}_{args.strength:g}_step{args.layer_step}")
+    unit = "x median residual norm" if args.scale == "residual" else "x raw vector"
     print(f"[{time.time() - t0:.0f}s] sweep: {len(layers)} layers x {len(prompts)} prompts, "
-          f"strength {args.strength:+g}, {args.n_random} random control(s)")
+          f"strength {args.strength:+g} {unit}, {args.n_random} random control(s)")
     eff = layer_effect(res, "score", args.strength, n_boot=args.n_boot)
     kl_eff = layer_effect(res, "kl_bits", args.strength, n_boot=args.n_boot)
     real = eff[~eff["is_random"].astype(bool)].set_index("layer")
     rand = eff[eff["is_random"].astype(bool)].groupby("layer")["effect"].mean()
     kl_real = kl_eff[~kl_eff["is_random"].astype(bool)].set_index("layer")
-    # A layer whose vector is exactly zero cannot be steered (e.g. layer 0's resid_pre is the
-    # token embedding, and the contrast completions can end on the same token): leave it out.
-    norms = vec.norms
-    zero = [layer for layer in layers if norms[layer] == 0.0]
-    usable = [layer for layer in layers if norms[layer] > 0.0]
-    if zero:
-        print(f"layers {zero} have a zero steering vector and are left out of the correlations")
+    usable = layers
     score_eff = {layer: float(real.loc[layer, "effect"]) for layer in usable}
     kl_map = {layer: float(kl_real.loc[layer, "effect"]) for layer in usable}
     specific = {layer: score_eff[layer] - float(rand[layer]) for layer in usable if layer in rand}
@@ -185,7 +204,8 @@ def main() -> None:
                "krr_median_r2_best_lambda": float(np.median(krr.r2[:, krr.layers.index(layer)]
                                                             .max(-1)))}
         if layer in real.index:
-            row.update(vector_norm=norms[layer], effect=real.loc[layer, "effect"],
+            row.update(raw_vector_norm=raw_norms[layer],
+                       residual_norm=resid.get(layer, math.nan), effect=real.loc[layer, "effect"],
                        effect_low=real.loc[layer, "low"],
                        effect_high=real.loc[layer, "high"], effect_n=int(real.loc[layer, "n"]),
                        random_effect=float(rand.get(layer, math.nan)),
@@ -195,7 +215,7 @@ def main() -> None:
     atomic_write_text(out / "layer_table.csv", df.to_csv(index=False))
     summary = {
         "model": name, "behaviour": behaviour.name, "n_prompts": len(prompts),
-        "n_tokens": list(gaps.n_tokens), "strength": args.strength,
+        "n_tokens": list(gaps.n_tokens), "strength": args.strength, "scale": args.scale,
         "max_new_tokens": args.max_new_tokens, "n_random": args.n_random,
         "sweep_layers": layers, "zero_vector_layers": zero, "threshold": args.threshold,
         "eigengaps": gaps.to_dict(), "krr": krr.to_dict(),
@@ -237,9 +257,10 @@ def main() -> None:
 
     pd.set_option("display.width", 200)
     print(f"\nLayer table ({primary_kind}; gaps over n = {len(prompts)} prompts; effect = mean Δ "
-          f"{behaviour.name} score at strength {args.strength:+g}, n = {len(prompts)} prompts):")
-    print(df[["layer", "min_gap", "mean_gap", "median_gap", "flagged", "vector_norm", "effect",
-              "effect_low", "effect_high", "random_effect", "kl_bits"]]
+          f"{behaviour.name} score at strength {args.strength:+g} {unit}, n = {len(prompts)} "
+          f"prompts):")
+    print(df[["layer", "min_gap", "mean_gap", "median_gap", "flagged", "raw_vector_norm",
+              "effect", "effect_low", "effect_high", "random_effect", "kl_bits"]]
           .to_string(index=False, float_format="%.3f"))
     print(f"\nFlagged layers (min gap <= {args.threshold}): {list(table.flagged())}")
     print(f"Pattern gaps: mean {summary['pattern_gap_overall_mean']:.3f} vs key gaps mean "

@@ -266,7 +266,17 @@ def main(argv=None, model=None) -> dict:
     settings = {**{k: v for k, v in st.items() if k != "layers"}, "model": runtime.model_id(model),
                 "raw_strength": args.raw_strength, "alpha": args.alpha,
                 "temperature": args.temperature, "kl_layers": f"{st['layers'][0]}..{st['layers'][-1]}"}
-    save_findings(ctx, found, settings)
+    notes = [
+        "KL is next-token KL(base || steered) in bits after the chat-templated prompt, steering "
+        "at all positions of one layer; ratios are mean over mid layers / mean over late "
+        "layers, paired by prompt, bootstrap over prompts.",
+        "'raw' applies a fixed multiple of the mean-difference vector, whose norm grows with "
+        "depth; 'resid' applies a fixed fraction of each layer's median residual norm. The "
+        "mid/late contrast depends on which is held fixed.",
+        "Diversity uses the raw scaling at a few layers, k samples per prompt at temperature T "
+        "with a fixed seed; the random row is one norm-matched random direction per layer.",
+    ]
+    save_findings(ctx, found, settings, notes)
     with pd.option_context("display.width", 140, "display.max_rows", 100):
         print(by_layer.reset_index().pivot(index="layer", columns="vector", values="mean")
               .round(4).to_string())

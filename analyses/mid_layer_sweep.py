@@ -90,6 +90,8 @@ def build_parser():
     p.add_argument("--strengths", type=_floats, default=None,
                    help="comma-separated strengths (default: resid "
                    f"{DEFAULT_STRENGTHS['resid']}, raw {DEFAULT_STRENGTHS['raw']})")
+    p.add_argument("--report-strength", type=float, default=None,
+                   help="strength for the by-depth rows (default: second-smallest negative)")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--n-random", type=int, default=1, help="random directions per real vector")
     p.add_argument("--batch-size", type=int, default=64)
@@ -148,7 +150,8 @@ def tables(res, vec, norms: dict[int, float], max_new_tokens: int) -> dict[str, 
             **{f"random_{m}": df for m, df in cmp.items()}}
 
 
-def findings(cells: pd.DataFrame, n: int, k_random: int, scale: str) -> list[Finding]:
+def findings(cells: pd.DataFrame, n: int, k_random: int, scale: str,
+             report_strength: float) -> list[Finding]:
     out = []
     unit = "x resid norm" if scale == "resid" else "x raw vector"
     steered = cells[cells["strength"] != 0].copy()
@@ -179,20 +182,28 @@ def findings(cells: pd.DataFrame, n: int, k_random: int, scale: str) -> list[Fin
         "-", f"frozen layers at every strength: {frozen_layers or 'none'}; frozen cells: "
         + (", ".join(f"L{int(a)}@{b:g}" for a, b in zip(frozen_cells['layer'],
                                                       frozen_cells['strength'])) or "none")))
-    # 3) change rate by depth at the most moderate negative and positive strengths
-    for s in sorted({float(x) for x in steered["strength"]}, key=lambda x: (abs(x), x))[:2]:
-        sel = steered[steered["strength"] == s].sort_values("layer")
-        for _, r in sel.iterrows():
-            if r["layer"] not in (sel["layer"].min(), sel["layer"].max(),
-                                  sel["layer"].iloc[len(sel) // 2]):
-                continue
+    # 3) behaviour shift and change rate by depth at one moderate strength
+    s_rep = report_strength
+    sel = steered[steered["strength"] == s_rep].sort_values("layer")
+    if len(sel):
+        picks = sorted({int(sel["layer"].iloc[0]), int(sel["layer"].iloc[len(sel) // 2]),
+                        int(sel["layer"].iloc[-1]), int(sel.loc[sel["effect"].idxmax(), "layer"])})
+        for _, r in sel[sel["layer"].isin(picks)].iterrows():
             k = int(round(r["change_rate"] * n))
+            excl = (r["score_low"] > 0) or (r["score_high"] < 0)
             out.append(Finding(
-                NAME, f"[{scale}] change rate, layer {int(r['layer'])}, strength {s:g} {unit} "
-                f"({r['rel_norm']:.2f}x resid norm), Wilson CI", r["change_rate"],
-                proportion_ci(k, n).low, proportion_ci(k, n).high, str(n),
-                f"random {fmt(r['change_random'])}",
-                f"{r['zone']}; mean first divergence at token {r['diverge_mean']:.1f}"))
+                NAME, f"[{scale}] VADER shift at layer {int(r['layer'])}, strength {s_rep:g} {unit}"
+                f" ({r['rel_norm']:.2f}x resid norm)", r["score_shift"], r["score_low"],
+                r["score_high"], str(n), f"random shift {fmt(r['score_random'])} (k={k_random})",
+                ("CI excludes 0" if excl else "CI includes 0 (null)")
+                + f"; change rate {k}/{n} (random {fmt(r['change_random'])}), first divergence "
+                f"at token {r['diverge_mean']:.1f}; zone {r['zone']}"))
+    # cells where steering has no detectable behaviour effect (the behavioural "frozen" zone)
+    null = steered[(steered["score_low"] <= 0) & (steered["score_high"] >= 0)]
+    out.append(Finding(
+        NAME, f"[{scale}] cells with no detectable VADER shift (CI includes 0) / steered cells",
+        float(len(null)), float("nan"), float("nan"), f"{len(steered)} cells x {n} prompts", "-",
+        ", ".join(f"L{int(a)}@{b:g}" for a, b in zip(null["layer"], null["strength"])) or "none"))
     # 4) degeneration at the strongest |strength|
     s_max = max({float(x) for x in steered["strength"]}, key=lambda x: (abs(x), -x))
     sel = steered[steered["strength"] == s_max]
@@ -254,11 +265,25 @@ def main(argv=None, model=None) -> dict:
         fig.update_layout(xaxis_title=f"strength ({unit})")
         save_html(fig, ctx.fig(f"{key}{tag}"))
     cells = tabs["cells"]
-    found = findings(cells, len(prompts), st["n_random"], st["scale"])
+    rep = args.report_strength
+    if rep is None or rep not in st["strengths"]:
+        nz = sorted((x for x in st["strengths"] if x != 0), key=lambda x: (abs(x), x))
+        neg = [x for x in nz if x < 0]
+        rep = (neg[1] if len(neg) > 1 else neg[0]) if neg else nz[0]
+    found = findings(cells, len(prompts), st["n_random"], st["scale"], rep)
     settings = {**st, "model": runtime.model_id(model), "vector": "mean_diff on sentiment/train "
                 f"({len(beh.train)} pairs)", "prompts": f"{len(prompts)} held-out prompts",
                 "baseline_score_mean": float(res.baseline["score"].mean())}
-    save_findings(ctx, found, settings)
+    notes = [
+        f"[{st['scale']}] n={len(prompts)} held-out prompts per cell; {st['n_random']} random "
+        "direction(s) per cell; zones from sweep.zones (unstable: continuation perplexity > 2x "
+        "unsteered; frozen: change rate < 10%).",
+        "Change rate counts any differing token in the greedy continuation, so it saturates at "
+        "small pushes; the first-divergence position and the VADER shift carry more information.",
+        "The sweet-spot row is the best of many cells (selection inflates it); its random "
+        "control is the same cell with a random direction of equal norm.",
+    ]
+    save_findings(ctx, found, settings, notes)
     show = cells[["layer", "strength", "rel_norm", "zone", "change_rate", "diverge_mean",
                   "score_shift", "score_random", "ppl_shift", "perplexity_ratio"]]
     with pd.option_context("display.width", 140, "display.max_rows", 200):
