@@ -40,6 +40,7 @@ from steerlens.vectors import SteeringVector, VectorFileError  # noqa: E402
 RESULTS = ROOT / "results"
 FIGURES = ROOT / "figures"
 FINDINGS_MD = "FINDINGS_measurement.md"
+QUICK_PAIRS = 8  # train pairs used for the vector in --quick (smoke-test) runs
 
 
 def parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -123,11 +124,13 @@ def heldout_prompts(behaviour: Behaviour, n: int | None = None) -> list[str]:
 
 def cached_vector(model, behaviour: Behaviour, layers: Sequence[int], cache_dir: Path,
                   show_progress: bool = False, resume: bool = True,
-                  chat: bool | None = None) -> SteeringVector:
+                  chat: bool | None = None, n_pairs: int | None = None) -> SteeringVector:
     """Mean-difference vector on the behaviour's train pairs, saved once and reloaded.
 
-    `chat=None` chat-templates the pairs' prompts for instruct models (the library default).
+    `chat=None` chat-templates the pairs' prompts for instruct models (the library default);
+    `n_pairs` uses only the first n train pairs (smoke tests).
     """
+    pairs = behaviour.train if n_pairs is None else behaviour.train[:n_pairs]
     layers = sorted(int(x) for x in layers)
     tag = "" if chat is None else ("_chat" if chat else "_raw")
     path = cache_dir / f"vector_{behaviour.name}{tag}"
@@ -135,25 +138,34 @@ def cached_vector(model, behaviour: Behaviour, layers: Sequence[int], cache_dir:
         try:
             vec = SteeringVector.load(path, model)
             if (vec.layers == layers and vec.model_id == runtime.model_id(model)
-                    and vec.n_pairs == len(behaviour.train)):
+                    and vec.n_pairs == len(pairs)):
                 return vec
         except VectorFileError:
             pass
-    vec = build_vector(model, behaviour.train, layers, show_progress=show_progress, chat=chat)
+    vec = build_vector(model, pairs, layers, show_progress=show_progress, chat=chat)
     vec.save(path)
     return vec
 
 
-def residual_norms(model, texts: Sequence[str], layers: Sequence[int],
-                   show_progress: bool = False) -> dict[int, float]:
+def residual_norms(model, texts: Sequence[str], layers: Sequence[int], show_progress: bool = False,
+                   centred: bool = False) -> dict[int, float]:
     """Median L2 norm of the residual stream entering each layer, over every token of the raw
     texts after BOS.
 
     The median ignores the few "attention sink" positions whose norm is many times the rest.
+    `centred=True` measures each token's distance from the mean residual instead: the spread of
+    the stream, which leaves out constant "massive activation" dimensions (Gemma's residual norm is
+    mostly one such dimension).
     """
     acts = extract(model, list(texts), list(layers), position="all", show_progress=show_progress,
                    chat=False)
-    return {layer: float(acts[layer].double().norm(dim=-1).median()) for layer in acts.layers}
+    out = {}
+    for layer in acts.layers:
+        x = acts[layer].double()
+        if centred:
+            x = x - x.mean(0)
+        out[layer] = float(x.norm(dim=-1).median())
+    return out
 
 
 def scale_to_residual(vector: SteeringVector, norms: Mapping[int, float]) -> SteeringVector:

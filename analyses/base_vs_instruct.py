@@ -12,7 +12,11 @@ Compares the embedded SmolLM2-135M-Instruct (30 layers, d_model 576) with the em
   to the median per-token L2 norm of that model's residual stream entering that layer, measured
   on the same held-out prompts (`_common.residual_norms`). Strength alpha therefore adds
   alpha x (typical residual norm) at every layer of both models; alpha = 1 doubles the scale of a
-  typical token's residual.
+  typical token's residual. `--norm centred` uses the median distance of a token's residual from
+  the mean residual instead (the stream's spread), which discounts constant massive-activation
+  dimensions: in Gemma one dimension carries most of the residual norm (e.g. 5114 of 5493 at
+  layer 8), so the plain norm lets Gemma's push be several times larger relative to how much its
+  residuals actually vary from token to token. Results of that check go to `<out>/centred/`.
 - Both models read the same raw text (no chat template), so the inputs match; SmolLM2 is also
   measured with its chat template, to show how much the input format alone moves the numbers.
 
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,6 +44,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from _common import (  # noqa: E402
+    QUICK_PAIRS,
     Finding,
     cached_vector,
     context,
@@ -87,26 +93,31 @@ def build_parser():
     p.add_argument("--gen-prompts", type=int, default=6, help="prompts for the change rate")
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.add_argument("--no-chat-check", action="store_true", help="skip SmolLM2-with-chat KL")
+    p.add_argument("--norm", choices=("norm", "centred"), default="norm",
+                   help="yardstick for alpha: median residual norm, or median distance from the "
+                   "mean residual (centred); centred results go to <out>/centred/")
     p.add_argument("--threads", type=int, default=None)
     return p
 
 
 def settings_for(args) -> dict:
     if args.quick:
-        return dict(depths=[1.0], alphas=[0.5], n_prompts=2, n_random=1, ppl_alphas=[0.5],
-                    n_texts=2, max_words=12, gen_prompts=1, max_new_tokens=2)
-    return dict(depths=args.depths, alphas=args.alphas, n_prompts=args.n_prompts,
+        return dict(norm=args.norm, depths=[1.0], alphas=[0.5], n_prompts=2, n_random=1,
+                    ppl_alphas=[0.5], n_texts=2, max_words=12, gen_prompts=1, max_new_tokens=2)
+    return dict(norm=args.norm, depths=args.depths, alphas=args.alphas, n_prompts=args.n_prompts,
                 n_random=args.n_random, ppl_alphas=args.ppl_alphas, n_texts=args.n_texts,
                 max_words=args.max_words, gen_prompts=args.gen_prompts,
                 max_new_tokens=args.max_new_tokens)
 
 
-def measure_model(model, label: str, ctx, st, beh, prompts, texts, chat: bool) -> dict:
+def measure_model(model, label: str, ctx, st, beh, prompts, texts, chat: bool,
+                  vec_dir: Path) -> dict:
     """KL sweep, perplexity degeneration and change rate for one model (one input format)."""
     layers = relative_layers(model, st["depths"])
     depth_of = dict(zip(layers, st["depths"]))
-    vec = cached_vector(model, beh, layers, ctx.out / label, ctx.progress, ctx.resume, chat=chat)
-    norms = residual_norms(model, prompts, layers)
+    vec = cached_vector(model, beh, layers, vec_dir / label, ctx.progress, ctx.resume, chat=chat,
+                         n_pairs=QUICK_PAIRS if ctx.quick else None)
+    norms = residual_norms(model, prompts, layers, centred=st["norm"] == "centred")
     scaled = scale_to_residual(vec, norms)
     log(f"{label}: layers {layers}; median residual norms "
         + ", ".join(f"L{la} {norms[la]:.3g}" for la in layers))
@@ -201,6 +212,7 @@ def _random_kl(r: dict, alpha: float) -> float:
 def findings(results, kl_sum, ppl_sum, st, seed) -> list[Finding]:
     inst, base = results[0], results[1]
     out = []
+    tag = f"[{st['norm']}] "
     n = int(kl_sum["n"].iloc[0])
     for a in st["alphas"]:
         # per prompt, mean KL over matched depths; paired ratio base / instruct
@@ -210,7 +222,7 @@ def findings(results, kl_sum, ppl_sum, st, seed) -> list[Finding]:
         ci_i = bootstrap_ci(ki, n_boot=4000, seed=seed)
         ci_b = bootstrap_ci(kb, n_boot=4000, seed=seed)
         for r, cc, rr in ((inst, ci_i, ri), (base, ci_b, rb)):
-            out.append(Finding(NAME, f"{r['label']}: next-token KL (bits), mean over depths "
+            out.append(Finding(NAME, f"{tag}{r['label']}: next-token KL (bits), mean over depths "
                                f"{st['depths']}, alpha {a:g}", cc.estimate, cc.low, cc.high,
                                f"{cc.n} prompts", f"random {fmt(rr)}", "-"))
         if c.low > 1:
@@ -219,7 +231,7 @@ def findings(results, kl_sum, ppl_sum, st, seed) -> list[Finding]:
             verdict = f"{inst['label']} more disturbed"
         else:
             verdict = "no reliable difference (CI includes 1)"
-        out.append(Finding(NAME, f"KL ratio {base['label']} / {inst['label']}, alpha {a:g}",
+        out.append(Finding(NAME, f"{tag}KL ratio {base['label']} / {inst['label']}, alpha {a:g}",
                            c.estimate, c.low, c.high, f"{n} prompts (paired)",
                            f"random ratio {fmt(rb / ri) if ri > 0 else '-'}", verdict))
     if len(ppl_sum):
@@ -231,7 +243,7 @@ def findings(results, kl_sum, ppl_sum, st, seed) -> list[Finding]:
                 rnd = g[g["kind"] == "random"]["log2_ratio"].mean()
                 c = bootstrap_ci(real.to_numpy(float), n_boot=4000, seed=seed)
                 out.append(Finding(
-                    NAME, f"{r['label']}: degeneration, log2(perplexity steered / unsteered) on "
+                    NAME, f"{tag}{r['label']}: degeneration, log2(perplexity steered / unsteered) on "
                     f"held-out prose, mean over depths, alpha {a:g}", c.estimate, c.low, c.high,
                     f"{c.n} texts", f"random {fmt(rnd)}",
                     f"perplexity x{2 ** c.estimate:.2f}"))
@@ -243,7 +255,7 @@ def findings(results, kl_sum, ppl_sum, st, seed) -> list[Finding]:
         for a, ga in g.groupby("strength"):
             k, m = int(ga["changed"].sum()), len(ga)
             ci = proportion_ci(k, m)
-            out.append(Finding(NAME, f"{r['label']}: greedy change rate, all depths pooled, alpha "
+            out.append(Finding(NAME, f"{tag}{r['label']}: greedy change rate, all depths pooled, alpha "
                                f"{a:g} (Wilson; cells not independent)", ci.estimate, ci.low,
                                ci.high, f"{m} cells ({ga['prompt_idx'].nunique()} prompts)",
                                "not run (cost)", "-"))
@@ -256,6 +268,11 @@ def main(argv=None, models=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = context(NAME, args)
+    vec_dir = ctx.out
+    if args.norm == "centred":
+        ctx = replace(ctx, out=ctx.out / "centred")
+        ctx.out.mkdir(parents=True, exist_ok=True)
+    tag = "" if args.norm == "norm" else "centred_"
     st = settings_for(args)
     beh = sentiment_data()
     prompts = heldout_prompts(beh, st["n_prompts"])
@@ -268,11 +285,12 @@ def main(argv=None, models=None) -> dict:
         model = get_model(name, ctx.device, given=None if models is None else models[i])
         label = f"{name}" if i == 0 or name != names[0] else f"{name}-b"
         log(f"{NAME}: measuring {label} (raw text)")
-        results.append(measure_model(model, label, ctx, st, beh, prompts, texts, chat=False))
+        results.append(measure_model(model, label, ctx, st, beh, prompts, texts, chat=False,
+                                     vec_dir=vec_dir))
         if i == 0 and not args.no_chat_check and not args.quick and runtime.has_chat_template(model):
             log(f"{NAME}: measuring {label} with its chat template (format check)")
             results.append(measure_model(model, f"{label}+chat", ctx, st, beh, prompts, texts,
-                                         chat=True))
+                                         chat=True, vec_dir=vec_dir))
     if len(results) == 3:  # keep instruct, base first; the chat check last
         results = [results[0], results[2], results[1]]
     kl_sum, ppl_sum = summarise(results, st, ctx.seed)
@@ -301,11 +319,12 @@ def main(argv=None, models=None) -> dict:
             title=f"Next-token KL vs relative depth, push = {a:g} x median residual norm "
                   f"(n={len(prompts)} prompts, mean and 95% CI; random = norm-matched directions)",
             xaxis_title="depth (% of layers)")
-        save_html(fig, ctx.fig(f"kl_alpha{a:g}"))
+        save_html(fig, ctx.fig(f"{tag}kl_alpha{a:g}"))
     found = findings(results, kl_sum, ppl_sum, st, ctx.seed)
     settings = {**st, "models": [r["model_id"] for r in results],
                 "layers": {r["label"]: r["layers"] for r in results},
-                "normalisation": "strength alpha = alpha x median residual L2 norm at the layer"}
+                "normalisation": "strength alpha = alpha x median residual L2 norm at the layer"
+                + (" (centred: distance from the mean residual)" if args.norm == "centred" else "")}
     notes = [
         "Confound: the models differ in family, size (135M vs 270M), tokenizer, vocabulary "
         "(49k vs 262k) and training data, not only in instruction tuning; a difference is "

@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from _common import (  # noqa: E402
+    QUICK_PAIRS,
     Finding,
     cached_vector,
     context,
@@ -237,7 +238,8 @@ def main(argv=None, model=None) -> dict:
     prompts = heldout_prompts(beh, st["n_prompts"])
     log(f"{NAME}: model {runtime.model_id(model)}, layers {st['layers']}, strengths "
         f"{st['strengths']}, n={len(prompts)} held-out prompts, n_random={st['n_random']}")
-    raw = cached_vector(model, beh, st["layers"], ctx.out, ctx.progress, ctx.resume)
+    raw = cached_vector(model, beh, st["layers"], ctx.out, ctx.progress, ctx.resume,
+                        n_pairs=QUICK_PAIRS if ctx.quick else None)
     norms = residual_norms(model, prompts, st["layers"])
     vec = scale_to_residual(raw, norms) if st["scale"] == "resid" else raw
     res = sweep(model, {VECTOR: vec}, st["layers"], st["strengths"], prompts,

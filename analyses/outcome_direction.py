@@ -12,8 +12,8 @@ The experiment, in the style of outcome-direction studies on GPT-2:
    answered wrong. It is rescaled to the median residual norm at that layer, so strength alpha adds
    alpha x (typical residual norm).
 4. Held-out items answered again under +alpha and -alpha (positive = towards "correct"), and under
-   `--n-random` norm-matched random directions (`methods.random_like`) at the largest alpha (a
-   random direction's sign is itself random, so one set serves both signs).
+   `--n-random` norm-matched random directions (`methods.random_like`) at each alpha (a random
+   direction's sign is itself random, so one set serves both signs).
 5. Per condition: transitions (`stats.transitions`), McNemar's exact test (`stats.mcnemar`), a sign
    test on per-item change in correctness (`stats.sign_test`), accuracy with Wilson CIs, and the
    net gain set against the random directions (`stats.compare_to_random`). Everything is
@@ -177,9 +177,11 @@ def main(argv=None, model=None) -> dict:
     for a in st["alphas"]:
         conditions[f"outcome +{a:g}"] = (unit, a)
         conditions[f"outcome -{a:g}"] = (unit, -a)
-    a_max = max(st["alphas"])
-    for k in range(st["n_random"]):
-        conditions[f"random{k} {a_max:g}"] = (random_like(unit, seed=ctx.seed + k), a_max)
+    rnd_for: dict[float, list[str]] = {}
+    for a in st["alphas"]:
+        for k in range(st["n_random"]):
+            conditions[f"random{k} {a:g}"] = (random_like(unit, seed=ctx.seed + k), a)
+            rnd_for.setdefault(a, []).append(f"random{k} {a:g}")
     answers: dict[str, list[str]] = {}
     for cname, (v, s) in conditions.items():
         key = {**base_key, "layer": layer, "strength": s, "cond": cname, "items": len(test),
@@ -200,13 +202,13 @@ def main(argv=None, model=None) -> dict:
                 [a != b for a, b in zip(answers[c][:n], base_answers[len(train):][:n])])))
             rows.append(r)
     table = pd.DataFrame(rows)
-    # random-direction comparison of the per-item gain (after - before) at the random alpha
-    rnd_names = [c for c in conditions if c.startswith("random")]
+    # random-direction comparison of the per-item gain (after - before) at the same |alpha|
     cmp_rows = []
     for n in sizes:
-        ctrl = [after[c][:n].astype(float) - c_test[:n] for c in rnd_names]
         for c in conditions:
-            if c.startswith("random") or not ctrl or abs(conditions[c][1]) != a_max:
+            ctrl = [after[r][:n].astype(float) - c_test[:n]
+                    for r in rnd_for.get(abs(conditions[c][1]), [])]
+            if c.startswith("random") or not ctrl:
                 continue
             gain = after[c][:n].astype(float) - c_test[:n]
             alt = "greater" if conditions[c][1] > 0 else "less"
@@ -243,17 +245,15 @@ def main(argv=None, model=None) -> dict:
         save_html(transition_bars(tabs, title=f"Capital-city answers before vs after steering at "
                                   f"layer {layer}, first {n} held-out items"),
                   ctx.fig(f"transitions_n{n}"))
-    if len(cmp):
-        best = cmp[cmp["subset"] == f"first {len(test)}"].iloc[0]
-        cname = best["condition"]
+    for a, names in rnd_for.items():
+        cname = f"outcome +{a:g}"
         cr = compare_to_random(after[cname].astype(float) - c_test,
-                               [after[c].astype(float) - c_test for c in rnd_names],
-                               alternative=best["alternative"])
+                               [after[c].astype(float) - c_test for c in names])
         save_html(random_control_plot(cr, x_title="accuracy gain (after - before)",
-                                      title=f"{cname}: accuracy gain vs {len(rnd_names)} random "
-                                      f"directions (n={len(test)} held-out items)"),
-                  ctx.fig("random_control"))
-    found = findings(table, cmp, blocks, sizes, st, c_test, changed)
+                                      title=f"{cname}: accuracy gain vs {len(names)} random "
+                                      f"directions of equal norm (n={len(test)} held-out items)"),
+                  ctx.fig(f"random_control_{a:g}"))
+    found = findings(table, cmp, blocks, sizes, st, c_test, changed, rnd_for)
     settings = {**st, "model": runtime.model_id(model), "task": "capital cities",
                 "train_accuracy": float(c_train.mean()), "test_accuracy": float(c_test.mean()),
                 "n_right_train": vec.extra["n_right"], "n_wrong_train": vec.extra["n_wrong"],
@@ -265,8 +265,8 @@ def main(argv=None, model=None) -> dict:
         "Correct = an accepted capital named in the first "
         f"{st['max_new_tokens']} greedy tokens after removing the region's own name (lenient: a "
         "right name anywhere in the answer counts).",
-        f"Random controls: {st['n_random']} norm-matched random directions at the largest "
-        "strength; with k controls the smallest attainable p_random is 1/(k+1).",
+        f"Random controls: {st['n_random']} norm-matched random directions at each strength; "
+        "with k controls the smallest attainable p_random is 1/(k+1).",
     ]
     save_findings(ctx, found, settings, notes)
     with pd.option_context("display.width", 170, "display.max_rows", 100):
@@ -279,7 +279,7 @@ def main(argv=None, model=None) -> dict:
     return {"table": table, "random": cmp, "blocks": blocks, "findings": found}
 
 
-def findings(table, cmp, blocks, sizes, st, c_test, changed) -> list[Finding]:
+def findings(table, cmp, blocks, sizes, st, c_test, changed, rnd_for) -> list[Finding]:
     out = []
     for n in sizes:
         acc = proportion_ci(int(c_test[:n].sum()), n)
@@ -309,11 +309,10 @@ def findings(table, cmp, blocks, sizes, st, c_test, changed) -> list[Finding]:
                 f"(value = mean net; range in CI columns)", float(g["net"].mean()),
                 float(g["net"].min()), float(g["net"].max()), f"{len(g)} x {st['n_small']}",
                 "-", f"{pos}/{len(g)} blocks positive, {sig}/{len(g)} significant at 0.05"))
-    rnd_change = [v for k, v in changed.items() if k.startswith("random")]
-    if rnd_change:
-        a_max = max(st["alphas"])
-        n = len(c_test)
-        for c in (f"outcome +{a_max:g}", f"outcome -{a_max:g}"):
+    n = len(c_test)
+    for a, names in rnd_for.items():
+        rnd_change = [changed[r] for r in names]
+        for c in (f"outcome +{a:g}", f"outcome -{a:g}"):
             k = int(round(changed[c] * n))
             ci = proportion_ci(k, n)
             out.append(Finding(NAME, f"answer text changed vs baseline under {c} (Wilson)",

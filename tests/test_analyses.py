@@ -117,17 +117,19 @@ def test_kl_diversity_quick_matches_next_token_kl(tiny, tmp_path):
     out = mod.main(_args("kld", tmp_path), model=tiny)
     d = tmp_path / "kld"
     assert (d / "diversity.csv").exists() and (d / "kl_by_layer.csv").exists()
-    assert (tmp_path / "fig" / "kl_diversity_by_layer_kl_raw.html").exists()
-    # independent path: measures.next_token_kl on the cached vector x raw strength
+    for f in ("kl_raw", "kl_resid", "diversity", "distinct2"):
+        assert (tmp_path / "fig" / f"kl_diversity_by_layer_{f}.html").exists()
+    # independent path: measures.next_token_kl (two full forwards) on the saved vector x 8
     from steerlens.measures import next_token_kl
     from steerlens.vectors import SteeringVector
 
-    res = out["result"]
+    res = out["results"]["raw"]
     vec = SteeringVector.load(d / "vector_sentiment", tiny)
     prompts = list(dict.fromkeys(res.table["prompt"]))
-    kl = next_token_kl(tiny, prompts, vec.layer(1) * 8.0, 1.0, reuse_prefix=False)
-    mine = res.table[(res.table.vector == "raw") & (res.table.layer == 1)].sort_values("prompt_idx")
-    np.testing.assert_allclose(mine["kl_bits"].to_numpy(), kl.values, rtol=1e-4, atol=1e-7)
+    kl = next_token_kl(tiny, prompts, vec.layer(1), 8.0, reuse_prefix=False)
+    mine = res.table[(res.table.vector == "sentiment") & (res.table.strength == 8.0)]
+    np.testing.assert_allclose(mine.sort_values("prompt_idx")["kl_bits"].to_numpy(), kl.values,
+                               rtol=1e-4, atol=1e-7)
     div = out["diversity"]
     assert set(div["condition"]) == {"unsteered", "L1", "random L1"}
     assert div["distinct_fraction"].between(0.5, 1.0).all()  # k=2: 1/k..1

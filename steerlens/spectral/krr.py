@@ -106,19 +106,23 @@ class KRRResult:
     def n_prompts(self) -> int:
         return int(self.r2.shape[0])
 
+    # Summaries use medians: R² has no lower bound, and a head whose output barely varies over
+    # the prompt (e.g. one that only attends to the first token) has Σ(z - z̄)² near 0 and an
+    # R² of -1e6 or less, which would swamp any mean.
+
     @property
     def head_r2(self) -> np.ndarray:
-        """[layer, head, lambda] mean R² over prompts."""
-        return self.r2.mean(axis=0)
+        """[layer, head, lambda] median R² over prompts."""
+        return np.median(self.r2, axis=0)
 
     @property
     def layer_r2(self) -> np.ndarray:
-        """[layer, lambda] mean R² over prompts and heads."""
-        return self.r2.mean(axis=(0, 2))
+        """[layer, lambda] median R² over prompts and heads."""
+        return np.median(self.r2, axis=(0, 2))
 
     @property
     def best_lambda(self) -> np.ndarray:
-        """[layer, head] the grid λ with the highest mean R²."""
+        """[layer, head] the grid λ with the highest median R²."""
         return np.asarray(self.lambdas)[self.head_r2.argmax(-1)]
 
     @property
@@ -131,7 +135,7 @@ class KRRResult:
             "model": self.model, "n_prompts": self.n_prompts, "lambdas": list(self.lambdas),
             "relative_lambda": self.relative, "causal": self.causal,
             "layers": [
-                {"layer": layer, "r2_by_lambda": self.layer_r2[i].tolist(),
+                {"layer": layer, "median_r2_by_lambda": self.layer_r2[i].tolist(),
                  "best_r2_per_head": self.best_r2[i].tolist(),
                  "best_lambda_per_head": self.best_lambda[i].tolist()}
                 for i, layer in enumerate(self.layers)
