@@ -32,7 +32,7 @@ from ..steer import PositionMode
 from ..vectors import SteeringVector
 from ._common import steering_context, token_strings, use_chat
 
-LensNorm = Literal["scale", "none", "full"]
+LensNorm = str  # "scale" | "none" | "full"; validated with a ValueError
 LENS_NORMS: tuple[str, ...] = ("scale", "none", "full")
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -32,8 +31,8 @@ from ..backend import runtime
 from ._capture import capture_attention, encode_checked, resolve_layers
 
 DEFAULT_THRESHOLD = 0.77
-GapKind = Literal["keys", "rotated_keys", "pattern"]
-LayerStat = Literal["min", "mean", "median"]
+GapKind = str  # "keys" | "rotated_keys" | "pattern"; validated with a ValueError
+LayerStat = str  # "min" | "mean" | "median"; validated with a ValueError
 LAYER_STATS: tuple[str, ...] = ("min", "mean", "median")
 
 

@@ -81,8 +81,8 @@ def krr_predict(
 
 
 def r2_score(
-    target: Float[Tensor, "*batch pos d"], pred: Float[Tensor, "*batch pos d"]
-) -> Float[Tensor, " *batch"]:
+    target: Float[Tensor, "*#batch pos d"], pred: Float[Tensor, "*#batch pos d"]
+) -> Float[Tensor, " *#batch"]:
     """R² = 1 - Σ(z - ẑ)² / Σ(z - z̄)², summed over positions and dimensions (z̄ per dimension)."""
     target, pred = target.to(torch.float64), pred.to(torch.float64)
     sse = ((target - pred) ** 2).sum((-2, -1))

@@ -23,7 +23,6 @@ import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ from torch import Tensor
 from ..backend import runtime
 from ..sites import check_layer
 
-Band = Literal["all", "top", "tail"]
+Band = str  # "all" | "top" | "tail"; validated with a ValueError
 BANDS: tuple[str, ...] = ("all", "top", "tail")
 DEFAULT_MIN_FACTOR = 0.01
 
