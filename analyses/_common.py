@@ -211,11 +211,12 @@ def spread_layers(n_layers_model: int, k: int, first: int = 1) -> list[int]:
 # ------------------------------------------------------------------------------ output
 
 
-def _jsonable(x):
+def jsonable(x):
+    """Plain JSON: non-finite floats become null; numpy/torch scalars and arrays become Python."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in x]
     if isinstance(x, (np.floating, float)):
         return None if not math.isfinite(float(x)) else float(x)
     if isinstance(x, (np.integer,)):
@@ -223,12 +224,12 @@ def _jsonable(x):
     if isinstance(x, np.bool_):
         return bool(x)
     if isinstance(x, torch.Tensor):
-        return _jsonable(x.tolist())
+        return jsonable(x.tolist())
     return x
 
 
 def write_json(path: Path, obj) -> Path:
-    return atomic_write_text(path, json.dumps(_jsonable(obj), indent=1, ensure_ascii=False))
+    return atomic_write_text(path, json.dumps(jsonable(obj), indent=1, ensure_ascii=False))
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> Path:

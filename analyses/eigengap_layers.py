@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from _common import residual_norms, scale_to_residual  # analyses/_common.py (sibling module)
+from _common import jsonable, residual_norms, scale_to_residual  # analyses/_common.py (sibling)
 
 from steerlens.backend import load_model, runtime
 from steerlens.figures import save_html
@@ -44,21 +44,6 @@ from steerlens.methods import build_vector
 from steerlens.pairs import load_behaviour
 from steerlens.spectral import eigengaps, krr_fit, load_heldout, predict_steering
 from steerlens.sweep import layer_effect, sweep
-
-
-def jsonable(x):
-    """Plain JSON: non-finite floats become null, numpy scalars and arrays become Python values."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    return x
 
 
 def parse_args() -> argparse.Namespace:

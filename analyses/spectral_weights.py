@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
+from _common import jsonable  # analyses/_common.py (sibling module)
 
 from steerlens.backend import load_model, runtime
 from steerlens.figures import save_html
@@ -42,21 +41,6 @@ from steerlens.spectral import (
     load_heldout,
     plan_edit,
 )
-
-
-def jsonable(x):
-    """Plain JSON: non-finite floats become null, numpy scalars and arrays become Python values."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    return x
 
 
 def parse_args() -> argparse.Namespace:
