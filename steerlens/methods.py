@@ -159,11 +159,11 @@ def outcome_vector(
     """Correct-minus-wrong direction from texts labelled by whether the model got them right."""
     if len(texts) != len(correct):
         raise ValueError(f"Got {len(texts)} texts but {len(correct)} labels.")
+    if position == "all":
+        raise ValueError("outcome_vector needs one row per text; use 'last', 'first' or 'mean'.")
     acts = extract(model, texts, layers, prompts=prompts, component=component,
                    position=position, batch_size=batch_size, chat=chat,
                    show_progress=show_progress)
-    if position == "all":
-        raise ValueError("outcome_vector needs one row per text; use 'last', 'first' or 'mean'.")
     dirs = {layer: outcome(acts[layer], correct) for layer in acts.layers}
     n_right = int(sum(bool(c) for c in correct))
     return SteeringVector(dirs, component=component, method="outcome", position=position,

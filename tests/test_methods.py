@@ -102,3 +102,7 @@ def test_outcome_vector_end_to_end(tiny):
     texts = ["2+2=4", "2+2=5", "3+3=6", "3+3=7"]
     v = outcome_vector(tiny, texts, [True, False, True, False], [0, 1], show_progress=False)
     assert v.method == "outcome" and v.extra["n_right"] == 2 and v.n_pairs == 4
+    with pytest.raises(ValueError, match="one row per text"):
+        outcome_vector(tiny, texts, [True, False, True, False], [1], position="all")
+    with pytest.raises(ValueError, match="4 texts but 2 labels"):
+        outcome_vector(tiny, texts, [True, False], [1])

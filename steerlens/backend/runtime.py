@@ -27,9 +27,7 @@ HookFn = Callable[[Tensor, object], Tensor | None]
 
 def hook_name(layer: int, component: str) -> str:
     """TransformerLens hook name for (layer, component); callers validate via `sites.Site`."""
-    if component in ("resid_pre", "resid_mid", "resid_post"):
-        return f"blocks.{layer}.hook_{component}"
-    if component in ("attn_out", "mlp_out"):
+    if component in COMPONENTS:
         return f"blocks.{layer}.hook_{component}"
     raise ValueError(f"Unknown component {component!r}; valid components are {list(COMPONENTS)}")
 
