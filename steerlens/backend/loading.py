@@ -104,7 +104,9 @@ def quiet_backend() -> Iterator[None]:
     """Silence TransformerLens/transformers deprecation noise at our call sites only."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"transformer_lens")
-        warnings.filterwarnings("ignore", message=r".*HookedTransformer is deprecated.*")
+        warnings.filterwarnings(
+            "ignore", message=r".*HookedTransformer(\.from_pretrained)? is deprecated.*"
+        )
         warnings.filterwarnings("ignore", message=r".*torch_dtype.*deprecated.*")
         yield
 
