@@ -178,7 +178,12 @@ def test_outcome_direction_needs_both_outcomes(tiny, tmp_path):
 @pytest.mark.embedded
 def test_outcome_direction_quick_on_smol(smol, tmp_path):
     mod = _load("outcome_direction")
-    out = mod.main(_args("od", tmp_path, model="smollm2-135m-instruct"), model=smol)
+    threads = torch.get_num_threads()
+    try:  # one thread: on a shared 2-core machine two threads spin and run 2-3x slower
+        out = mod.main(_args("od", tmp_path, model="smollm2-135m-instruct") + ["--threads", "1"],
+                       model=smol)
+    finally:
+        torch.set_num_threads(threads)
     table = out["table"]
     items = json.loads((tmp_path / "od" / "items.json").read_text())
     test_correct = np.array([it["baseline_correct"] for it in items if it["split"] == "test"])
