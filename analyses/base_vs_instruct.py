@@ -117,7 +117,9 @@ def measure_model(model, label: str, ctx, st, beh, prompts, texts, chat: bool,
     depth_of = dict(zip(layers, st["depths"]))
     vec = cached_vector(model, beh, layers, vec_dir / label, ctx.progress, ctx.resume, chat=chat,
                          n_pairs=QUICK_PAIRS if ctx.quick else None)
-    norms = residual_norms(model, prompts, layers, centred=st["norm"] == "centred")
+    plain = residual_norms(model, prompts, layers)
+    centred = residual_norms(model, prompts, layers, centred=True)
+    norms = centred if st["norm"] == "centred" else plain
     scaled = scale_to_residual(vec, norms)
     log(f"{label}: layers {layers}; median residual norms "
         + ", ".join(f"L{la} {norms[la]:.3g}" for la in layers))
@@ -127,6 +129,7 @@ def measure_model(model, label: str, ctx, st, beh, prompts, texts, chat: bool,
     kt = kl.table.copy()
     kt["model"], kt["depth"] = label, kt["layer"].map(depth_of)
     out = {"label": label, "layers": layers, "norms": norms, "vector_norms": vec.norms,
+           "plain_over_centred": {la: plain[la] / centred[la] for la in layers},
            "kl": kt, "model_id": runtime.model_id(model)}
     if chat:  # format check only: KL
         return out
@@ -233,7 +236,8 @@ def findings(results, kl_sum, ppl_sum, st, seed) -> list[Finding]:
             verdict = "no reliable difference (CI includes 1)"
         out.append(Finding(NAME, f"{tag}KL ratio {base['label']} / {inst['label']}, alpha {a:g}",
                            c.estimate, c.low, c.high, f"{n} prompts (paired)",
-                           f"random ratio {fmt(rb / ri) if ri > 0 else '-'}", verdict))
+                           f"random ratio {fmt(rb / ri) if ri > 0 else '-'}", verdict,
+                           headline=True))
     if len(ppl_sum):
         for a in st["ppl_alphas"]:
             for r in results[:2]:
@@ -246,7 +250,7 @@ def findings(results, kl_sum, ppl_sum, st, seed) -> list[Finding]:
                     NAME, f"{tag}{r['label']}: degeneration, log2(perplexity steered / unsteered) on "
                     f"held-out prose, mean over depths, alpha {a:g}", c.estimate, c.low, c.high,
                     f"{c.n} texts", f"random {fmt(rnd)}",
-                    f"perplexity x{2 ** c.estimate:.2f}"))
+                    f"perplexity x{2 ** c.estimate:.2f}", headline=a == st["ppl_alphas"][0]))
     for r in results[:2]:
         if "gen" not in r:
             continue
@@ -302,7 +306,8 @@ def main(argv=None, models=None) -> dict:
     if any("gen" in r for r in results):
         write_csv(ctx.out / "gen_table.csv", pd.concat([r["gen"] for r in results if "gen" in r]))
     write_json(ctx.out / "models.json", [{k: r[k] for k in ("label", "model_id", "layers", "norms",
-                                                            "vector_norms")} for r in results])
+                                                            "vector_norms", "plain_over_centred")}
+                                         for r in results])
     # figure: KL by relative depth (x = depth fraction), one series per model, at each alpha
     for a in st["alphas"]:
         series = {}
@@ -330,8 +335,16 @@ def main(argv=None, models=None) -> dict:
         "(49k vs 262k) and training data, not only in instruction tuning; a difference is "
         "'SmolLM2-Instruct vs Gemma-3-270M base', not 'instruct vs base' in general.",
         "Normalisation: each model's own mean-difference vector, rescaled per layer to the median "
-        "per-token residual L2 norm of that model at that layer on the same held-out prompts; "
-        "alpha is the push as a fraction of that norm. Layers matched by relative depth.",
+        + ("per-token distance of the residual from its mean (centred; discounts constant "
+           "massive-activation dimensions)" if st["norm"] == "centred" else
+           "per-token residual L2 norm")
+        + " of that model at that layer on the same held-out prompts; alpha is the push as a "
+        "fraction of it. Layers matched by relative depth.",
+        "Plain / centred median residual norm by layer (how much of the norm is a constant "
+        "offset): " + "; ".join(
+            f"{r['label']}: " + ", ".join(f"L{la} {v:.2f}" for la, v in
+                                          r["plain_over_centred"].items())
+            for r in results if not r["label"].endswith("+chat")) + ".",
         "Both models read raw text (no chat template); the '+chat' rows show SmolLM2 with its "
         "chat template, i.e. how much input format alone changes the KL.",
         "Next-token KL also depends on how peaked each model's unsteered prediction is (a "

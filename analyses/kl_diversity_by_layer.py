@@ -217,7 +217,7 @@ def kl_findings(results, strengths, layers, n_layers, args, n) -> tuple[list[Fin
                 NAME, f"[{scale}] KL ratio mid (L{mid[0]}-{mid[-1]}) / late "
                 f"(L{late[0]}-{late[-1]}), strength {s_:g} {SCALES[scale]} (mid {fmt(num.mean())}"
                 f" vs late {fmt(den.mean())} bits)", c.estimate, c.low, c.high, f"{n} prompts",
-                "random ratio " + ", ".join(fmt(x) for x in rr), verdict))
+                "random ratio " + ", ".join(fmt(x) for x in rr), verdict, headline=True))
     return out, ratios
 
 
@@ -309,7 +309,11 @@ def main(argv=None, model=None) -> dict:
             r["distinct_n_diff_high"], f"{int(r['n'])} prompts",
             f"random direction {fmt(rr['distinct_n_diff'])}",
             ("diversity changed (CI excludes 0)" if excl else "no detectable change (null)")
-            + f"; distinct samples {fmt(r['distinct_fraction'])} of 1"))
+            + ("; the random direction's change lies inside this CI (not specific to the vector)"
+               if r["distinct_n_diff_low"] <= rr["distinct_n_diff"] <= r["distinct_n_diff_high"]
+               else "; outside the random direction's value")
+            + f"; distinct samples {fmt(r['distinct_fraction'])} of 1",
+            headline=r["condition"] == f"L{st['div_layers'][len(st['div_layers']) // 2]}"))
     settings = {**{k: v for k, v in st.items() if k != "layers"}, "model": runtime.model_id(model),
                 "temperature": args.temperature, "kl_layers": st["layers"],
                 "depth_groups": {"mid": [args.mid_lo, args.mid_hi], "late": args.late_lo}}

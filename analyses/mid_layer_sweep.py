@@ -171,7 +171,7 @@ def findings(cells: pd.DataFrame, n: int, k_random: int, scale: str,
             f"random shift {fmt(rnd)} (k={k_random})",
             ("shift CI excludes 0" if excl else "shift CI includes 0 (null)")
             + ("; larger than random" if beats else "; not larger than random")
-            + "; max over cells, so optimistic"))
+            + "; max over cells, so optimistic", headline=True))
     # 2) frozen zone: which layers never reach a 10% change rate below the unstable zone
     frozen_layers = [int(la) for la, g in steered.groupby("layer")
                      if (g["change_rate"] < 0.1).all()]
@@ -182,7 +182,8 @@ def findings(cells: pd.DataFrame, n: int, k_random: int, scale: str,
         float("nan"), float("nan"), f"{len(steered)} cells x {n} prompts",
         "-", f"frozen layers at every strength: {frozen_layers or 'none'}; frozen cells: "
         + (", ".join(f"L{int(a)}@{b:g}" for a, b in zip(frozen_cells['layer'],
-                                                      frozen_cells['strength'])) or "none")))
+                                                      frozen_cells['strength'])) or "none"),
+        headline=True))
     # 3) behaviour shift and change rate by depth at one moderate strength
     s_rep = report_strength
     sel = steered[steered["strength"] == s_rep].sort_values("layer")
@@ -198,13 +199,14 @@ def findings(cells: pd.DataFrame, n: int, k_random: int, scale: str,
                 r["score_high"], str(n), f"random shift {fmt(r['score_random'])} (k={k_random})",
                 ("CI excludes 0" if excl else "CI includes 0 (null)")
                 + f"; change rate {k}/{n} (random {fmt(r['change_random'])}), first divergence "
-                f"at token {r['diverge_mean']:.1f}; zone {r['zone']}"))
+                f"at token {r['diverge_mean']:.1f}; zone {r['zone']}", headline=scale == "resid"))
     # cells where steering has no detectable behaviour effect (the behavioural "frozen" zone)
     null = steered[(steered["score_low"] <= 0) & (steered["score_high"] >= 0)]
     out.append(Finding(
         NAME, f"[{scale}] cells with no detectable VADER shift (CI includes 0) / steered cells",
         float(len(null)), float("nan"), float("nan"), f"{len(steered)} cells x {n} prompts", "-",
-        ", ".join(f"L{int(a)}@{b:g}" for a, b in zip(null["layer"], null["strength"])) or "none"))
+        ", ".join(f"L{int(a)}@{b:g}" for a, b in zip(null["layer"], null["strength"])) or "none",
+        headline=scale == "resid"))
     # 4) degeneration at the strongest |strength|
     s_max = max({float(x) for x in steered["strength"]}, key=lambda x: (abs(x), -x))
     sel = steered[steered["strength"] == s_max]
@@ -217,7 +219,8 @@ def findings(cells: pd.DataFrame, n: int, k_random: int, scale: str,
             "norm), worst layer",
             r["ppl_shift"], r["ppl_low"], r["ppl_high"], str(n),
             f"random {fmt(r['ppl_random'])}",
-            f"perplexity x{r['perplexity_ratio']:.2f} of unsteered; zone {r['zone']}"))
+            f"perplexity x{r['perplexity_ratio']:.2f} of unsteered; zone {r['zone']}",
+            headline=True))
     zc = steered["zone"].value_counts().to_dict()
     out.append(Finding(NAME, f"[{scale}] zone counts over steered cells (value = sweet spots)",
                        float(zc.get("sweet spot", 0)),

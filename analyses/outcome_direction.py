@@ -285,7 +285,7 @@ def findings(table, cmp, blocks, sizes, st, c_test, changed, rnd_for) -> list[Fi
         acc = proportion_ci(int(c_test[:n].sum()), n)
         out.append(Finding(NAME, f"baseline accuracy, held-out first {n} (Wilson)", acc.estimate,
                            acc.low, acc.high, str(n), "-", "task in the 30-70% range"
-                           if 0.3 <= acc.estimate <= 0.7 else "outside 30-70%"))
+                           if 0.3 <= acc.estimate <= 0.7 else "outside 30-70%", headline=True))
         sub = table[table["subset"] == f"first {n}"]
         for _, r in sub.iterrows():
             if r["condition"].startswith("random"):
@@ -296,10 +296,13 @@ def findings(table, cmp, blocks, sizes, st, c_test, changed, rnd_for) -> list[Fi
             sig = r["mcnemar_p"] < 0.05
             verdict = (f"net {int(r['net']):+d} ({int(r['became_correct'])} gained, "
                        f"{int(r['became_wrong'])} lost); McNemar p={r['mcnemar_p']:.2g}, sign p="
-                       f"{r['sign_p']:.2g}: " + ("significant" if sig else "null (not significant)"))
+                       f"{r['sign_p']:.2g}: "
+                       + ((f"significant {'gain' if r['net'] > 0 else 'loss'}") if sig
+                          else "null (not significant)"))
             out.append(Finding(NAME, f"accuracy under {r['condition']} x resid norm at layer "
                                f"{st['layer']}, first {n} (Wilson)", r["acc_after"],
-                               r["acc_after_low"], r["acc_after_high"], str(n), rtxt, verdict))
+                               r["acc_after_low"], r["acc_after_high"], str(n), rtxt, verdict,
+                               headline=r["condition"].startswith("outcome +")))
     if len(blocks):
         for c, g in blocks.groupby("condition", sort=False):
             pos = int((g["net"] > 0).sum())
@@ -308,7 +311,8 @@ def findings(table, cmp, blocks, sizes, st, c_test, changed, rnd_for) -> list[Fi
                 NAME, f"{c}: net gain over {len(g)} disjoint blocks of {st['n_small']} "
                 f"(value = mean net; range in CI columns)", float(g["net"].mean()),
                 float(g["net"].min()), float(g["net"].max()), f"{len(g)} x {st['n_small']}",
-                "-", f"{pos}/{len(g)} blocks positive, {sig}/{len(g)} significant at 0.05"))
+                "-", f"{pos}/{len(g)} blocks positive, {sig}/{len(g)} significant at 0.05",
+                headline=c == f"outcome +{min(st['alphas']):g}"))
     n = len(c_test)
     for a, names in rnd_for.items():
         rnd_change = [changed[r] for r in names]
