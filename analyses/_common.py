@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,8 @@ if str(ROOT) not in sys.path:  # `python analyses/x.py` from anywhere finds the 
     sys.path.insert(0, str(ROOT))
 
 from steerlens.backend import DEFAULT_MODEL, load_model, runtime  # noqa: E402
-from steerlens.extract import extract  # noqa: E402
 from steerlens.io import atomic_write_text  # noqa: E402
+from steerlens.measures.residual_scale import residual_norms, scale_to_residual  # noqa: E402, F401
 from steerlens.methods import build_vector  # noqa: E402
 from steerlens.pairs import Behaviour, load_behaviour  # noqa: E402
 from steerlens.vectors import SteeringVector, VectorFileError  # noqa: E402
@@ -145,47 +145,6 @@ def cached_vector(model, behaviour: Behaviour, layers: Sequence[int], cache_dir:
     vec = build_vector(model, pairs, layers, show_progress=show_progress, chat=chat)
     vec.save(path)
     return vec
-
-
-def residual_norms(model, texts: Sequence[str], layers: Sequence[int], show_progress: bool = False,
-                   centred: bool = False) -> dict[int, float]:
-    """Median L2 norm of the residual stream entering each layer, over every token of the raw
-    texts after BOS.
-
-    The median ignores the few "attention sink" positions whose norm is many times the rest.
-    `centred=True` measures each token's distance from the mean residual instead: the spread of
-    the stream, which leaves out constant "massive activation" dimensions (Gemma's residual norm is
-    mostly one such dimension).
-    """
-    acts = extract(model, list(texts), list(layers), position="all", show_progress=show_progress,
-                   chat=False)
-    out = {}
-    for layer in acts.layers:
-        x = acts[layer].double()
-        if centred:
-            x = x - x.mean(0)
-        out[layer] = float(x.norm(dim=-1).median())
-    return out
-
-
-def scale_to_residual(vector: SteeringVector, norms: Mapping[int, float]) -> SteeringVector:
-    """The vector with each layer's direction rescaled to norm `norms[layer]`.
-
-    With norms from `residual_norms`, strength alpha then adds alpha x (median residual norm) at
-    every layer, a scale that is comparable across layers and across models.
-    """
-    missing = [layer for layer in vector.layers if layer not in norms]
-    if missing:
-        raise ValueError(f"No residual norm for layer(s) {missing}; norms cover {sorted(norms)}.")
-    dirs = {}
-    for layer, d in vector.directions.items():
-        n = float(d.norm())
-        if n == 0.0:
-            raise ValueError(f"Layer {layer} of the vector is zero; it cannot be rescaled.")
-        dirs[layer] = d * (float(norms[layer]) / n)
-    extra = dict(vector.extra)
-    extra["scaled_to_residual_norm"] = {str(k): float(norms[k]) for k in vector.layers}
-    return replace(vector, directions=dirs, method=f"{vector.method}|residual-scaled", extra=extra)
 
 
 def relative_layers(model, fractions: Sequence[float]) -> list[int]:

@@ -6,6 +6,7 @@
 - `diversity`: distinct fraction / distinct-n of k sampled continuations.
 - `change`: how often greedy output changes under steering.
 - `perplexity`: coherence of continuations under the unsteered model; held-out text perplexity.
+- `residual_scale`: strengths in units of the residual-stream norm at each layer.
 - `scorers`: behaviour scorers (sentiment, keywords, regex, JSON) and A/B log-prob scoring.
 
 Measures never draw; the matching figures live in `steerlens.figures`.
@@ -30,6 +31,7 @@ from .perplexity import (
     generation_perplexity,
     text_perplexity,
 )
+from .residual_scale import residual_norms, scale_to_residual
 from .scorers import (
     SCORER_KINDS,
     ABResult,
@@ -78,6 +80,8 @@ __all__ = [
     "kl_bits",
     "next_token_kl",
     "per_token_kl",
+    "residual_norms",
+    "scale_to_residual",
     "regex_scorer",
     "residual_lens",
     "safe_score",
