@@ -206,6 +206,22 @@ def fmt_ci(est: float, low: float, high: float, digits: int = 3) -> str:
 
 
 @dataclass(frozen=True)
+class GalleryEntry:
+    """One figure for the gallery (figures/index.html): what it shows and how it was made.
+
+    `results_command` produced the saved results the figure is drawn from; `redraw_command`
+    redraws it from those results without running a model.
+    """
+
+    analysis: str
+    path: Path  # the HTML file written
+    title: str
+    caption: str  # one line
+    results_command: str
+    redraw_command: str = "./scripts/figures"
+
+
+@dataclass(frozen=True)
 class Finding:
     """One row of the findings table."""
 
@@ -244,7 +260,8 @@ def print_findings(findings: Sequence[Finding]) -> None:
               f"{f.random_control}; verdict: {f.verdict}")
 
 
-ORDER = ["mid_layer_sweep", "kl_diversity_by_layer", "base_vs_instruct", "outcome_direction"]
+ORDER = ["mid_layer_sweep", "kl_diversity_by_layer", "base_vs_instruct", "outcome_direction",
+         "sae_steering"]
 
 
 def write_findings_md(results_root: Path) -> Path:

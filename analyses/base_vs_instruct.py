@@ -33,6 +33,7 @@ in instruction tuning; any difference is "these two models", not "base vs instru
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import replace
@@ -44,8 +45,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from _common import (  # noqa: E402
+    FIGURES,
     QUICK_PAIRS,
+    RESULTS,
     Finding,
+    GalleryEntry,
     cached_vector,
     context,
     fmt,
@@ -266,6 +270,46 @@ def findings(results, kl_sum, ppl_sum, st, seed) -> list[Finding]:
     return out
 
 
+def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAME}.py"
+         ) -> list[GalleryEntry]:
+    """Draw the KL-by-depth figures of a finished run from `out`/kl_table.csv (no model)."""
+    settings = json.loads((out / "findings.json").read_text(encoding="utf-8"))["settings"]
+    tag = "centred_" if settings.get("norm") == "centred" else ""
+    table = pd.read_csv(out / "kl_table.csv")
+    n = int(table["prompt_idx"].nunique())
+    entries = []
+    # KL by relative depth (x = depth in % of layers), one series per model, at each alpha
+    for a in settings["alphas"]:
+        series = {}
+        for label, t in table[table["strength"] == a].groupby("model", sort=False):
+            series[label] = {int(round(100 * d)): g[~g["is_random"]]["kl_bits"].to_numpy(float)
+                             for d, g in t.groupby("depth")}
+            series[f"{label} random"] = {
+                int(round(100 * d)): g[g["is_random"]].groupby("prompt_idx")["kl_bits"].mean()
+                .to_numpy(float) for d, g in t.groupby("depth")}
+        fig = kl_figure(series)
+        fig.update_layout(
+            title=f"Next-token KL vs relative depth, push = {a:g} x median residual norm "
+                  f"(n={n} prompts, mean and 95% CI; random = norm-matched directions)",
+            xaxis_title="depth (% of layers)")
+        path = save_html(fig, fig_dir / f"{NAME}_{tag}kl_alpha{a:g}.html")
+        scale = "mean-centred residual norm" if tag else "median residual norm"
+        entries.append(GalleryEntry(
+            NAME, path, f"KL vs relative depth, {a:g} x {scale}",
+            f"SmolLM2-Instruct vs Gemma-3-270M base (and SmolLM2 with its chat template), push "
+            f"{a:g} x {scale}, with random directions (n={n} prompts, 95% CI).", results_command))
+    return entries
+
+
+def make_figures(results_dir: Path = RESULTS / NAME, figures_dir: Path = FIGURES
+                 ) -> list[GalleryEntry]:
+    """Gallery hook: redraw the plain-norm run and the `centred/` run if present."""
+    runs = ((Path(results_dir), f"python analyses/{NAME}.py"),
+            (Path(results_dir) / "centred", f"python analyses/{NAME}.py --norm centred"))
+    return [e for out, cmd in runs if (out / "kl_table.csv").exists()
+            for e in draw(out, Path(figures_dir), cmd)]
+
+
 def main(argv=None, models=None) -> dict:
     """Run the analysis; `models` optionally reuses loaded (instruct, base) models."""
     args = build_parser().parse_args(argv)
@@ -276,7 +320,6 @@ def main(argv=None, models=None) -> dict:
     if args.norm == "centred":
         ctx = replace(ctx, out=ctx.out / "centred")
         ctx.out.mkdir(parents=True, exist_ok=True)
-    tag = "" if args.norm == "norm" else "centred_"
     st = settings_for(args)
     beh = sentiment_data()
     prompts = heldout_prompts(beh, st["n_prompts"])
@@ -308,23 +351,6 @@ def main(argv=None, models=None) -> dict:
     write_json(ctx.out / "models.json", [{k: r[k] for k in ("label", "model_id", "layers", "norms",
                                                             "vector_norms", "plain_over_centred")}
                                          for r in results])
-    # figure: KL by relative depth (x = depth fraction), one series per model, at each alpha
-    for a in st["alphas"]:
-        series = {}
-        for r in results:
-            t = r["kl"]
-            t = t[(t["strength"] == a)]
-            series[r["label"]] = {int(round(100 * d)): g[~g["is_random"]]["kl_bits"].to_numpy(float)
-                                  for d, g in t.groupby("depth")}
-            series[f"{r['label']} random"] = {
-                int(round(100 * d)): g[g["is_random"]].groupby("prompt_idx")["kl_bits"].mean()
-                .to_numpy(float) for d, g in t.groupby("depth")}
-        fig = kl_figure(series)
-        fig.update_layout(
-            title=f"Next-token KL vs relative depth, push = {a:g} x median residual norm "
-                  f"(n={len(prompts)} prompts, mean and 95% CI; random = norm-matched directions)",
-            xaxis_title="depth (% of layers)")
-        save_html(fig, ctx.fig(f"{tag}kl_alpha{a:g}"))
     found = findings(results, kl_sum, ppl_sum, st, ctx.seed)
     settings = {**st, "models": [r["model_id"] for r in results],
                 "layers": {r["label"]: r["layers"] for r in results},
@@ -351,6 +377,7 @@ def main(argv=None, models=None) -> dict:
         "base model after a raw question is less certain), which is part of what is compared.",
     ]
     save_findings(ctx, found, settings, notes)
+    draw(ctx.out, ctx.fig_dir)
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         print(kl_sum.round(4).to_string(index=False))
         if len(ppl_sum):

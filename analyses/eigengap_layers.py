@@ -34,7 +34,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from _common import jsonable, residual_norms, scale_to_residual  # analyses/_common.py (sibling)
+from _common import (  # analyses/_common.py (sibling)
+    GalleryEntry,
+    jsonable,
+    residual_norms,
+    scale_to_residual,
+)
 
 from steerlens.backend import load_model, runtime
 from steerlens.figures import save_html
@@ -42,7 +47,17 @@ from steerlens.figures.spectral import eigengap_profile, gap_vs_effect, krr_r2_h
 from steerlens.io import atomic_write_text
 from steerlens.methods import build_vector
 from steerlens.pairs import load_behaviour
-from steerlens.spectral import eigengaps, krr_fit, load_heldout, predict_steering
+from steerlens.spectral import (
+    EigengapResult,
+    GapPrediction,
+    GapTable,
+    KRRResult,
+    eigengaps,
+    krr_fit,
+    load_heldout,
+    predict_steering,
+)
+from steerlens.stats import CorrelationResult
 from steerlens.sweep import layer_effect, sweep
 
 
@@ -99,6 +114,92 @@ def verdict(pred) -> str:
             f"{pred.mean_pearson.ci_high:+.2f}]). Predicted layer {pred.predicted_layer}, best "
             f"measured layer {pred.best_layer} (rank {pred.rank_of_best} of {len(pred.ranking)} "
             f"gated candidates).")
+
+
+ARRAYS_FILE = "arrays.json"  # full per-prompt gap and R² arrays, for redrawing the figures
+
+
+def gaps_arrays(gaps: EigengapResult) -> dict:
+    tables = {k: t for k, t in (("keys", gaps.keys), ("rotated_keys", gaps.rotated_keys),
+                                ("patterns", gaps.patterns)) if t is not None}
+    return {"model": gaps.model, "n_tokens": list(gaps.n_tokens), "threshold": gaps.threshold,
+            **{k: {"kind": t.kind, "layers": list(t.layers), "gaps": t.gaps.tolist(),
+                   "lambda1": t.lambda1.tolist(), "lambda2": t.lambda2.tolist(),
+                   "threshold": t.threshold} for k, t in tables.items()}}
+
+
+def krr_arrays(krr: KRRResult) -> dict:
+    return {"model": krr.model, "layers": list(krr.layers), "lambdas": list(krr.lambdas),
+            "relative": krr.relative, "causal": krr.causal, "r2": krr.r2.tolist(),
+            "n_tokens": list(krr.n_tokens)}
+
+
+def _gap_table(d: dict | None) -> GapTable | None:
+    if d is None:
+        return None
+    return GapTable(d["kind"], tuple(d["layers"]), np.asarray(d["gaps"], float),
+                    np.asarray(d["lambda1"], float), np.asarray(d["lambda2"], float),
+                    float(d["threshold"]))
+
+
+def _correlation(d: dict) -> CorrelationResult:
+    return CorrelationResult(d["r"], d["ci_low"], d["ci_high"], d["p_perm"], d["n"], d["method"])
+
+
+def saved_prediction(d: dict) -> GapPrediction:
+    """Rebuild a GapPrediction from its `to_dict()` form in summary.json."""
+    rows = d["layers"]
+    return GapPrediction(
+        d["kind"], tuple(r["layer"] for r in rows), np.array([r["min_gap"] for r in rows]),
+        np.array([r["mean_gap"] for r in rows]), np.array([r["effect"] for r in rows]), d["effect"],
+        _correlation(d["min_gap_pearson"]), _correlation(d["min_gap_spearman"]),
+        _correlation(d["mean_gap_pearson"]), _correlation(d["mean_gap_spearman"]),
+        tuple(d["ranking"]), float(d["threshold"]))
+
+
+def draw(out: Path, fig_dir: Path, results_command: str | None = None) -> list[GalleryEntry]:
+    """Draw one model's figures from `out` (summary.json, arrays.json; no model)."""
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    name, n = summary["model"], summary["n_prompts"]
+    cmd = results_command or f"python analyses/eigengap_layers.py --model {name}"
+    entries = []
+    primary = "rotated_keys" if summary["eigengaps"].get("rotated_keys") else "keys"
+    pred = saved_prediction(summary["predictions"][f"{primary}/score"])
+    path = save_html(gap_vs_effect(pred), fig_dir / f"eigengap_layers_{name}_correlation.html")
+    entries.append(GalleryEntry(
+        "eigengap_layers", path, f"{name}: eigengap vs steering effect",
+        f"Per-layer min and mean key eigengap vs the sentiment-score effect at "
+        f"{summary['strength']:g} ({summary['scale']} scale), n={pred.n} layers x {n} prompts; "
+        f"Pearson/Spearman with bootstrap CI and permutation p.", cmd))
+    if (out / ARRAYS_FILE).exists():
+        arrays = json.loads((out / ARRAYS_FILE).read_text(encoding="utf-8"))
+        g = arrays["eigengaps"]
+        gaps = EigengapResult(g["model"], tuple(g["n_tokens"]), float(g["threshold"]),
+                              _gap_table(g["keys"]), _gap_table(g.get("rotated_keys")),
+                              _gap_table(g.get("patterns")))
+        path = save_html(eigengap_profile(gaps), fig_dir / f"eigengap_layers_{name}_profile.html")
+        entries.append(GalleryEntry(
+            "eigengap_layers", path, f"{name}: eigengap profile",
+            f"Weakest-link (min), mean and median eigengap per layer for keys (pre/post rotary) "
+            f"and attention patterns, n={gaps.n_prompts} prompts.", cmd))
+        k = arrays["krr"]
+        krr = KRRResult(k["model"], tuple(k["layers"]), tuple(k["lambdas"]), k["relative"],
+                        k["causal"], np.asarray(k["r2"], float), tuple(k["n_tokens"]))
+        path = save_html(krr_r2_heatmap(krr), fig_dir / f"eigengap_layers_{name}_krr.html")
+        entries.append(GalleryEntry(
+            "eigengap_layers", path, f"{name}: KRR reading of attention",
+            f"Median R² of the kernel-ridge-regression reading of each head's output per layer "
+            f"and λ, n={krr.n_prompts} prompts.", cmd))
+    return entries
+
+
+def make_figures(results_dir: Path = Path(__file__).resolve().parents[1] / "results"
+                 / "eigengap_layers",
+                 figures_dir: Path = Path(__file__).resolve().parents[1] / "figures"
+                 ) -> list[GalleryEntry]:
+    """Gallery hook: one model per subdirectory of results_dir."""
+    return [e for out in sorted(Path(results_dir).iterdir())
+            if (out / "summary.json").exists() for e in draw(out, Path(figures_dir))]
 
 
 def main() -> None:
@@ -235,10 +336,9 @@ def main() -> None:
         {"analysis": "eigengap_layers", "model": name, "verdict": verdict(main_pred),
          "findings": findings}), indent=1))
 
-    save_html(eigengap_profile(gaps), figs / f"eigengap_layers_{name}_profile.html")
-    save_html(gap_vs_effect(preds[f"{primary_kind}/score"]),
-              figs / f"eigengap_layers_{name}_correlation.html")
-    save_html(krr_r2_heatmap(krr), figs / f"eigengap_layers_{name}_krr.html")
+    atomic_write_text(out / ARRAYS_FILE, json.dumps(jsonable(
+        {"eigengaps": gaps_arrays(gaps), "krr": krr_arrays(krr)})))
+    draw(out, figs)
 
     pd.set_option("display.width", 200)
     print(f"\nLayer table ({primary_kind}; gaps over n = {len(prompts)} prompts; effect = mean Δ "

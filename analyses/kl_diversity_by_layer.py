@@ -23,7 +23,9 @@ Steps (SmolLM2-135M-Instruct by default):
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,8 +34,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from _common import (  # noqa: E402
+    FIGURES,
     QUICK_PAIRS,
+    RESULTS,
     Finding,
+    GalleryEntry,
     cached_vector,
     context,
     fmt,
@@ -55,10 +60,10 @@ from steerlens.backend import runtime  # noqa: E402
 from steerlens.figures import save_html  # noqa: E402
 from steerlens.figures.diversity import diversity_bars  # noqa: E402
 from steerlens.figures.kl import kl_by_layer  # noqa: E402
-from steerlens.measures import sampling_diversity  # noqa: E402
+from steerlens.measures import DiversityResult, sampling_diversity  # noqa: E402
 from steerlens.methods import random_like  # noqa: E402
 from steerlens.stats import CI, bootstrap_ci  # noqa: E402
-from steerlens.sweep import sweep  # noqa: E402
+from steerlens.sweep import load_sweep, sweep  # noqa: E402
 
 NAME = "kl_diversity_by_layer"
 
@@ -152,22 +157,6 @@ def kl_part(model, ctx, st, beh, prompts):
                                measures=("kl",), n_random=st["n_random"], random_seed=ctx.seed,
                                out_dir=ctx.out / f"kl_sweep_{scale}", resume=ctx.resume,
                                show_progress=ctx.progress)
-        t = results[scale].table
-        series = {}
-        for s_ in strengths[scale]:
-            sel = t[t["strength"] == s_]
-            series[f"{s_:g} {SCALES[scale]}"] = {
-                int(la): g["kl_bits"].to_numpy(float)
-                for la, g in sel[~sel["is_random"]].groupby("layer")}
-            series[f"random, {s_:g}"] = {
-                int(la): g.groupby("prompt_idx")["kl_bits"].mean().to_numpy(float)
-                for la, g in sel[sel["is_random"]].groupby("layer")}
-        fig = kl_by_layer(series)
-        fig.update_layout(title=f"Next-token KL by layer, sentiment vector, strength in "
-                                f"{SCALES[scale]} (n={len(prompts)} prompts, mean and 95% CI; "
-                                f"random: {st['n_random']} norm-matched directions, per-prompt "
-                                "mean)")
-        save_html(fig, ctx.fig(f"kl_{scale}"))
     return results, vectors, norms, strengths
 
 
@@ -248,14 +237,77 @@ def diversity_part(model, ctx, st, args, scaled, prompts):
         rows.append(row)
     samples = [{"condition": name, "prompt": p, "samples": list(s)}
                for name, r in results.items() for p, s in zip(r.prompts, r.samples)]
-    for metric, key in (("distinct_fraction", "diversity"), ("distinct_n", "distinct2")):
-        fig = diversity_bars(results, metric)
-        fig.update_layout(title=f"Sampling diversity ({metric}) by steered layer, push {a:g} x "
-                                f"median residual norm (k={st['k']} samples at "
-                                f"T={args.temperature:g}, n={len(dprompts)} prompts, mean and "
-                                "95% CI)")
-        save_html(fig, ctx.fig(key))
+    write_json(ctx.out / DIVERSITY_FILE, [{"condition": name, **asdict(r)}
+                                          for name, r in results.items()])
     return pd.DataFrame(rows), samples
+
+
+DIVERSITY_FILE = "diversity_per_prompt.json"  # every DiversityResult, for redrawing the figures
+
+
+def kl_series(res, strength: float, scale: str) -> dict[str, dict[int, np.ndarray]]:
+    """Per-layer per-prompt KL of the vector and (per-prompt mean over) its random directions."""
+    t = res.table
+    sel = t[t["strength"] == strength]
+    return {
+        f"{strength:g} {SCALES[scale]}": {int(la): g["kl_bits"].to_numpy(float)
+                                         for la, g in sel[~sel["is_random"]].groupby("layer")},
+        f"random, {strength:g}": {int(la): g.groupby("prompt_idx")["kl_bits"].mean().to_numpy(float)
+                                  for la, g in sel[sel["is_random"]].groupby("layer")},
+    }
+
+
+def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAME}.py"
+         ) -> list[GalleryEntry]:
+    """Draw the figures of a finished run from its saved results in `out` (no model)."""
+    entries = []
+    for scale in SCALES:
+        if not (out / f"kl_sweep_{scale}" / "sweep.json").exists():
+            continue
+        res = load_sweep(out / f"kl_sweep_{scale}")
+        n, n_random = len(res.config["prompts"]), int(res.config["n_random"])
+        series = {}
+        for s_ in res.config["strengths"]:
+            series.update(kl_series(res, float(s_), scale))
+        fig = kl_by_layer(series)
+        fig.update_layout(title=f"Next-token KL by layer, sentiment vector, strength in "
+                                f"{SCALES[scale]} (n={n} prompts, mean and 95% CI; "
+                                f"random: {n_random} norm-matched directions, per-prompt mean)")
+        path = save_html(fig, fig_dir / f"{NAME}_kl_{scale}.html")
+        entries.append(GalleryEntry(
+            NAME, path, f"Next-token KL by layer, strength in {SCALES[scale]}",
+            f"KL (bits) per layer at each strength vs {n_random} norm-matched random directions "
+            f"(n={n} prompts, 95% CI).", results_command))
+    if (out / DIVERSITY_FILE).exists():
+        saved = json.loads((out / DIVERSITY_FILE).read_text(encoding="utf-8"))
+        results = {}
+        for d in saved:
+            d = dict(d)
+            name = d.pop("condition")
+            results[name] = DiversityResult(**{k: tuple(tuple(x) if isinstance(x, list) else x
+                                                         for x in v) if isinstance(v, list) else v
+                                               for k, v in d.items()})
+        k = next(iter(results.values())).k
+        temp = next(iter(results.values())).temperature
+        push = next((r.strength for r in results.values() if r.steered), None)
+        n = next(iter(results.values())).n
+        for metric, key in (("distinct_fraction", "diversity"), ("distinct_n", "distinct2")):
+            fig = diversity_bars(results, metric)
+            fig.update_layout(title=f"Sampling diversity ({metric}) by steered layer, push "
+                                    f"{push:g} x median residual norm (k={k} samples at "
+                                    f"T={temp:g}, n={n} prompts, mean and 95% CI)")
+            path = save_html(fig, fig_dir / f"{NAME}_{key}.html")
+            entries.append(GalleryEntry(
+                NAME, path, f"Sampling diversity ({metric})",
+                f"{metric} of k={k} samples at T={temp:g} per steered layer and its random "
+                f"direction (n={n} prompts, 95% CI).", results_command))
+    return entries
+
+
+def make_figures(results_dir: Path = RESULTS / NAME, figures_dir: Path = FIGURES
+                 ) -> list[GalleryEntry]:
+    """Gallery hook: redraw the saved run in results_dir."""
+    return draw(Path(results_dir), Path(figures_dir))
 
 
 def main(argv=None, model=None) -> dict:
@@ -330,6 +382,7 @@ def main(argv=None, model=None) -> dict:
         "the k samples.",
     ]
     save_findings(ctx, found, settings, notes)
+    draw(ctx.out, ctx.fig_dir)
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         real = by_layer[by_layer["vector"] == "sentiment"]
         print(real.pivot_table(index="layer", columns=["scale", "strength"], values="mean")

@@ -30,6 +30,7 @@ reported too: late divergence means a weak effect.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -40,8 +41,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from _common import (  # noqa: E402
+    FIGURES,
     QUICK_PAIRS,
+    RESULTS,
     Finding,
+    GalleryEntry,
     cached_vector,
     context,
     fmt,
@@ -64,7 +68,7 @@ from steerlens.backend import runtime  # noqa: E402
 from steerlens.figures import save_html  # noqa: E402
 from steerlens.figures.sweep import strength_curves, zone_heatmap  # noqa: E402
 from steerlens.stats import proportion_ci  # noqa: E402
-from steerlens.sweep import compare_random, sweep, zones  # noqa: E402
+from steerlens.sweep import compare_random, load_sweep, sweep, zones  # noqa: E402
 
 NAME = "mid_layer_sweep"
 VECTOR = "sentiment"
@@ -229,6 +233,47 @@ def findings(cells: pd.DataFrame, n: int, k_random: int, scale: str,
     return out
 
 
+def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAME}.py"
+         ) -> list[GalleryEntry]:
+    """Draw the figures of one finished run from its saved results in `out` (no model)."""
+    res = load_sweep(out / "sweep")
+    scale = json.loads((out / "findings.json").read_text(encoding="utf-8"))["settings"]["scale"]
+    n = len(res.baseline)
+    tag = "" if scale == "resid" else "_raw"
+    unit = "x median residual norm" if scale == "resid" else "x mean-difference vector"
+    entries = []
+    zfig = zone_heatmap(res, VECTOR)
+    zfig.update_layout(xaxis_title=f"strength ({unit})",
+                       title=zfig.layout.title.text + f"; strength in {unit}")
+    path = save_html(zfig, fig_dir / f"{NAME}_zones{tag}.html")
+    entries.append(GalleryEntry(NAME, path, f"Zones, strength in {unit}",
+                                f"Sweet-spot / unstable / frozen cell per layer x strength, VADER "
+                                f"shift annotated (n={n} held-out prompts per cell).",
+                                results_command))
+    captions = {"score": "mean paired VADER shift vs strength per layer",
+                "changed": "greedy change rate vs strength per layer",
+                "perplexity": "continuation perplexity (coherence) vs strength per layer"}
+    for m, key in (("score", "score_curves"), ("changed", "change_curves"),
+                   ("perplexity", "perplexity_curves")):
+        fig = strength_curves(res, m, VECTOR)
+        fig.update_layout(xaxis_title=f"strength ({unit})")
+        path = save_html(fig, fig_dir / f"{NAME}_{key}{tag}.html")
+        entries.append(GalleryEntry(NAME, path, f"{m} curves, strength in {unit}",
+                                    f"{captions[m].capitalize()}, with the random-direction "
+                                    f"control and 95% CIs (n={n} prompts).", results_command))
+    return entries
+
+
+def make_figures(results_dir: Path = RESULTS / NAME, figures_dir: Path = FIGURES
+                 ) -> list[GalleryEntry]:
+    """Gallery hook: redraw every saved run (residual-norm scale, and `raw/` if present)."""
+    runs = ((Path(results_dir), f"python analyses/{NAME}.py"),
+            (Path(results_dir) / "raw", f"python analyses/{NAME}.py --scale raw "
+                                        f"--out results/{NAME}/raw"))
+    return [e for out, cmd in runs if (out / "sweep" / "sweep.json").exists()
+            for e in draw(out, Path(figures_dir), cmd)]
+
+
 def main(argv=None, model=None) -> dict:
     """Run the analysis; `model` reuses an already loaded model (it must match --model)."""
     args = build_parser().parse_args(argv)
@@ -258,17 +303,6 @@ def main(argv=None, model=None) -> dict:
     write_csv(ctx.out / "cells_table.csv", res.table)
     write_csv(ctx.out / "baseline.csv", res.baseline)
     write_json(ctx.out / "vector_norms.json", {"vector": raw.norms, "residual_median": norms})
-    tag = "" if st["scale"] == "resid" else "_raw"
-    unit = "x median residual norm" if st["scale"] == "resid" else "x mean-difference vector"
-    zfig = zone_heatmap(res, VECTOR)
-    zfig.update_layout(xaxis_title=f"strength ({unit})",
-                       title=zfig.layout.title.text + f"; strength in {unit}")
-    save_html(zfig, ctx.fig(f"zones{tag}"))
-    for m, key in (("score", "score_curves"), ("changed", "change_curves"),
-                   ("perplexity", "perplexity_curves")):
-        fig = strength_curves(res, m, VECTOR)
-        fig.update_layout(xaxis_title=f"strength ({unit})")
-        save_html(fig, ctx.fig(f"{key}{tag}"))
     cells = tabs["cells"]
     rep = args.report_strength
     if rep is None or rep not in st["strengths"]:
@@ -289,6 +323,7 @@ def main(argv=None, model=None) -> dict:
         "control is the same cell with a random direction of equal norm.",
     ]
     save_findings(ctx, found, settings, notes)
+    draw(ctx.out, ctx.fig_dir)
     show = cells[["layer", "strength", "rel_norm", "zone", "change_rate", "diverge_mean",
                   "score_shift", "score_random", "ppl_shift", "perplexity_ratio"]]
     with pd.option_context("display.width", 140, "display.max_rows", 200):

@@ -40,7 +40,10 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from _capitals import Item, split_items  # noqa: E402
 from _common import (  # noqa: E402
+    FIGURES,
+    RESULTS,
     Finding,
+    GalleryEntry,
     context,
     fmt,
     get_model,
@@ -138,6 +141,62 @@ def evaluate(before: np.ndarray, after: np.ndarray) -> dict:
     return {"n": t.n, **t.as_dict(), "net": t.net, "acc_before": acc_b.estimate,
             "acc_after": acc_a.estimate, "acc_after_low": acc_a.low, "acc_after_high": acc_a.high,
             "mcnemar_p": mc.p_value, "sign_p": sg.p_value, "n_pos": sg.n_pos, "n_neg": sg.n_neg}
+
+
+def saved_outcomes(out: Path) -> tuple[dict, np.ndarray, dict[str, np.ndarray], dict]:
+    """Reload a finished run: settings, held-out correctness before, and after per condition."""
+    st = json.loads((out / "findings.json").read_text(encoding="utf-8"))["settings"]
+    rows = [r for r in json.loads((out / "items.json").read_text(encoding="utf-8"))
+            if r["split"] == "test"]
+    test = [Item(r["region"], tuple(r["answers"]), r["question"]) for r in rows]
+    before = np.array([r["baseline_correct"] for r in rows])
+    after, strength = {}, {}
+    names = [f"outcome {sign}{a:g}" for a in st["alphas"] for sign in "+-"]  # main()'s order
+    names += [f"random{k} {a:g}" for a in st["alphas"] for k in range(st["n_random"])]
+    for cname in names:
+        saved = json.loads((out / "generations" / f"{cname.replace(' ', '_')}.json")
+                           .read_text(encoding="utf-8"))
+        after[cname] = np.array([it.is_correct(ans) for it, ans in zip(test, saved["answers"])])
+        strength[cname] = float(saved["key"]["strength"])
+    return st, before, after, strength
+
+
+def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAME}.py"
+         ) -> list[GalleryEntry]:
+    """Draw the transition and random-control figures from the saved answers (no model)."""
+    st, c_test, after, _ = saved_outcomes(out)
+    layer, n_test = st["layer"], len(c_test)
+    entries = []
+    for n in sorted({min(st["n_small"], n_test), n_test}):
+        tabs = {c: transitions(c_test[:n], after[c][:n]) for c in after}
+        path = save_html(transition_bars(tabs, title=f"Capital-city answers before vs after "
+                                         f"steering at layer {layer}, first {n} held-out items"),
+                         fig_dir / f"{NAME}_transitions_n{n}.html")
+        entries.append(GalleryEntry(
+            NAME, path, f"Answer transitions, first {n} items",
+            f"Wrong->right / right->wrong answers per condition (outcome direction at "
+            f"+-alpha, random directions), n={n} held-out capital-city questions.",
+            results_command))
+    for a in st["alphas"]:
+        names = [f"random{k} {a:g}" for k in range(st["n_random"])]
+        cname = f"outcome +{a:g}"
+        cr = compare_to_random(after[cname].astype(float) - c_test,
+                               [after[c].astype(float) - c_test for c in names])
+        path = save_html(random_control_plot(cr, x_title="accuracy gain (after - before)",
+                                             title=f"{cname}: accuracy gain vs {len(names)} random "
+                                             f"directions of equal norm (n={n_test} held-out items)"),
+                         fig_dir / f"{NAME}_random_control_{a:g}.html")
+        entries.append(GalleryEntry(
+            NAME, path, f"{cname} vs random directions",
+            f"Accuracy gain of the outcome direction at +{a:g} x residual norm against "
+            f"{len(names)} norm-matched random directions (n={n_test} items).", results_command))
+    return entries
+
+
+def make_figures(results_dir: Path = RESULTS / NAME, figures_dir: Path = FIGURES
+                 ) -> list[GalleryEntry]:
+    """Gallery hook: redraw the saved run in results_dir."""
+    return draw(Path(results_dir), Path(figures_dir))
 
 
 def main(argv=None, model=None) -> dict:
@@ -239,20 +298,6 @@ def main(argv=None, model=None) -> dict:
                                             "median_residual_norm": norms[layer],
                                             "rel_norm": raw_rel, **dict(vec.extra),
                                             "change_rate": changed})
-    # figures
-    for n in sizes:
-        tabs = {c: transitions(c_test[:n], after[c][:n]) for c in conditions}
-        save_html(transition_bars(tabs, title=f"Capital-city answers before vs after steering at "
-                                  f"layer {layer}, first {n} held-out items"),
-                  ctx.fig(f"transitions_n{n}"))
-    for a, names in rnd_for.items():
-        cname = f"outcome +{a:g}"
-        cr = compare_to_random(after[cname].astype(float) - c_test,
-                               [after[c].astype(float) - c_test for c in names])
-        save_html(random_control_plot(cr, x_title="accuracy gain (after - before)",
-                                      title=f"{cname}: accuracy gain vs {len(names)} random "
-                                      f"directions of equal norm (n={len(test)} held-out items)"),
-                  ctx.fig(f"random_control_{a:g}"))
     found = findings(table, cmp, blocks, sizes, st, c_test, changed, rnd_for)
     settings = {**st, "model": runtime.model_id(model), "task": "capital cities",
                 "train_accuracy": float(c_train.mean()), "test_accuracy": float(c_test.mean()),
@@ -269,6 +314,7 @@ def main(argv=None, model=None) -> dict:
         "with k controls the smallest attainable p_random is 1/(k+1).",
     ]
     save_findings(ctx, found, settings, notes)
+    draw(ctx.out, ctx.fig_dir)
     with pd.option_context("display.width", 170, "display.max_rows", 100):
         print(table[["subset", "condition", "n", "acc_before", "acc_after", "became_correct",
                      "became_wrong", "net", "mcnemar_p", "sign_p", "change_rate"]]

@@ -23,9 +23,10 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
-from _common import jsonable  # analyses/_common.py (sibling module)
+from _common import GalleryEntry, jsonable  # analyses/_common.py (sibling module)
 
 from steerlens.backend import load_model, runtime
 from steerlens.figures import save_html
@@ -34,8 +35,12 @@ from steerlens.io import atomic_write_text
 from steerlens.pairs import load_behaviour
 from steerlens.spectral import (
     HYBRID,
+    LayerEditReport,
     SpectralConfig,
     SpectralEdit,
+    SpectralEditResult,
+    SpectralPoint,
+    SpectralSweepResult,
     evaluate_configs,
     grid_configs,
     load_heldout,
@@ -66,6 +71,61 @@ def parse_args() -> argparse.Namespace:
 
 def ci(c) -> str:
     return f"{c.estimate:+.3f} [{c.low:+.3f}, {c.high:+.3f}]"
+
+
+SPECTRUM_FILE = "spectrum_shown.json"  # singular values before/after the edit shown in the figure
+
+
+def edit_arrays(edit: SpectralEditResult) -> dict:
+    return {"model": edit.model, "config": edit.config.to_dict(), "warnings": list(edit.warnings),
+            "layers": [{"layer": r.layer, "alpha": r.alpha, "band": r.band, "k": r.k,
+                        "n_clamped": r.n_clamped, "applied": r.applied,
+                        "s_before": r.s_before.tolist(), "s_after": r.s_after.tolist()}
+                       for r in edit.layers]}
+
+
+def saved_sweep(d: dict) -> SpectralSweepResult:
+    """Rebuild a SpectralSweepResult from its `to_dict()` form in summary.json."""
+    return SpectralSweepResult(d["model"], SpectralPoint.from_dict(d["baseline"]),
+                               tuple(SpectralPoint.from_dict(p) for p in d["points"]),
+                               d["n_texts"], d["n_prompts"], d["scorer"], d["max_new_tokens"])
+
+
+def draw(out: Path, fig_dir: Path, results_command: str | None = None) -> list[GalleryEntry]:
+    """Draw one model's figures from `out` (summary.json, spectrum_shown.json; no model)."""
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    name = summary["model"]
+    cmd = results_command or f"python analyses/spectral_weights.py --model {name}"
+    res = saved_sweep(summary["result"])
+    path = save_html(alpha_curves(res), fig_dir / f"spectral_weights_{name}_alpha_curves.html")
+    entries = [GalleryEntry(
+        "spectral_weights", path, f"{name}: spectral edits vs α",
+        f"Δ sentiment score, Δ held-out NLL and next-token KL per layer and α "
+        f"(n={res.n_texts} texts, {res.n_prompts} prompts, 95% CI).", cmd)]
+    if (out / SPECTRUM_FILE).exists():
+        d = json.loads((out / SPECTRUM_FILE).read_text(encoding="utf-8"))
+        reports = tuple(LayerEditReport(r["layer"], r["alpha"], r["band"], r["k"], r["n_clamped"],
+                                        np.asarray(r["s_before"], float),
+                                        np.asarray(r["s_after"], float), r["applied"])
+                        for r in d["layers"])
+        edit = SpectralEditResult(d["model"], SpectralConfig.from_dict(d["config"]), reports,
+                                  tuple(d["warnings"]))
+        path = save_html(spectrum_before_after(edit),
+                         fig_dir / f"spectral_weights_{name}_spectrum.html")
+        entries.append(GalleryEntry(
+            "spectral_weights", path, f"{name}: W_out spectrum, {edit.config.name}",
+            f"Singular values of the MLP output matrix before and after the "
+            f"{edit.config.name!r} edit ({len(reports)} layers).", cmd))
+    return entries
+
+
+def make_figures(results_dir: Path = Path(__file__).resolve().parents[1] / "results"
+                 / "spectral_weights",
+                 figures_dir: Path = Path(__file__).resolve().parents[1] / "figures"
+                 ) -> list[GalleryEntry]:
+    """Gallery hook: one model per subdirectory of results_dir."""
+    return [e for out in sorted(Path(results_dir).iterdir())
+            if (out / "summary.json").exists() for e in draw(out, Path(figures_dir))]
 
 
 def main() -> None:
@@ -109,13 +169,11 @@ def main() -> None:
         ctrl = controls.table()
         table = pd.concat([table, ctrl[ctrl["control"]]], ignore_index=True)
     atomic_write_text(out / "table.csv", table.to_csv(index=False))
-    alpha_fig_source = res
-    save_html(alpha_curves(alpha_fig_source), figs / f"spectral_weights_{name}_alpha_curves.html")
     mid = layers[len(layers) // 2]
     shown = HYBRID if HYBRID in configs else SpectralConfig(
         (SpectralEdit(mid, max(args.alphas)),), name=f"L{mid} a={max(args.alphas):+g}")
     edit_report, _ = plan_edit(model, shown)
-    save_html(spectrum_before_after(edit_report), figs / f"spectral_weights_{name}_spectrum.html")
+    atomic_write_text(out / SPECTRUM_FILE, json.dumps(jsonable(edit_arrays(edit_report))))
 
     n_cfg = len(res.points)
     n_impr = len(res.improvements)
@@ -153,6 +211,7 @@ def main() -> None:
     atomic_write_text(out / "findings.json", json.dumps(jsonable(
         {"analysis": "spectral_weights", "model": name, "n_configurations": n_cfg,
          "n_improvements": n_impr, "findings": findings}), indent=1))
+    draw(out, figs)
 
     b = res.baseline
     print(f"\nBaseline: held-out perplexity {b.perplexity:.2f} (95% CI {b.perplexity_ci[0]:.2f}-"

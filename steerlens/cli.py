@@ -1,9 +1,10 @@
-"""Command-line interface: `steerlens models | extract | generate | demo`.
+"""Command-line interface: `steerlens models | extract | generate | demo | arena`.
 
 `extract` and `generate` are a contract other tools rely on: `extract` writes
 `DIR/vector.safetensors` + `DIR/vector.json`; `generate` prints the baseline and steered
 continuations (or JSON with `--json`). `demo` is the main job: a sentiment vector on the embedded
 model, baseline vs steered generations at several strengths, and a self-contained HTML report.
+`arena` serves the live steering page on localhost (see `steerlens.arena`).
 Bad input exits with status 2 and a one-line message, never a traceback.
 """
 
@@ -98,6 +99,13 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_arena(args) -> int:
+    from .arena.server import serve
+
+    serve(args.model, args.host, args.port, args.device, allow_remote=args.allow_remote)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .backend import DEFAULT_MODEL
 
@@ -138,11 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
     common(d)
     d.add_argument("--layer", type=int, default=None, help="layer to steer (default: 1/3 depth)")
     d.add_argument("--out", default="figures", help="report directory (default figures/)")
+
+    a = sub.add_parser("arena", help="live steering page in the browser (localhost)")
+    common(a)
+    a.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; others need --allow-remote)")
+    a.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
+    a.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host (the page runs the model for anyone who "
+                        "can reach it)")
     return p
 
 
 COMMANDS = {"models": cmd_models, "extract": cmd_extract, "generate": cmd_generate,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "arena": cmd_arena}
 
 
 def main(argv: list[str] | None = None) -> int:

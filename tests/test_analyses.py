@@ -195,3 +195,43 @@ def test_outcome_direction_quick_on_smol(smol, tmp_path):
         k = int(r.became_correct + r.became_wrong)
         p = 1.0 if k == 0 else sps.binomtest(int(r.became_correct), k, 0.5).pvalue
         assert r.mcnemar_p == pytest.approx(p)
+
+
+def test_sae_steering_quick(tiny, tmp_path):
+    mod = _load("sae_steering")
+    out = mod.main(_args("sae", tmp_path), model=tiny)
+    d = tmp_path / "sae"
+    for f in ("conditions.csv", "diffusion_overlap.csv", "overlap_table.csv", "findings.json",
+              "selections.json", "cells_table_sentiment.csv", "cells_table_french.csv"):
+        assert (d / f).exists(), f
+    for f in ("score_curves", "perplexity_curves", "kl_curves", "overlap", "diffusion",
+              "features_sentiment"):
+        assert (tmp_path / "fig" / f"sae_steering_{f}.html").exists(), f
+    # every condition is norm-matched (the residual norm at the SAE's layer)
+    for vecs in out["vectors"].values():
+        norms = {name: v.norms[1] for name, v in vecs.items()}
+        assert max(norms.values()) == pytest.approx(min(norms.values()), rel=1e-5), norms
+    # score shift and the paired difference from random, recomputed from the raw cell table
+    cells = out["cells"]
+    table = pd.read_csv(d / "cells_table_french.csv")
+    base = table[table.strength == 0].groupby("prompt_idx")["score"].first()
+    for _, r in cells[(cells.behaviour == "french") & (cells.strength > 0)].iterrows():
+        sel = table[(table.vector == r.vector) & (table.strength == r.strength)]
+        shift = (sel.set_index("prompt_idx")["score"] - base)
+        assert r.score_shift == pytest.approx(shift.mean(), abs=1e-9)
+        if r.vector != "random":
+            rnd = table[(table.vector == "random") & (table.strength == r.strength)]
+            diff = shift - (rnd.set_index("prompt_idx")["score"] - base)
+            assert r.vs_random == pytest.approx(diff.mean(), abs=1e-9)
+    # diffusion rows agree with a numpy threshold count of the same decomposition
+    diff = out["diffusion"]
+    row = diff[(diff.behaviour == "sentiment") & (diff.decomposition == "contrastive (encoder)")]
+    sae = out["sae"]
+    assert json.loads((d / "findings.json").read_text())["quick"] is True
+    from steerlens.vectors import SteeringVector
+
+    vec = SteeringVector.load(d / "vector_sentiment", tiny)
+    vals = (-vec[1].double()).numpy() @ sae.W_enc.detach().double().numpy()
+    assert int(row.n_active.iloc[0]) == int((np.abs(vals) > 0.1 * np.abs(vals).max()).sum())
+    with pytest.raises(ValueError, match="--k must be in 1..256"):
+        mod.main(_args("sae2", tmp_path) + ["--k", "300"], model=tiny)

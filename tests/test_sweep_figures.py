@@ -35,6 +35,7 @@ def test_zone_heatmap_matches_zones(results, tmp_path):
             for j, s in enumerate(heat.x):
                 row = z[(z.vector == "vector") & (z.layer == int(layer)) & (z.strength == float(s))]
                 assert codes[heat.z[i][j]] == row.zone.iloc[0]
+        assert 0.0 not in [float(s) for s in heat.x]  # the baseline column is left out
         assert "n=3" in fig.layout.title.text
     kl_zones = zones(results[0])
     assert (kl_zones[kl_zones.strength == 0.0].zone == "frozen").all()

@@ -63,6 +63,11 @@ def has_hook(model, name: str) -> bool:
     return name in model.hook_dict
 
 
+def attached_hook_count(model) -> int:
+    """How many forward/backward hooks are attached to the model's hook points right now."""
+    return sum(len(h._forward_hooks) + len(h._backward_hooks) for h in model.hook_dict.values())
+
+
 def n_layers(model) -> int:
     return int(model.cfg.n_layers)
 
@@ -273,6 +278,36 @@ def unembed(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_
         if cap is not None and cap > 0:
             logits = cap * torch.tanh(logits / cap)
         return logits
+
+
+def direction_logits(
+    model,
+    directions: Float[Tensor, "... d_model"],
+    token_ids: Sequence[int] | None = None,
+    centred: bool = False,
+) -> Float[Tensor, "... n_tokens"]:
+    """Direct logit effect of residual directions: (d * ln_final weight) @ W_U, no bias or norm scale.
+
+    The final norm's per-token 1/rms (or 1/std) factor is positive and shared by all logits, so it
+    is left out; its elementwise weight (when not folded into W_U) is applied, and LayerNorm's
+    centring. This is the standard "output score" of a feature's decoder direction (direct logit
+    attribution). `token_ids` keeps only those vocabulary columns; `centred` subtracts each
+    direction's mean effect over the whole vocabulary (softmax ignores a shared shift).
+    """
+    with torch.inference_mode():
+        w_u = model.W_U
+        x = directions.to(w_u.dtype)
+        if model.cfg.normalization_type in ("LN", "LNPre"):  # LayerNorm centres its input
+            x = x - x.mean(-1, keepdim=True)
+        w = getattr(model.ln_final, "w", None) if model.cfg.normalization_type else None
+        if isinstance(w, torch.Tensor):
+            x = x * w
+        cols = w_u if token_ids is None else w_u[:, torch.as_tensor(list(token_ids),
+                                                                     device=w_u.device).long()]
+        out = x @ cols
+        if centred:
+            out = out - (x @ w_u.mean(1))[..., None]
+        return out
 
 
 def new_kv_cache(model, batch_size: int):

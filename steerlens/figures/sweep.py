@@ -45,6 +45,7 @@ def zone_heatmap(
 ) -> go.Figure:
     """Layer x strength map coloured by zone (unstable / sweet spot / frozen), each cell annotated
     with its change rate and perplexity ratio (generation sweeps) or mean KL (KL-only sweeps).
+    Strength 0 (the baseline) is left out unless it is the only strength.
 
     Zones and their thresholds are those of `sweep.zones` (keyword arguments are passed on).
     """
@@ -52,7 +53,8 @@ def zone_heatmap(
     z = zones(result, **thresholds)
     z = z[z["vector"] == vector]
     layers = sorted(z["layer"].unique())
-    strengths = sorted(z["strength"].unique())
+    # strength 0 is the unsteered baseline (frozen by definition): not a column worth a colour
+    strengths = sorted(s for s in z["strength"].unique() if s != 0) or [0.0]
     code = {name: i for i, name in enumerate(ZONE_COLORS)}
     grid = z.set_index(["layer", "strength"])
     zz, text = [], []

@@ -1,0 +1,507 @@
+"""Contrastive vs SAE feature-targeted steering: behaviour, coherence and KL, plus diffusion/overlap.
+
+For each behaviour (sentiment, formality, french by default), at the layer the SAE reads
+(blocks.12.hook_resid_pre of SmolLM2-135M-Instruct for the shipped SAE):
+
+1. Steering side. Each behaviour is steered towards one side of its contrast: formality and
+   french towards the positive label (formal, French), sentiment towards *negative* sentiment,
+   because the unsteered model's answers are already positive (mean VADER about +0.5), which
+   leaves little room upwards. The contrast set is oriented so its "positive" side is the target.
+2. Conditions, all rescaled to the same norm (`scale_to_residual`: the median residual norm at
+   the layer, so strength alpha adds alpha x that norm):
+   - `contrastive`: CAA mean difference (target minus other side) on the behaviour's train pairs;
+   - `act_topK_uniform` / `act_topK_weighted`: the top-K SAE features by mean activation
+     difference, target completions vs other-side completions (codes averaged over completion
+     tokens), decoder rows summed uniformly or weighted by the activation differences;
+   - `out_topK_uniform`: the top-K features by output score, the direct logit effect of each
+     decoder row (W_dec @ W_U, through the final norm's weight) on the target tokens minus on the
+     avoid tokens (token lists below; for formality and french they are the scorer's own keyword
+     lists, so this selection aims straight at what is scored);
+   - `single_best`: the single feature with the largest activation difference;
+   - `random`: a Gaussian random direction (`methods.random_like`), the control.
+3. A `steerlens.sweep` over strengths x held-out prompts (the behaviour's evaluation prompts),
+   greedy continuations: behaviour score (the behaviour's scorer, as a paired shift from the same
+   prompt's unsteered continuation), continuation perplexity under the unsteered model (reported
+   as the geometric-mean ratio steered/unsteered), next-token KL (bits). 95% percentile-bootstrap
+   CIs over prompts; each condition is also compared with the random control paired by prompt.
+4. Diffusion and overlap: the contrastive vector decomposed three ways (`encoder`: v @ W_enc;
+   `raw`: sae.encode(v), threshold 0; the contrast pairs' feature-activation difference at the last
+   token), a random vector as control; the top-K overlap of each with the behaviour's domain
+   features (target vs other side) and with target-vs-neutral-prose features, against the
+   K^2/d_sae expected by chance.
+
+Target / avoid words for the output-score rule (single-token words only; dropped words are listed
+in the results): sentiment, negative side: TARGET_WORDS / AVOID_WORDS below; formality: the
+keyword scorer's positive / negative lists; french: its positive (French) / negative (English)
+lists.
+
+    python analyses/sae_steering.py [--sae DIR] [--strengths 0,0.1,0.2,0.3] [--k 20] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from _common import (  # noqa: E402
+    QUICK_PAIRS,
+    Finding,
+    cached_vector,
+    context,
+    fmt,
+    get_model,
+    heldout_prompts,
+    log,
+    parser,
+    print_findings,
+    residual_norms,
+    save_findings,
+    scale_to_residual,
+    write_csv,
+    write_json,
+)
+
+from steerlens.backend import runtime  # noqa: E402
+from steerlens.figures import save_html  # noqa: E402
+from steerlens.figures.sae import (  # noqa: E402
+    condition_curves,
+    diffusion_bar,
+    feature_view,
+    overlap_heatmap,
+)
+from steerlens.figures.tokens import save_token_view  # noqa: E402
+from steerlens.methods import random_like  # noqa: E402
+from steerlens.pairs import ContrastPair, ContrastSet, load_behaviour  # noqa: E402
+from steerlens.sae.decompose import (  # noqa: E402
+    behaviour_domain,
+    decompose,
+    decompose_pairs,
+    overlap_table,
+)
+from steerlens.sae.features import feature_contexts  # noqa: E402
+from steerlens.sae.site import sae_site  # noqa: E402
+from steerlens.sae.targeted import (  # noqa: E402
+    feature_vector,
+    select_by_output_score,
+    single_feature_vector,
+    word_token_ids,
+)
+from steerlens.spectral.evaluate import load_heldout  # noqa: E402
+from steerlens.stats import bootstrap_ci  # noqa: E402
+from steerlens.sweep import sweep  # noqa: E402
+
+NAME = "sae_steering"
+BEHAVIOURS = ("sentiment", "formality", "french")
+SIDE = {"sentiment": -1, "formality": 1, "french": 1, "refusal": 1, "sycophancy": 1,
+        "calendar_json": 1}
+TARGET_WORDS = {  # sentiment, negative side (the scorer is VADER, which has no word list here)
+    "sentiment": ["terrible", "awful", "hate", "sad", "horrible", "miserable", "worst", "bad",
+                  "boring", "ugly", "gloomy", "dreadful", "disappointing", "annoying", "painful",
+                  "depressing", "lonely", "angry", "tired", "worse"],
+}
+AVOID_WORDS = {
+    "sentiment": ["great", "wonderful", "love", "happy", "beautiful", "amazing", "excellent",
+                  "good", "lovely", "fantastic", "perfect", "enjoy", "best", "fun", "nice"],
+}
+DEFAULT_STRENGTHS = [0.0, 0.1, 0.2, 0.3]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def build_parser():
+    p = parser(NAME, __doc__.splitlines()[0])
+    p.add_argument("--behaviours", default=",".join(BEHAVIOURS),
+                   help="comma-separated behaviours (default %(default)s)")
+    p.add_argument("--sae", default=None, help="a shipped SAE name or a SAELens-format directory "
+                   "(default: the shipped SAE for --model)")
+    p.add_argument("--random-sae", action="store_true",
+                   help="use a randomly initialised SAE of the right shape (pipeline check only)")
+    p.add_argument("--k", type=int, default=None,
+                   help="features per feature-targeted vector (default 20; 4 with --quick)")
+    p.add_argument("--n-prompts", type=int, default=14, help="held-out prompts per behaviour")
+    p.add_argument("--strengths", type=_floats, default=None,
+                   help=f"strengths in residual-norm units (default {DEFAULT_STRENGTHS})")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--n-neutral", type=int, default=20, help="held-out prose paragraphs (neutral)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    return p
+
+
+def settings_for(args) -> dict:
+    if args.quick:
+        return dict(behaviours=["sentiment", "french"], k=args.k or 4, n_prompts=2, strengths=[0.0, 0.5],
+                    max_new_tokens=3, n_neutral=2, prose_words=20, batch_size=16,
+                    n_pairs=QUICK_PAIRS)
+    return dict(behaviours=[b for b in args.behaviours.split(",") if b], k=args.k or 20,
+                n_prompts=args.n_prompts, strengths=args.strengths or DEFAULT_STRENGTHS,
+                max_new_tokens=args.max_new_tokens, n_neutral=args.n_neutral, prose_words=120,
+                batch_size=args.batch_size, n_pairs=None)
+
+
+# ------------------------------------------------------------------------------ the SAE
+
+
+def random_sae(model, layer: int, d_sae: int, seed: int = 0):
+    """A SAELens StandardSAE with random (seeded) weights at resid_pre of `layer`."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(seed)
+    cfg = StandardSAEConfig(d_in=runtime.d_model(model), d_sae=d_sae, metadata=SAEMetadata(
+        hook_name=runtime.hook_name(layer, "resid_pre"), model_name=runtime.model_id(model)))
+    return StandardSAE(cfg)
+
+
+def get_sae(args, model):
+    """(sae, description): --sae DIR, a random SAE (--random-sae / --quick), or the shipped one."""
+    if args.random_sae or (args.quick and args.sae is None):
+        layer = runtime.n_layers(model) - 1 if args.quick else min(12, runtime.n_layers(model) - 1)
+        d = runtime.d_model(model)
+        return random_sae(model, layer, 4 * d if args.quick else 8 * d, args.seed), \
+            "random-init SAE (pipeline check only; features mean nothing)"
+    from steerlens.sae.load import list_shipped_saes, load_sae
+
+    if args.sae is not None:
+        return load_sae(args.sae, device=args.device), f"SAE {args.sae!r}"
+    mid = runtime.model_id(model).split("/")[-1].lower()
+    mine = [n for n in list_shipped_saes() if n.lower().startswith(mid)]
+    if not mine:
+        raise ValueError(f"No shipped SAE for {mid!r} (shipped: {list_shipped_saes()}); pass "
+                         "--sae NAME_OR_DIR or --random-sae.")
+    return load_sae(mine[0], device=args.device), f"shipped SAE {mine[0]!r}"
+
+
+# ------------------------------------------------------------------------------ conditions
+
+
+def oriented(pairs: ContrastSet, side: int) -> ContrastSet:
+    """The contrast set with the steering target as its positive side."""
+    if side > 0:
+        return pairs
+    return ContrastSet(tuple(ContrastPair(p.negative, p.positive, p.prompt) for p in pairs),
+                       f"{pairs.name}-flipped")
+
+
+def target_tokens(model, beh, side: int) -> dict:
+    if beh.name in TARGET_WORDS:
+        tw, aw = TARGET_WORDS[beh.name], AVOID_WORDS[beh.name]
+    elif beh.scorer.get("kind") == "keywords":
+        tw, aw = beh.scorer["positive"], beh.scorer["negative"]
+        if side < 0:
+            tw, aw = aw, tw
+    else:
+        raise ValueError(f"No target words for behaviour {beh.name!r}; add them to TARGET_WORDS.")
+    t, t_drop = word_token_ids(model, tw)
+    a, a_drop = word_token_ids(model, aw)
+    fallback = not t
+    if fallback:  # e.g. a byte-level tokenizer: fall back to each word's first token
+        t = {w: runtime.text_ids(model, w)[0] for w in tw}
+        a = {w: runtime.text_ids(model, w)[0] for w in aw}
+        t_drop, a_drop = [], []
+    return {"targets": t, "avoid": a, "dropped_targets": t_drop, "dropped_avoid": a_drop,
+            "first_token_fallback": fallback}
+
+
+def build_conditions(model, sae, beh, st: dict, ctx, prose: list[str]) -> dict:
+    """Vectors (all norm-matched), selections, decompositions and domains of one behaviour."""
+    site = sae_site(model, sae)
+    side = SIDE.get(beh.name, 1)
+    k = st["k"]
+    train = beh.train if st["n_pairs"] is None else beh.train[: st["n_pairs"]]
+    pairs = oriented(train, side)
+    raw_cav = cached_vector(model, beh, [site.layer], ctx.out, False, ctx.resume,
+                            n_pairs=st["n_pairs"]) * float(side)
+    dom = behaviour_domain(model, sae, pairs, batch_size=16)
+    dom_prose = behaviour_domain(model, sae, pairs, neutral=prose, batch_size=16)
+    sel_act = dom.selection(k)
+    toks = target_tokens(model, beh, side)
+    sel_out = select_by_output_score(model, sae, list(toks["targets"].values()), k,
+                                     avoid_tokens=list(toks["avoid"].values()) or None)
+    raw = {
+        "contrastive": raw_cav,
+        f"act_top{k}_uniform": feature_vector(model, sae, sel_act),
+        f"act_top{k}_weighted": feature_vector(model, sae, sel_act, weights="activation"),
+        f"out_top{k}_uniform": feature_vector(model, sae, sel_out),
+        "single_best": single_feature_vector(model, sae, sel_act.features[0]),
+        "random": random_like(raw_cav, seed=ctx.seed),
+    }
+    norms = residual_norms(model, heldout_prompts(beh, st["n_prompts"]), [site.layer])
+    vectors = {name: scale_to_residual(v.layer(site.layer), norms) for name, v in raw.items()}
+    decs = {
+        "contrastive (encoder)": decompose(model, sae, raw_cav, encoding="encoder",
+                                           label="contrastive"),
+        "contrastive (raw, >0)": decompose(model, sae, raw_cav, encoding="raw", threshold=0.0,
+                                           relative=False, label="contrastive"),
+        "pair feature diff (last token)": decompose_pairs(model, sae, pairs, position="last",
+                                                          label="pairs"),
+        "random (encoder)": decompose(model, sae, raw["random"], encoding="encoder",
+                                      label="random"),
+        "random (raw, >0)": decompose(model, sae, raw["random"], encoding="raw", threshold=0.0,
+                                      relative=False, label="random"),
+    }
+    cos = {name: float(torch.nn.functional.cosine_similarity(v[site.layer],
+                                                             vectors["contrastive"][site.layer],
+                                                             dim=0))
+           for name, v in vectors.items()}
+    return {"layer": site.layer, "side": side, "pairs": pairs, "vectors": vectors, "raw": raw,
+            "norm": norms[site.layer], "domain": dom, "domain_prose": dom_prose,
+            "sel_act": sel_act, "sel_out": sel_out, "tokens": toks, "decomps": decs,
+            "cos_to_contrastive": cos}
+
+
+# ------------------------------------------------------------------------------ measures
+
+
+def paired(res, measure: str) -> pd.DataFrame:
+    """Per (vector, strength, prompt): steered minus unsteered (score), log ratio (perplexity) or
+    the value itself (KL)."""
+    t = res.table[["vector", "strength", "prompt_idx", measure]].copy()
+    if measure in ("score", "perplexity"):
+        base = res.baseline.set_index("prompt_idx")[measure].astype(float)
+        b = t["prompt_idx"].map(base).astype(float)
+        v = t[measure].astype(float)
+        t["effect"] = np.log(v / b) if measure == "perplexity" else v - b
+    else:
+        t["effect"] = t[measure].astype(float)
+    return t
+
+
+def cell_table(res, beh_name: str, seed: int) -> pd.DataFrame:
+    """Per (vector, strength): mean effect with 95% CI for score, perplexity ratio and KL, and
+    each condition's score shift minus the random control's (paired by prompt)."""
+    rows = []
+    eff = {m: paired(res, m) for m in ("score", "perplexity", "kl_bits")}
+    for (vec, s), grp in eff["score"].groupby(["vector", "strength"], sort=False):
+        row = {"behaviour": beh_name, "vector": vec, "strength": float(s), "n": len(grp)}
+        for m, name in (("score", "score_shift"), ("perplexity", "log_ppl_ratio"),
+                        ("kl_bits", "kl_bits")):
+            e = eff[m]
+            vals = e[(e["vector"] == vec) & (e["strength"] == s)].sort_values("prompt_idx")
+            vals = vals["effect"].to_numpy(float)
+            vals = vals[np.isfinite(vals)]
+            if s == 0 or vals.size < 2:
+                est = float(np.mean(vals)) if vals.size else math.nan
+                row.update({name: est, f"{name}_low": est, f"{name}_high": est})
+            else:
+                c = bootstrap_ci(vals, n_boot=4000, seed=seed)
+                row.update({name: c.estimate, f"{name}_low": c.low, f"{name}_high": c.high})
+        for key in ("log_ppl_ratio", "log_ppl_ratio_low", "log_ppl_ratio_high"):
+            row[key.replace("log_ppl_ratio", "ppl_ratio")] = math.exp(row[key])
+        sc = eff["score"]
+        mine = sc[(sc["vector"] == vec) & (sc["strength"] == s)].set_index("prompt_idx")["effect"]
+        rnd = sc[(sc["vector"] == "random") & (sc["strength"] == s)].set_index("prompt_idx")[
+            "effect"]
+        diff = (mine - rnd).dropna().to_numpy(float)
+        if vec != "random" and s != 0 and diff.size >= 2:
+            c = bootstrap_ci(diff, n_boot=4000, seed=seed)
+            row.update(vs_random=c.estimate, vs_random_low=c.low, vs_random_high=c.high)
+        else:
+            row.update(vs_random=math.nan, vs_random_low=math.nan, vs_random_high=math.nan)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _excl(low: float, high: float) -> bool:
+    return (low > 0) or (high < 0)
+
+
+def findings_for(cells: pd.DataFrame, strengths: list[float], report_strength: float,
+                 sides: dict[str, int]) -> list[Finding]:
+    """Score-shift rows per behaviour and condition at each of `strengths` (headline rows at
+    `report_strength`). The wanted direction is the behaviour's steering side (sentiment: down)."""
+    out = []
+    for strength in strengths:
+        sel = cells[cells["strength"] == strength]
+        for beh, grp in sel.groupby("behaviour", sort=False):
+            side = sides[beh]
+            want = "up" if side > 0 else "down"
+            rnd = grp[grp["vector"] == "random"]
+            rnd_txt = (f"random {fmt(float(rnd['score_shift'].iloc[0]))}" if len(rnd) else "-")
+            for _, r in grp.iterrows():
+                lo, hi = r["score_shift_low"], r["score_shift_high"]
+                moved = _excl(lo, hi)
+                if moved:
+                    moved_txt = ("score moved the wanted way" if side * r["score_shift"] > 0
+                                 else "score moved the WRONG way")
+                else:
+                    moved_txt = "score shift CI includes 0 (null)"
+                if r["vector"] == "random":
+                    verdict = f"random control; {moved_txt}"
+                else:
+                    beat = (_excl(r["vs_random_low"], r["vs_random_high"])
+                            and side * r["vs_random"] > 0)
+                    verdict = (f"{moved_txt}; minus random {fmt(r['vs_random'])} "
+                               f"[{fmt(r['vs_random_low'])}, {fmt(r['vs_random_high'])}] "
+                               + ("(beats random)" if beat else "(not distinguishable from "
+                                  "random)" if not _excl(r["vs_random_low"], r["vs_random_high"])
+                                  else "(worse than random)"))
+                verdict += (f"; perplexity x{r['ppl_ratio']:.2f} [{r['ppl_ratio_low']:.2f}, "
+                            f"{r['ppl_ratio_high']:.2f}]; KL {r['kl_bits']:.3g} bits "
+                            f"[{r['kl_bits_low']:.3g}, {r['kl_bits_high']:.3g}]; cos to "
+                            f"contrastive {r['cos_to_contrastive']:.2f}")
+                out.append(Finding(
+                    NAME, f"{beh} (wanted: score {want}): score shift, {r['vector']} at "
+                    f"strength {strength:g} x resid norm", r["score_shift"], lo, hi,
+                    str(int(r["n"])), rnd_txt, verdict,
+                    headline=(strength == report_strength and r["vector"] != "random"
+                              and "weighted" not in r["vector"])))
+    return out
+
+
+def diffusion_rows(beh: str, cond: dict, k: int) -> list[dict]:
+    rows = []
+    dom, dprose = cond["domain"].top(k), cond["domain_prose"].top(k)
+    for name, d in cond["decomps"].items():
+        top = d.top(k)
+        rows.append({"behaviour": beh, "decomposition": name, "encoding": d.encoding,
+                     "threshold": d.threshold, "relative_threshold": d.relative_threshold,
+                     "n_active": d.n_active, "d_sae": d.d_sae, "diffusion": d.diffusion,
+                     "participation": d.participation,
+                     f"overlap_top{k}_domain": len(set(top) & set(dom)),
+                     f"overlap_top{k}_domain_vs_prose": len(set(top) & set(dprose)),
+                     "expected_random_overlap": k * k / d.d_sae, "top_features": list(top)})
+    return rows
+
+
+def main(argv=None, model=None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    ctx = context(NAME, args)
+    model = get_model(args.model, ctx.device, given=model)
+    st = settings_for(args)
+    sae, sae_desc = get_sae(args, model)
+    site = sae_site(model, sae)
+    k = st["k"]
+    if not 1 <= k <= int(sae.cfg.d_sae):
+        raise ValueError(f"--k must be in 1..{int(sae.cfg.d_sae)} (the SAE's d_sae), got {k}.")
+    prose = load_heldout(n=st["n_neutral"], max_words=st["prose_words"])
+    log(f"{NAME}: model {runtime.model_id(model)}, {sae_desc}, site {site}, d_sae "
+        f"{int(sae.cfg.d_sae)}, behaviours {st['behaviours']}, strengths {st['strengths']}, k={k}")
+    results, cells, diff_rows, conds, token_info, sel_info = {}, [], [], {}, {}, {}
+    for name in st["behaviours"]:
+        beh = load_behaviour(name)
+        cond = build_conditions(model, sae, beh, st, ctx, prose)
+        conds[name] = cond
+        prompts = heldout_prompts(beh, st["n_prompts"])
+        log(f"{name}: side {cond['side']:+d}, residual norm {cond['norm']:.2f}, act features "
+            f"{list(cond['sel_act'].features)}, output features {list(cond['sel_out'].features)}")
+        res = sweep(model, cond["vectors"], [site.layer], st["strengths"], prompts,
+                    measures=("kl", "generate"), scorer=beh.scorer,
+                    max_new_tokens=st["max_new_tokens"], n_random=0, random_seed=ctx.seed,
+                    batch_size=st["batch_size"], out_dir=ctx.out / f"sweep_{name}",
+                    resume=ctx.resume, show_progress=ctx.progress)
+        results[name] = res
+        tab = cell_table(res, name, ctx.seed)
+        tab["cos_to_contrastive"] = tab["vector"].map(cond["cos_to_contrastive"])
+        cells.append(tab)
+        diff_rows += diffusion_rows(name, cond, k)
+        token_info[name] = {"targets": cond["tokens"]["targets"], "avoid": cond["tokens"]["avoid"],
+                            "dropped_targets": cond["tokens"]["dropped_targets"],
+                            "dropped_avoid": cond["tokens"]["dropped_avoid"]}
+        sel_info[name] = {"activation_diff": {"features": list(cond["sel_act"].features),
+                                              "scores": list(cond["sel_act"].scores)},
+                          "output_score": {"features": list(cond["sel_out"].features),
+                                           "scores": list(cond["sel_out"].scores)},
+                          "cos_to_contrastive": cond["cos_to_contrastive"],
+                          "residual_norm": cond["norm"]}
+        write_csv(ctx.out / f"cells_table_{name}.csv", res.table)
+        log(f"{name}: sweep done ({res.n_computed} computed, {res.n_resumed} resumed)")
+    cells = pd.concat(cells, ignore_index=True)
+    diff = pd.DataFrame(diff_rows)
+    write_csv(ctx.out / "conditions.csv", cells)
+    write_csv(ctx.out / "diffusion_overlap.csv", diff)
+    write_json(ctx.out / "selections.json", {"tokens": token_info, "selections": sel_info})
+    # overlap table: contrastive / pair-diff / random decompositions vs every behaviour's domains
+    vec_items, dom_items = {}, {}
+    for name, c in conds.items():
+        vec_items[f"{name}: contrastive (encoder)"] = c["decomps"]["contrastive (encoder)"]
+        vec_items[f"{name}: pair feature diff"] = c["decomps"]["pair feature diff (last token)"]
+        vec_items[f"{name}: out-score top{k}"] = c["sel_out"]
+        dom_items[f"{name} (vs other side)"] = c["domain"]
+        dom_items[f"{name} (vs prose)"] = c["domain_prose"]
+    first = next(iter(conds.values()))
+    vec_items["random (encoder)"] = first["decomps"]["random (encoder)"]
+    table = overlap_table(vec_items, dom_items, k=k)
+    write_csv(ctx.out / "overlap_table.csv", table.frame())
+    # figures
+    for m, key in (("score", "score"), ("perplexity", "perplexity"), ("kl_bits", "kl")):
+        save_html(condition_curves(results, m), ctx.fig(f"{key}_curves"))
+    save_html(overlap_heatmap(table), ctx.fig("overlap"))
+    save_html(diffusion_bar({f"{b}: {n}": d for b, c in conds.items()
+                             for n, d in c["decomps"].items() if "encoder" in n}),
+              ctx.fig("diffusion"))
+    beh0 = st["behaviours"][0]
+    c0 = conds[beh0]
+    feats = list(c0["sel_act"].features[: min(6, k)])
+    ctx_texts = list(c0["pairs"].positives) + list(c0["pairs"].negatives) + prose
+    fc = feature_contexts(model, sae, ctx_texts, feats, k=6, window=6)
+    save_token_view(feature_view(fc), ctx.fig(f"features_{beh0}"),
+                    title=f"Top {beh0} activation-difference features: strongest contexts")
+    # findings
+    nz = [s for s in st["strengths"] if s != 0]
+    report = nz[len(nz) // 2] if nz else 0.0
+    n = st["n_prompts"]
+    shown = sorted({report, max(nz)}) if nz else []
+    found = findings_for(cells, shown, report, {b: c["side"] for b, c in conds.items()})
+    for _, r in diff.iterrows():
+        if r["decomposition"] in ("contrastive (encoder)", "contrastive (raw, >0)",
+                                  "pair feature diff (last token)", "random (encoder)"):
+            found.append(Finding(
+                NAME, f"{r['behaviour']}: diffusion of {r['decomposition']} (fraction of "
+                f"{r['d_sae']} features with |value| > {r['threshold']:.3g})", r["diffusion"],
+                math.nan, math.nan, f"d_sae={r['d_sae']} features (1 vector)",
+                "see the random (encoder) row",
+                f"participation ratio {r['participation']:.1%}; top-{k} overlap with domain "
+                f"features {r[f'overlap_top{k}_domain']}/{k}, with domain-vs-prose "
+                f"{r[f'overlap_top{k}_domain_vs_prose']}/{k} (chance "
+                f"{r['expected_random_overlap']:.2f})", headline=False))
+    if sae_desc.startswith("random"):
+        found = [f if f.measure.startswith("[random") else
+                 replace(f, measure=f"[random-init SAE control] {f.measure}", headline=False)
+                 for f in found]
+    settings = {**{k_: v for k_, v in st.items() if k_ != "n_pairs"},
+                "model": runtime.model_id(model), "sae": sae_desc, "site": str(site),
+                "d_sae": int(sae.cfg.d_sae), "report_strength": report,
+                "prompts": f"{n} held-out eval prompts per behaviour", "seconds":
+                round(time.perf_counter() - t0, 1)}
+    notes = [
+        f"n={n} held-out prompts per cell; CIs are 95% percentile bootstrap over prompts; the "
+        "random control is one Gaussian direction of equal norm, paired by prompt.",
+        "All vectors are rescaled to the median residual norm at the SAE's layer, so strength "
+        "alpha adds alpha x that norm; conditions are compared at equal norm.",
+        "Sentiment is steered towards negative sentiment (the unsteered answers are already "
+        "positive); formality towards formal, french towards French.",
+        "Output-score features for formality/french are chosen with the scorer's own keyword "
+        "lists, so their score gains are a best case for that rule.",
+        "Diffusion thresholds: encoder / pair-diff: 10% of the largest |value|; raw: any feature "
+        "the encoder fires (> 0). Overlap chance level = k^2/d_sae.",
+    ]
+    save_findings(ctx, found, settings, notes)
+    with pd.option_context("display.width", 160, "display.max_rows", 300):
+        print(cells[["behaviour", "vector", "strength", "n", "score_shift", "score_shift_low",
+                     "score_shift_high", "vs_random", "ppl_ratio", "kl_bits"]].round(3)
+              .to_string(index=False))
+        print(diff.drop(columns=["top_features"]).round(4).to_string(index=False))
+        print(table.frame().to_string(index=False))
+    print_findings(found)
+    log(f"done in {time.perf_counter() - t0:.0f} s")
+    return {"results": results, "cells": cells, "diffusion": diff, "overlap": table,
+            "vectors": {b: c["vectors"] for b, c in conds.items()}, "sae": sae,
+            "findings": found, "settings": settings}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 4. Spectral analyses: eigengap layer scoring and spectral weight edits
+#
+# Two ideas from the steering literature that look at *spectra* instead of activations.
+#
+# **Eigengap weakest-link scoring.** Read each attention head as kernel ridge regression over
+# its keys: the better conditioned the key Gram matrix K Kᵀ / d_head, the more "stable" the head.
+# The score of a head is the relative eigengap Δ = (λ1 − λ2) / λ1 of that matrix, and a layer is
+# scored by its **weakest link**, the minimum Δ over its heads. The claim to test: layers with a
+# low weakest-link gap are the ones where steering works best, so the spectrum *predicts* where
+# to steer without running a sweep.
+#
+# **Spectral weight steering.** Instead of adding a vector, edit a weight: take the SVD of a
+# layer's MLP output matrix W_out = U S Vᵀ and rescale each singular value s by 1 + α·z(s), where
+# z is its z-score in the spectrum. α > 0 makes the spectrum more peaked (lower effective rank),
+# α < 0 flatter. The claim to test: some edit improves a behaviour "for free", without raising
+# perplexity. steerlens applies the edit inside a context manager that restores the weights
+# bit-exactly.
+#
+# Both are tested here the same way as everything else: against a measured effect, with CIs, and
+# with a control. Runtime: about 2 minutes on 2 CPU cores (n = 6 prompts, 4 held-out texts).
+
+# %%
+import os
+
+import numpy as np
+import torch
+
+from steerlens.backend import load_model
+from steerlens.figures.spectral import (
+    alpha_curves,
+    eigengap_profile,
+    gap_vs_effect,
+    spectrum_before_after,
+)
+from steerlens.figures.sweep import kl_by_layer
+from steerlens.measures import residual_norms, scale_to_residual
+from steerlens.methods import build_vector
+from steerlens.pairs import load_behaviour
+from steerlens.spectral import (
+    SpectralEdit,
+    eigengaps,
+    evaluate_configs,
+    gated_layers,
+    grid_configs,
+    load_heldout,
+    mlp_out_svd,
+    predict_steering,
+    spectral_steering,
+)
+from steerlens.sweep import layer_effect, sweep
+
+torch.set_num_threads(int(os.environ.get("STEERLENS_THREADS", "2")))
+torch.manual_seed(0)
+model = load_model()
+
+# %% [markdown]
+# ## Eigengaps per layer
+#
+# `eigengaps` collects the keys of every layer for a batch of prompts (padding excluded exactly),
+# per key/value head (SmolLM2 has 3 KV heads per layer, shared by 9 query heads), before and after
+# the rotary embedding, and computes all the Gram spectra in one batched `eigvalsh` call. It also
+# computes the same gaps for the post-softmax attention patterns. The profile plot shows the
+# weakest link (min), mean and median per layer; layers under the threshold (0.77) are flagged.
+
+# %%
+sentiment = load_behaviour("sentiment")
+prompts = list(sentiment.eval_prompts[:6])
+gaps = eigengaps(model, prompts)
+eigengap_profile(gaps).show()
+print("flagged layers (weakest link <= threshold), rotated keys:", gaps.rotated_keys.flagged())
+print("gated candidate layers, best first:", gated_layers(gaps.rotated_keys))
+
+# %% [markdown]
+# ## Does the weakest link predict where steering works?
+#
+# We need a measured per-layer effect to test the prediction against. The cheapest is next-token
+# KL at a fixed relative strength (0.1 × the median residual norm) on the same prompts, from a
+# KL-only sweep over every second layer, with one norm-matched random direction as the control.
+# `predict_steering` correlates the per-layer gaps with the effect (Pearson and Spearman, a
+# bootstrap CI over layers and a permutation p-value) and ranks the gated layers.
+#
+# **What to look for:** a negative correlation would support the claim (low gap, big effect). An
+# interval that spans 0 means the spectrum does not predict the effect at this n.
+
+# %%
+layers = list(range(1, 30, 2))
+vector = build_vector(model, sentiment.train, layers=layers, show_progress=False)
+vector = scale_to_residual(vector, residual_norms(model, prompts, layers))
+kl = sweep(model, {"sentiment": vector}, layers, [0.1], prompts, measures=("kl",), n_random=1,
+           show_progress=False)
+kl_by_layer(kl, strength=0.1).show()
+effect = layer_effect(kl, "kl_bits", 0.1)
+real = effect[~effect["is_random"].astype(bool)]
+prediction = predict_steering(gaps, dict(zip(real["layer"], real["effect"])), kind="rotated_keys",
+                              effect_label="next-token KL (bits)", n_boot=500, n_perm=500)
+gap_vs_effect(prediction).show()
+c = prediction.min_pearson
+print(f"r(min gap, KL) = {c.r:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}], p_perm = {c.p_perm:.3f}, "
+      f"n = {c.n} layers; predicted layer {prediction.predicted_layer}, "
+      f"largest measured effect at layer {prediction.best_layer}")
+
+# %% [markdown]
+# ## The spectrum of an MLP output matrix
+#
+# `mlp_out_svd` gives the singular values of a layer's W_out; `spectral_steering` applies an edit
+# for the duration of a `with` block and reports what it did (how many factors were clamped, the
+# effective rank before and after). Below: layer 15 with α = +0.3 (peaked) and the check that
+# the weights come back bit-exactly afterwards.
+
+# %%
+svd = mlp_out_svd(model, 15)
+print(f"layer 15 W_out: {len(svd.s)} singular values, top {float(svd.s[0]):.2f}, "
+      f"smallest {float(svd.s[-1]):.3g}")
+energy = np.cumsum(svd.s.numpy() ** 2) / np.sum(svd.s.numpy() ** 2)
+print(f"share of squared singular values in the top 10%: {energy[len(energy) // 10]:.2f}")
+before = [p.detach().clone() for p in model.parameters()]
+with spectral_steering(model, SpectralEdit(15, 0.3)) as edit:
+    print(f"inside the block: {edit.n_clamped} factors clamped")
+restored = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+print("weights restored bit-exactly:", restored)
+spectrum_before_after(edit).show()
+
+# %% [markdown]
+# ## Does any edit improve the behaviour for free?
+#
+# `evaluate_configs` measures each configuration against the unedited model: the change in
+# held-out NLL (paired per text), next-token KL after each prompt, and the change in the
+# sentiment score of greedy continuations (paired per prompt), each with a bootstrap CI. A
+# configuration "improves" only if its score-change CI is above 0 *and* its perplexity stays inside
+# the baseline's CI. With `controls=True` each configuration is also run with the same factors
+# shuffled over the singular values, the spectral analogue of a random direction.
+#
+# The grid is 2 layers × 2 α on n = 4 texts and 6 prompts, for speed.
+
+# %%
+configs = grid_configs([9, 21], [-0.3, 0.3])
+texts = load_heldout(4, max_words=60)
+edits = evaluate_configs(model, configs, texts=texts, prompts=prompts, scorer=sentiment.scorer,
+                         max_new_tokens=12, n_boot=500, show_progress=False)
+alpha_curves(edits).show()
+table = edits.table()
+table[["label", "perplexity", "delta_nll", "delta_nll_low", "delta_nll_high", "delta_score",
+       "delta_score_low", "delta_score_high", "improves"]].round(3)
+
+# %% [markdown]
+# The shuffled control for the strongest edit: the same multiset of factors, randomly permuted
+# over the singular values. If the real edit's effect is no bigger than the control's, its
+# *shape* (which singular values grow) is not what matters.
+
+# %%
+strongest = max(edits.points, key=lambda p: abs(p.delta_nll.estimate))
+control = evaluate_configs(model, [strongest.config], texts=texts, prompts=prompts,
+                           scorer=sentiment.scorer, max_new_tokens=12, controls=True, n_boot=500,
+                           show_progress=False)
+control.table()[["label", "control", "perplexity", "delta_nll", "delta_score"]].round(3)
+
+# %% [markdown]
+# ## What we measured, and caveats
+#
+# - n here is tiny: 6 prompts, 15 layers for the correlation, 4 texts and 6 prompts for the edits.
+#   Correlations over layers have few points and neighbouring layers are not independent.
+# - Full-size runs (`results/FINDINGS_measurement.md`, README): on SmolLM2 the min gap vs the
+#   per-layer sentiment-score effect gave Pearson +0.39 [−0.29, +0.74], p_perm = 0.15 over 14 layers
+#   × 12 prompts; the eigengap-predicted layer (28) was not the best measured layer (14). The claim
+#   is **not supported** on this model, and untestable on Gemma 3 270M (one KV head per layer).
+#   The premise that post-softmax pattern gaps collapse to ~0.99 did not hold (0.40-0.995), and the
+#   KRR formula did not reproduce head outputs (median R² −0.42).
+# - Spectral weight steering (`analyses/spectral_weights.py`, 4 layers × 4 α plus the published
+#   "hybrid" configuration, 12 texts, 10 prompts) found **no** configuration that improves the
+#   score without a perplexity cost (best Δscore +0.10 [−0.04, +0.26]); the hybrid raised held-out
+#   perplexity from 21.8 to 32.4. A null result.

@@ -1,0 +1,292 @@
+"""The steering arena's engine: request checking and one steered generation, as a stream of events.
+
+A request names a vector (a shipped behaviour, or contrast pairs typed one per line as
+`positive ||| negative` or `prompt ||| positive ||| negative`), a layer, up to `MAX_STRENGTHS`
+strengths and a prompt. `parse_request` checks everything that can be checked without the model
+(it only tokenizes the prompt) and raises `ArenaInputError` with a message saying what is valid.
+
+`Arena.run` then does the work with the library's own API, holding one lock for the whole run so
+that one request's hooks are never on the shared model while another request runs: the vector
+comes from `methods.build_vector` (mean difference of contrast activations; behaviour vectors are
+built once per (behaviour, layer) and cached, custom ones per request), its logit lens from
+`measures.logit_lens.vector_lens`, and the baseline and every strength are decoded in ONE batch by
+`generate.generate_stream` under a single `steer()` whose per-row strengths are
+[0, s1, s2, ...] (row 0, strength exactly 0, is the unsteered baseline). Afterwards each steered
+continuation gets its per-token KL(base || steered) in bits from `measures.kl.per_token_kl`.
+
+Strength multiplies the raw vector (the mean difference, whose norm the page shows), and
+|strength| is capped at `MAX_STRENGTH`. Every event is a JSON-ready dict; closing the event
+generator early (a client that went away) removes the hooks and releases the lock.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..backend import runtime
+from ..extract import resolve_chat
+from ..generate import generate_stream
+from ..measures.kl import per_token_kl
+from ..measures.logit_lens import vector_lens
+from ..methods import build_vector
+from ..pairs import ContrastPair, ContrastSet, list_behaviours, load_behaviour
+from ..steer import steer
+from ..vectors import SteeringVector
+
+MAX_STRENGTH = 100.0
+MAX_STRENGTHS = 4
+MAX_NEW_TOKENS = 128
+MAX_PAIRS = 64
+MAX_TEMPERATURE = 2.0
+MAX_SEED = 2**31 - 1
+PAIR_SEPARATOR = "|||"
+LENS_K = 12
+CUSTOM = "custom"
+
+
+class ArenaInputError(ValueError):
+    """A request the arena refuses; the message says what was wrong and what is valid."""
+
+
+@dataclass(frozen=True)
+class ArenaRequest:
+    """A checked arena request."""
+
+    prompt: str
+    layer: int
+    strengths: tuple[float, ...]
+    behaviour: str | None
+    pairs: ContrastSet | None
+    max_new_tokens: int
+    temperature: float
+    seed: int
+    chat: bool
+    prompt_tokens: int
+
+    @property
+    def source(self) -> str:
+        return self.behaviour if self.behaviour is not None else CUSTOM
+
+
+def parse_pairs(text: str) -> ContrastSet:
+    """Pairs typed one per line: `positive ||| negative` or `prompt ||| positive ||| negative`."""
+    if not isinstance(text, str):
+        raise ArenaInputError("Custom pairs must be text, one pair per line.")
+    pairs = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split(PAIR_SEPARATOR)]
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ArenaInputError(
+                f"Pair line {n} is not 'positive {PAIR_SEPARATOR} negative' or 'prompt "
+                f"{PAIR_SEPARATOR} positive {PAIR_SEPARATOR} negative' with non-empty parts: "
+                f"{line[:80]!r}."
+            )
+        prompt = parts[0] if len(parts) == 3 else None
+        pairs.append(ContrastPair(parts[-2], parts[-1], prompt))
+    if not pairs:
+        raise ArenaInputError(
+            f"No contrast pairs given. Type at least one pair per line as 'positive "
+            f"{PAIR_SEPARATOR} negative', or pick a behaviour."
+        )
+    if len(pairs) > MAX_PAIRS:
+        raise ArenaInputError(f"Too many pairs ({len(pairs)}); the arena takes at most {MAX_PAIRS}.")
+    return ContrastSet(tuple(pairs), "custom")
+
+
+def _number(payload: Mapping[str, Any], key: str, default, kind: type, label: str):
+    raw = payload.get(key, default)
+    if isinstance(raw, bool):
+        raise ArenaInputError(f"{label} must be a number, got {raw!r}.")
+    if isinstance(raw, str):
+        raw = raw.strip()
+        if raw == "" and default is not None:
+            raw = default
+    try:
+        value = kind(raw) if kind is float else int(str(raw))
+    except (TypeError, ValueError):
+        what = "an integer" if kind is int else "a number"
+        raise ArenaInputError(f"{label} must be {what}, got {raw!r}.") from None
+    if kind is float and not math.isfinite(value):
+        raise ArenaInputError(f"{label} must be a finite number, got {raw!r}.")
+    return value
+
+
+def _strengths(raw) -> tuple[float, ...]:
+    items = raw.replace(";", ",").split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, (list, tuple)):
+        raise ArenaInputError(f"Strengths must be comma-separated numbers, got {raw!r}.")
+    items = [x for x in items if not (isinstance(x, str) and not x.strip())]
+    if not items:
+        raise ArenaInputError(
+            f"Give at least one strength (comma-separated, up to {MAX_STRENGTHS}, each in "
+            f"[-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}])."
+        )
+    if len(items) > MAX_STRENGTHS:
+        raise ArenaInputError(f"At most {MAX_STRENGTHS} strengths at once, got {len(items)}.")
+    out = []
+    for x in items:
+        s = _number({"s": x}, "s", None, float, "Each strength")
+        if abs(s) > MAX_STRENGTH:
+            raise ArenaInputError(
+                f"Strength {s:g} is too large: |strength| must be at most {MAX_STRENGTH:g} (it "
+                f"multiplies the raw vector; valid range [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}])."
+            )
+        out.append(s)
+    return tuple(out)
+
+
+class Arena:
+    """One shared model and the state the arena keeps across requests (read-only vectors)."""
+
+    def __init__(self, model, model_name: str | None = None) -> None:
+        self.model = model
+        self.model_name = model_name or runtime.model_id(model)
+        self.lock = threading.Lock()
+        self._tok_lock = threading.Lock()
+        self._vectors: dict[tuple[str, int], SteeringVector] = {}
+        self.behaviours = tuple(list_behaviours())
+        self.n_aborted = 0
+        self.n_runs = 0
+
+    # ------------------------------------------------------------------ options and checking
+    def options(self) -> dict[str, Any]:
+        n = runtime.n_layers(self.model)
+        descriptions = {b: load_behaviour(b).description for b in self.behaviours}
+        return {
+            "model": self.model_name, "n_layers": n, "default_layer": max(0, n // 3),
+            "n_ctx": int(self.model.cfg.n_ctx), "behaviours": list(self.behaviours),
+            "descriptions": descriptions, "custom": CUSTOM, "separator": PAIR_SEPARATOR,
+            "max_strength": MAX_STRENGTH, "max_strengths": MAX_STRENGTHS,
+            "max_new_tokens": MAX_NEW_TOKENS, "max_temperature": MAX_TEMPERATURE,
+            "max_pairs": MAX_PAIRS,
+            "chat_default": resolve_chat(self.model, None, True),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """Whether a run holds the model, how many hooks are on it now, and run counters."""
+        return {"busy": self.lock.locked(), "hooks_attached": runtime.attached_hook_count(self.model),
+                "runs": self.n_runs, "aborted": self.n_aborted}
+
+    def parse_request(self, payload: Any) -> ArenaRequest:
+        """Check a request (a JSON object) without running the model; raises ArenaInputError."""
+        if not isinstance(payload, Mapping):
+            raise ArenaInputError("The request must be a JSON object.")
+        n_layers = runtime.n_layers(self.model)
+        layer = _number(payload, "layer", None, int, "Layer")
+        if not 0 <= layer < n_layers:
+            raise ArenaInputError(
+                f"Layer {layer} is out of range: this model has {n_layers} layers, valid layers "
+                f"are 0..{n_layers - 1}."
+            )
+        strengths = _strengths(payload.get("strengths", ""))
+        behaviour = payload.get("behaviour", self.behaviours[0])
+        pairs = None
+        if behaviour == CUSTOM:
+            pairs = parse_pairs(payload.get("pairs", ""))
+            behaviour = None
+        elif behaviour not in self.behaviours:
+            raise ArenaInputError(
+                f"Unknown behaviour {behaviour!r}. Valid behaviours are {list(self.behaviours)}, "
+                f"or {CUSTOM!r} with your own pairs."
+            )
+        max_new = _number(payload, "max_new_tokens", 32, int, "Max new tokens")
+        if not 1 <= max_new <= MAX_NEW_TOKENS:
+            raise ArenaInputError(f"Max new tokens must be in 1..{MAX_NEW_TOKENS}, got {max_new}.")
+        temperature = _number(payload, "temperature", 0.0, float, "Temperature")
+        if not 0.0 <= temperature <= MAX_TEMPERATURE:
+            raise ArenaInputError(
+                f"Temperature must be in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {temperature:g}."
+            )
+        seed = _number(payload, "seed", 0, int, "Seed")
+        if not 0 <= seed <= MAX_SEED:
+            raise ArenaInputError(f"Seed must be in 0..{MAX_SEED}, got {seed}.")
+        chat_raw = payload.get("chat", None)
+        if chat_raw is not None and not isinstance(chat_raw, bool):
+            raise ArenaInputError(f"chat must be true, false or absent, got {chat_raw!r}.")
+        chat = resolve_chat(self.model, chat_raw, True)
+        prompt = payload.get("prompt", "")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ArenaInputError("Type a prompt: it is empty.")
+        with self._tok_lock:
+            n_prompt = len(runtime.prompt_ids(self.model, prompt, chat))
+        n_ctx = int(self.model.cfg.n_ctx)
+        if n_prompt + max_new > n_ctx:
+            raise ArenaInputError(
+                f"The prompt is {n_prompt} tokens; with {max_new} new tokens that is over the "
+                f"model's context length of {n_ctx} tokens. Shorten the prompt to at most "
+                f"{max(0, n_ctx - max_new)} tokens or ask for fewer new tokens."
+            )
+        return ArenaRequest(prompt, layer, strengths, behaviour, pairs, max_new, temperature, seed,
+                            chat, n_prompt)
+
+    # ------------------------------------------------------------------ running
+    def _vector(self, req: ArenaRequest) -> SteeringVector:
+        """The request's vector at its layer (caller holds the lock)."""
+        if req.behaviour is None:
+            return build_vector(self.model, req.pairs, [req.layer], show_progress=False)
+        key = (req.behaviour, req.layer)
+        if key not in self._vectors:  # extraction stops at the layer, so one layer is cheapest
+            self._vectors[key] = build_vector(self.model, load_behaviour(req.behaviour).train,
+                                              [req.layer], show_progress=False)
+        return self._vectors[key]
+
+    def run(self, req: ArenaRequest) -> Iterator[dict[str, Any]]:
+        """Events of one run: queued?, vector, lens, step..., kl..., done."""
+        if not self.lock.acquire(blocking=False):
+            yield {"type": "queued", "message": "Waiting for another generation to finish..."}
+            self.lock.acquire()
+        try:
+            yield from self._run_locked(req)
+        except GeneratorExit:
+            self.n_aborted += 1
+            raise
+        finally:
+            self.lock.release()
+
+    def _run_locked(self, req: ArenaRequest) -> Iterator[dict[str, Any]]:
+        t0 = time.perf_counter()
+        self.n_runs += 1
+        model = self.model
+        vec = self._vector(req)
+        layer = req.layer
+        yield {"type": "vector", "source": req.source, "layer": layer, "norm": vec.norms[layer],
+               "n_pairs": vec.n_pairs, "method": vec.method, "component": vec.component}
+        lens = vector_lens(model, vec, k=LENS_K)
+        yield {"type": "lens", "layer": layer,
+               "promoted": [{"token": t.token, "value": t.value} for t in lens.promoted[layer]],
+               "suppressed": [{"token": t.token, "value": t.value} for t in lens.suppressed[layer]]}
+        rows = (0.0, *req.strengths)
+        yield {"type": "start", "strengths": list(rows), "prompt_tokens": req.prompt_tokens,
+               "chat": req.chat}
+        texts = [""] * len(rows)
+        with steer(model, vec, 1.0) as steerer:
+            steerer.set_strength(0, rows)
+            for step in generate_stream(model, [req.prompt] * len(rows), steerer,
+                                        max_new_tokens=req.max_new_tokens,
+                                        temperature=req.temperature, seed=req.seed, chat=req.chat):
+                texts = list(step.texts)
+                yield {"type": "step", "step": step.step, "texts": texts,
+                       "deltas": list(step.deltas), "finished": list(step.finished)}
+        head = len(runtime.prompt_ids(model, req.prompt, req.chat))
+        for row, (strength, text) in enumerate(zip(rows, texts)):
+            if row == 0:
+                continue
+            if not text.strip():
+                yield {"type": "kl", "row": row, "strength": strength, "tokens": [], "bits": [],
+                       "mean": None, "max": None}
+                continue
+            tk = per_token_kl(model, text, vec, strength, prompt=req.prompt, chat=req.chat)
+            # the KL shown on continuation token t is that of the prediction that produced it
+            bits = list(tk.bits[head - 1 : len(tk.bits) - 1])
+            yield {"type": "kl", "row": row, "strength": strength, "tokens": list(tk.tokens[head:]),
+                   "bits": bits, "mean": sum(bits) / len(bits), "max": max(bits),
+                   "direction": tk.direction}
+        yield {"type": "done", "texts": texts, "elapsed_s": round(time.perf_counter() - t0, 3),
+               "n_rows": len(rows)}

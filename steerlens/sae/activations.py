@@ -1,0 +1,289 @@
+"""Activation caching: run the model over a corpus up to one site and store the activations.
+
+SAE training reads each activation several times, so we compute them once. Documents are
+shuffled with a seed, tokenized without special tokens, joined with EOS into one stream and cut
+into windows of `context_size - 1` tokens, each prefixed with BOS (the SAELens convention). The
+model runs only up to the site (`runtime.forward(..., stop_at_layer=...)`; for `resid_pre` the
+returned residual is the site itself, other components are caught with a hook on the last block
+needed). Position 0 is never kept: in SmolLM2 the first position carries a "massive activation"
+(norm ~25,000 at layer 12 against a median ~140, with or without BOS), which would dominate the
+MSE. Any other token whose norm exceeds `outlier_factor` x the batch median is also dropped and
+counted. Activations are stored as fp16 safetensors shards of `seqs_per_shard` windows in a
+directory keyed by a hash of everything that determines them; each shard is written atomically,
+so an interrupted run resumes by skipping the shards already on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
+from torch import Tensor
+
+from ..backend import runtime
+from ..backend.loading import cache_root
+from ..io import atomic_path, atomic_write_text
+from ..progress import progress
+from ..sites import Site
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """Everything that determines a cache's contents (its directory is keyed by this)."""
+
+    model: str
+    layer: int
+    component: str
+    hook_name: str
+    d_model: int
+    context_size: int
+    n_tokens: int
+    seqs_per_shard: int
+    seed: int
+    corpus_digest: str
+    outlier_factor: float
+    autocast_bf16: bool = False
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class ActivationCache:
+    """A directory of activation shards; `n_tokens` counts stored activations."""
+
+    path: Path
+    spec: ActivationSpec
+    shard_sizes: tuple[int, ...]
+    n_outliers: int
+    seconds: float
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.shard_sizes)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(self.shard_sizes)
+
+    def shard_path(self, i: int) -> Path:
+        return self.path / f"shard_{i:05d}.safetensors"
+
+    def load_shard(self, i: int) -> Float[Tensor, "tokens d_model"]:
+        return read_shard(self.shard_path(i))["acts"]
+
+
+def read_shard(path: Path) -> dict[str, Tensor]:
+    try:  # read into memory (not mmap), so a later rewrite of the file cannot touch these tensors
+        return load_bytes(path.read_bytes())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"Activation shard {path} is corrupt or unreadable ({e}); delete it "
+                         "and re-run to recompute it.") from e
+
+
+def corpus_digest(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(hashlib.sha256(t.encode()).digest())
+    return h.hexdigest()[:16]
+
+
+def token_windows(model, texts: Sequence[str], context_size: int, n_windows: int | None,
+                  seed: int) -> list[list[int]]:
+    """BOS + (context_size - 1) tokens of the EOS-joined, seed-shuffled document stream."""
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise ValueError("The corpus is empty: no non-blank texts to cache activations from.")
+    if context_size < 2:
+        raise ValueError(f"context_size must be >= 2, got {context_size}.")
+    tok = runtime.tokenizer(model)
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    eos = tok.eos_token_id if tok.eos_token_id is not None else bos
+    width = context_size - 1
+    windows: list[list[int]] = []
+    stream: list[int] = []
+    for start in range(0, len(order), 256):
+        chunk = [texts[i] for i in order[start:start + 256]]
+        for ids in tok(chunk, add_special_tokens=False)["input_ids"]:
+            stream.extend(ids)
+            stream.append(eos)
+        while len(stream) >= width:
+            windows.append([bos] + stream[:width])
+            stream = stream[width:]
+            if n_windows is not None and len(windows) >= n_windows:
+                return windows
+    return windows
+
+
+def site_activations(model, tokens: Tensor, site: Site,
+                     autocast_bf16: bool = False) -> Float[Tensor, "batch pos d_model"]:
+    """Activations at `site` for full (unpadded) token rows, running only the needed layers.
+
+    With `autocast_bf16` the matmuls run in bfloat16 (torch.autocast; several times faster on
+    CPUs with AMX), the residual stream stays fp32.
+    """
+    if autocast_bf16:
+        dev = runtime.model_device(model).type
+        with torch.autocast(dev, dtype=torch.bfloat16):
+            return site_activations(model, tokens, site).float()
+    batch = runtime.TokenBatch(tokens, torch.ones_like(tokens),
+                               torch.zeros(len(tokens), dtype=torch.long),
+                               torch.full((len(tokens),), tokens.shape[1], dtype=torch.long))
+    if site.component == "resid_pre":
+        return runtime.forward(model, batch, stop_at_layer=site.layer, return_type=None)
+    got: list[Tensor] = []
+
+    def grab(act, hook):
+        got.append(act.detach())
+
+    last = site.layer + 1 >= runtime.n_layers(model)
+    with runtime.attached(model, [(site.hook_name(model), grab)]):
+        if last:  # a full forward; the logits are discarded
+            runtime.forward(model, batch)
+        else:
+            runtime.forward(model, batch, stop_at_layer=site.layer + 1, return_type=None)
+    return got[0]
+
+
+def default_cache_dir() -> Path:
+    return cache_root() / "sae" / "activations"
+
+
+def cache_activations(
+    model,
+    texts: Sequence[str],
+    site: Site,
+    *,
+    n_tokens: int,
+    context_size: int = 128,
+    batch_size: int = 16,
+    seqs_per_shard: int = 64,
+    seed: int = 0,
+    outlier_factor: float = 10.0,
+    root: str | Path | None = None,
+    show_progress: bool = True,
+    autocast_bf16: bool = False,
+) -> ActivationCache:
+    """Cache about `n_tokens` activations of `site` (resumable; returns the finished cache)."""
+    site.validate(model)
+    if n_tokens < 1:
+        raise ValueError(f"n_tokens must be >= 1, got {n_tokens}.")
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise ValueError("The corpus is empty: no non-blank texts to cache activations from.")
+    spec = ActivationSpec(
+        model=runtime.model_id(model), layer=site.layer, component=site.component,
+        hook_name=site.hook_name(model), d_model=runtime.d_model(model),
+        context_size=context_size, n_tokens=n_tokens, seqs_per_shard=seqs_per_shard, seed=seed,
+        corpus_digest=corpus_digest(texts), outlier_factor=outlier_factor,
+        autocast_bf16=autocast_bf16,
+    )
+    path = Path(root) if root is not None else default_cache_dir()
+    path = path / spec.key()
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path / "spec.json", json.dumps(asdict(spec), indent=1))
+    n_windows = -(-n_tokens // (context_size - 1))
+    windows = token_windows(model, texts, context_size, n_windows, seed)
+    if len(windows) < n_windows:
+        raise ValueError(f"The corpus yields {len(windows) * (context_size - 1)} tokens in "
+                         f"windows of {context_size}, fewer than n_tokens={n_tokens}.")
+    n_shards = -(-len(windows) // seqs_per_shard)
+    cache = ActivationCache(path, spec, (), 0, 0.0)
+    t0 = time.perf_counter()
+    sizes: list[int] = []
+    outliers = 0
+    for i in progress(range(n_shards), desc="caching activations", enabled=show_progress):
+        shard = cache.shard_path(i)
+        if shard.exists():
+            try:
+                d = read_shard(shard)
+                sizes.append(int(d["acts"].shape[0]))
+                outliers += int(d["n_outliers"].item())
+                continue
+            except ValueError:
+                shard.unlink()
+        rows = windows[i * seqs_per_shard:(i + 1) * seqs_per_shard]
+        acts, n_out = _shard_acts(model, rows, site, batch_size, outlier_factor, autocast_bf16)
+        with atomic_path(shard) as tmp:
+            save_file({"acts": acts, "n_outliers": torch.tensor([n_out])}, str(tmp))
+        sizes.append(int(acts.shape[0]))
+        outliers += n_out
+    done = ActivationCache(path, spec, tuple(sizes), outliers, time.perf_counter() - t0)
+    atomic_write_text(path / "manifest.json", json.dumps(
+        {"shard_sizes": sizes, "n_outliers": outliers, "n_tokens": done.n_tokens}, indent=1))
+    return done
+
+
+def _shard_acts(model, rows, site, batch_size, outlier_factor, autocast_bf16) -> tuple[Tensor, int]:
+    dev = runtime.model_device(model)
+    parts: list[Tensor] = []
+    n_out = 0
+    for b in range(0, len(rows), batch_size):
+        toks = torch.tensor(rows[b:b + batch_size], dtype=torch.long, device=dev)
+        acts = site_activations(model, toks, site, autocast_bf16)[:, 1:]
+        acts = acts.reshape(-1, runtime.d_model(model))
+        norms = acts.float().norm(dim=-1)
+        keep = norms <= outlier_factor * norms.median()
+        n_out += int((~keep).sum())
+        parts.append(acts[keep].to(torch.float16).cpu())
+    return torch.cat(parts).contiguous(), n_out
+
+
+def load_cache(path: str | Path) -> ActivationCache:
+    """Open a finished cache directory (spec.json + manifest.json + shards)."""
+    path = Path(path)
+    try:
+        spec = ActivationSpec(**json.loads((path / "spec.json").read_text()))
+        man = json.loads((path / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError, TypeError) as e:
+        raise ValueError(f"Activation cache {path} is incomplete or corrupt ({e}); "
+                         "re-run cache_activations to finish it.") from e
+    return ActivationCache(path, spec, tuple(man["shard_sizes"]), man["n_outliers"], 0.0)
+
+
+def iter_batches(cache: ActivationCache, shards: Sequence[int], batch_size: int, seed: int,
+                 start_batch: int = 0, group: int = 8) -> Iterator[Tensor]:
+    """Shuffled fp32 batches over `shards`, looping over epochs; deterministic in `seed`.
+
+    Shards are visited in a seeded order in groups of `group`; each group's rows are permuted
+    with a generator seeded by (seed, epoch, group) and cut into full batches (the remainder is
+    dropped). `start_batch` skips that many batches without loading skipped groups, which is
+    how training resumes at the exact data position.
+    """
+    if not shards:
+        raise ValueError("No activation shards to train on.")
+    sizes = [cache.shard_sizes[s] for s in shards]
+    if sum(sizes) < batch_size:
+        raise ValueError(f"The activation cache holds {sum(sizes)} training tokens, fewer than "
+                         f"one batch of {batch_size}.")
+    skip = start_batch
+    epoch = 0
+    while True:
+        order = list(shards)
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        for g in range(0, len(order), group):
+            members = order[g:g + group]
+            n_batches = sum(cache.shard_sizes[s] for s in members) // batch_size
+            if skip >= n_batches:
+                skip -= n_batches
+                continue
+            rows = torch.cat([cache.load_shard(s) for s in members])
+            gen = torch.Generator().manual_seed(seed * 7919 + epoch * 104_729 + g)
+            perm = torch.randperm(rows.shape[0], generator=gen)
+            for b in range(skip, n_batches):
+                yield rows[perm[b * batch_size:(b + 1) * batch_size]].float()
+            skip = 0
+        epoch += 1

@@ -1,0 +1,403 @@
+"""SAE training on cached activations, built on SAELens' SAE classes, loss and trainer step.
+
+SAELens supplies the model (`StandardTrainingSAE` / `TopKTrainingSAE`, built from its config
+classes), the loss (`training_forward_pass`: MSE plus the L1 penalty on decoder-norm-weighted
+feature activations for the standard SAE), the optimiser, LR and L1 warm-up schedules and the
+firing statistics (`SAETrainer.step`), and the input scaling (`ActivationScaler`: activations are
+scaled to mean norm sqrt(d_in) while training and the factor is folded into the weights at the
+end, so the L1 coefficient means the same thing at any site). steerlens adds the glue: a
+deterministic data provider over the activation cache (`activations.iter_batches`), a config
+dataclass that round-trips through dicts, pickle-free atomic checkpoints (weights, Adam moments,
+schedulers, firing counters and the data position, as safetensors + JSON) written every
+`checkpoint_every` steps so that re-running the same config resumes exactly where it stopped, and
+evaluation on held-out activations: MSE, explained variance, L0 and the fraction of features that
+never fire. The last `eval_shards` shards of the cache are never trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from ..io import atomic_write_text
+from .activations import ActivationCache, iter_batches
+
+ARCHITECTURES = ("standard", "topk")
+
+
+@dataclass(frozen=True)
+class SAETrainConfig:
+    """Everything that determines a training run. `l1_coefficient` is the sparsity setting
+    (standard SAEs); `k` is the number of active features (topk SAEs)."""
+
+    d_in: int
+    d_sae: int
+    hook_name: str
+    model_name: str = ""
+    architecture: str = "standard"
+    l1_coefficient: float = 5.0
+    l1_warm_up_steps: int = 100
+    k: int = 64
+    lr: float = 3e-4
+    lr_warm_up_steps: int = 50
+    lr_decay_steps: int = 0
+    batch_size: int = 1024
+    train_tokens: int = 1_000_000
+    eval_shards: int = 2
+    seed: int = 0
+    checkpoint_every: int = 100
+    dead_feature_window: int = 1000
+    context_size: int = 128
+    autocast_bf16: bool = False  # SAELens' autocast: bf16 matmuls (fast on CPUs with AMX)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"Unknown architecture {self.architecture!r}; valid architectures "
+                             f"are {list(ARCHITECTURES)}.")
+        for name in ("d_in", "d_sae", "batch_size", "train_tokens", "checkpoint_every", "k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.l1_coefficient < 0 or self.lr <= 0:
+            raise ValueError("l1_coefficient must be >= 0 and lr > 0.")
+        if self.train_tokens < self.batch_size:
+            raise ValueError(f"train_tokens ({self.train_tokens}) must be at least one batch "
+                             f"({self.batch_size}).")
+
+    @property
+    def total_steps(self) -> int:
+        return self.train_tokens // self.batch_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SAETrainConfig:
+        valid = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - valid)
+        if bad:
+            raise ValueError(f"Unknown SAE training config keys {bad}; valid keys are {sorted(valid)}.")
+        return cls(**d)
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class SAEMetrics:
+    """Reconstruction quality and sparsity on held-out activations (n_tokens of them)."""
+
+    n_tokens: int
+    mse: float  # mean over tokens and dimensions of (x - x_hat)^2, raw activation units
+    explained_variance: float  # 1 - sum |x - x_hat|^2 / sum |x - mean(x)|^2
+    l0: float  # mean number of active features per token
+    dead_fraction: float  # fraction of features that never fire on these tokens
+    mean_norm: float  # mean |x|, for scale
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    config: SAETrainConfig
+    metrics: SAEMetrics
+    n_train_tokens: int
+    steps: int
+    train_seconds: float  # this call only (a resumed run counts the resumed part)
+    losses: tuple[float, ...]  # per-step total loss of the steps run in this call
+    resumed_from_step: int
+    out_dir: Path
+
+
+def _metric_sums(sae, x: Tensor) -> tuple[float, float, float, Tensor]:
+    with torch.no_grad():
+        feats = sae.encode(x.to(sae.dtype))
+        rec = sae.decode(feats).float()
+        err = (x.float() - rec).pow(2).sum().item()
+        l0 = (feats > 0).sum().item()
+        fired = (feats > 0).any(0)
+    return err, l0, float(x.float().norm(dim=-1).sum()), fired
+
+
+def sae_metrics(sae, acts: Float[Tensor, "n d_in"], chunk: int = 4096) -> SAEMetrics:
+    """MSE, explained variance, L0 and dead fraction of `sae` on `acts` (fp32 arithmetic)."""
+    if acts.ndim != 2 or acts.shape[0] == 0:
+        raise ValueError(f"acts must be a non-empty [n, d_in] tensor, got shape {tuple(acts.shape)}.")
+    if acts.shape[1] != sae.cfg.d_in:
+        raise ValueError(f"acts have width {acts.shape[1]} but the SAE's d_in is {sae.cfg.d_in}.")
+    was_training = sae.training
+    sae.eval()
+    x64 = acts.double()
+    mean = x64.mean(0)
+    total_var = (x64 - mean).pow(2).sum().item()
+    err = l0 = norm = 0.0
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    for i in range(0, acts.shape[0], chunk):
+        e, z, n, f = _metric_sums(sae, acts[i:i + chunk])
+        err, l0, norm = err + e, l0 + z, norm + n
+        fired |= f.cpu()
+    sae.train(was_training)
+    n = acts.shape[0]
+    return SAEMetrics(
+        n_tokens=n, mse=err / (n * acts.shape[1]),
+        explained_variance=1.0 - err / total_var if total_var > 0 else float("nan"),
+        l0=l0 / n, dead_fraction=float((~fired).float().mean()), mean_norm=norm / n,
+    )
+
+
+# ------------------------------------------------------------------------------- construction
+
+
+def build_training_sae(config: SAETrainConfig):
+    """A fresh SAELens TrainingSAE for `config` (seeded)."""
+    from sae_lens.registry import get_sae_training_class
+    from sae_lens.saes.sae import SAEMetadata
+
+    sae_cls, cfg_cls = get_sae_training_class(config.architecture)
+    kw = dict(d_in=config.d_in, d_sae=config.d_sae, dtype="float32", device="cpu",
+              normalize_activations="expected_average_only_in",
+              metadata=SAEMetadata(model_name=config.model_name, hook_name=config.hook_name,
+                                   hook_head_index=None, context_size=config.context_size,
+                                   prepend_bos=True))
+    if config.architecture == "standard":
+        kw.update(l1_coefficient=config.l1_coefficient, l1_warm_up_steps=config.l1_warm_up_steps)
+    else:
+        kw.update(k=config.k)
+    torch.manual_seed(config.seed)
+    return sae_cls(cfg_cls(**kw))
+
+
+def _trainer(config: SAETrainConfig, sae, data):
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    tcfg = SAETrainerConfig(
+        total_training_samples=config.total_steps * config.batch_size,
+        train_batch_size_samples=config.batch_size, lr=config.lr, lr_end=config.lr / 10,
+        lr_warm_up_steps=config.lr_warm_up_steps, lr_decay_steps=config.lr_decay_steps,
+        device="cpu", dead_feature_window=config.dead_feature_window,
+        autocast=config.autocast_bf16,
+        feature_sampling_window=10**9, logger=LoggingConfig(log_to_wandb=False),
+    )
+    return SAETrainer(cfg=tcfg, sae=sae, data_provider=data)
+
+
+# ------------------------------------------------------------------------------- checkpoints
+
+_TRAINER_TENSORS = ("act_freq_scores", "n_forward_passes_since_fired")
+
+
+def _save_checkpoint(run_dir: Path, trainer, config: SAETrainConfig) -> Path:
+    step = trainer.n_training_steps
+    ck = run_dir / f"ckpt-{step:07d}"
+    tmp = run_dir / f".ckpt-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    opt = trainer.optimizer.state_dict()
+    tensors = {f"sae.{k}": v.detach().contiguous() for k, v in trainer.sae.state_dict().items()}
+    for idx, st in opt["state"].items():
+        for name, v in st.items():
+            tensors[f"opt.{idx}.{name}"] = torch.as_tensor(v).detach().contiguous()
+    for name in _TRAINER_TENSORS:
+        tensors[f"trainer.{name}"] = getattr(trainer, name).contiguous()
+    save_file(tensors, str(tmp / "state.safetensors"))
+    meta = {
+        "config": config.to_dict(),
+        "step": step,
+        "n_training_samples": trainer.n_training_samples,
+        "n_frac_active_samples": trainer.n_frac_active_samples,
+        "param_groups": opt["param_groups"],
+        "lr_scheduler": trainer.lr_scheduler.state_dict(),
+        "coefficient_schedulers": {k: s.state_dict()
+                                   for k, s in trainer.coefficient_schedulers.items()},
+        "scaling_factor": trainer.activation_scaler.scaling_factor,
+    }
+    (tmp / "trainer.json").write_text(json.dumps(meta))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    shutil.rmtree(ck, ignore_errors=True)
+    os.replace(tmp, ck)
+    atomic_write_text(run_dir / "latest.json", json.dumps({"checkpoint": ck.name, "step": step}))
+    for old in run_dir.glob("ckpt-*"):
+        if old != ck:
+            shutil.rmtree(old, ignore_errors=True)
+    return ck
+
+
+def _load_checkpoint(run_dir: Path, trainer, config: SAETrainConfig) -> int:
+    latest = run_dir / "latest.json"
+    if not latest.exists():
+        return 0
+    try:
+        ck = run_dir / json.loads(latest.read_text())["checkpoint"]
+        meta = json.loads((ck / "trainer.json").read_text())
+        tensors = load_file(str(ck / "state.safetensors"))
+    except Exception as e:  # noqa: BLE001 - any failure here means a corrupt checkpoint
+        raise ValueError(f"Checkpoint in {run_dir} is corrupt ({e}); delete that directory to "
+                         "train from scratch.") from e
+    if meta["config"] != config.to_dict():
+        raise ValueError(f"Checkpoint in {run_dir} was made with a different config; delete it "
+                         "or use another output directory.")
+    trainer.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    trainer.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    trainer.lr_scheduler.load_state_dict(meta["lr_scheduler"])
+    for k, s in meta["coefficient_schedulers"].items():
+        trainer.coefficient_schedulers[k].load_state_dict(s)
+    for name in _TRAINER_TENSORS:
+        setattr(trainer, name, tensors[f"trainer.{name}"])
+    trainer.n_training_steps = meta["step"]
+    trainer.n_training_samples = meta["n_training_samples"]
+    trainer.n_frac_active_samples = meta["n_frac_active_samples"]
+    trainer.activation_scaler.scaling_factor = meta["scaling_factor"]
+    return meta["step"]
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by a step callback to stop training (the last checkpoint stays on disk)."""
+
+
+def split_shards(cache: ActivationCache, eval_shards: int) -> tuple[list[int], list[int]]:
+    if cache.n_shards <= eval_shards:
+        raise ValueError(f"The activation cache has {cache.n_shards} shards; need more than "
+                         f"eval_shards={eval_shards} so that some remain for training.")
+    n = cache.n_shards - eval_shards
+    return list(range(n)), list(range(n, cache.n_shards))
+
+
+def eval_activations(cache: ActivationCache, eval_shards: int) -> Tensor:
+    _, ev = split_shards(cache, eval_shards)
+    return torch.cat([cache.load_shard(i) for i in ev]).float()
+
+
+def train_sae(
+    cache: ActivationCache,
+    config: SAETrainConfig,
+    out_dir: str | Path,
+    *,
+    max_steps: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train (or resume) an SAE on `cache`; checkpoints and the final SAE go to `out_dir`.
+
+    The final SAE is saved in SAELens format under `out_dir/sae` (fp32) with `metrics.json`.
+    `max_steps` stops early after that many total steps (checkpointing first), which is how a run
+    is split; `on_step(step, loss)` is called after every step and may raise to interrupt.
+    """
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    if cache.spec.d_model != config.d_in:
+        raise ValueError(f"The activation cache has width {cache.spec.d_model} but the config's "
+                         f"d_in is {config.d_in}.")
+    if cache.spec.hook_name != config.hook_name:
+        raise ValueError(f"The activation cache is for {cache.spec.hook_name!r} but the config "
+                         f"names {config.hook_name!r}.")
+    train_shards, _ = split_shards(cache, config.eval_shards)
+    run_dir = Path(out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=1))
+    sae = build_training_sae(config)
+
+    state = {"start": 0}
+
+    def provider():
+        yield from iter_batches(cache, train_shards, config.batch_size, config.seed,
+                                start_batch=state["start"])
+
+    data = provider()
+    trainer = _trainer(config, sae, data)
+    start = _load_checkpoint(run_dir, trainer, config)
+    state["start"] = start
+    if trainer.activation_scaler.scaling_factor is None:
+        est = ActivationScaler()
+        est.estimate_scaling_factor(
+            config.d_in, iter_batches(cache, train_shards, config.batch_size, config.seed + 1),
+            n_batches_for_norm_estimate=min(20, max(1, config.total_steps)))
+        trainer.activation_scaler.scaling_factor = est.scaling_factor
+    stop = config.total_steps if max_steps is None else min(max_steps, config.total_steps)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    from ..progress import progress
+
+    steps = range(trainer.n_training_steps, stop)
+    for _ in progress(steps, desc="training SAE", enabled=show_progress):
+        out = trainer.step(next(data))
+        trainer.n_training_steps += 1
+        loss = float(out.loss.detach())
+        losses.append(loss)
+        if trainer.n_training_steps % config.checkpoint_every == 0:
+            _save_checkpoint(run_dir, trainer, config)
+        if on_step is not None:
+            on_step(trainer.n_training_steps, loss)
+    seconds = time.perf_counter() - t0
+    if trainer.n_training_steps % config.checkpoint_every != 0:
+        _save_checkpoint(run_dir, trainer, config)
+    final = _finalise(trainer)
+    metrics = sae_metrics(final, eval_activations(cache, config.eval_shards))
+    result = TrainResult(config, metrics, trainer.n_training_samples, trainer.n_training_steps,
+                         seconds, tuple(losses), start, run_dir)
+    if trainer.n_training_steps >= config.total_steps:
+        save_sae(final, run_dir / "sae", dtype=torch.float32)
+        atomic_write_text(run_dir / "metrics.json", json.dumps(result_dict(result), indent=1))
+    return result
+
+
+def _finalise(trainer):
+    """An inference copy of the trained SAE with the activation scale folded into the weights."""
+    from sae_lens.saes.sae import SAE
+
+    sae = trainer.sae
+    sd = {k: v.detach().clone() for k, v in sae.state_dict().items()}
+    cfg = sae.cfg.get_inference_sae_cfg_dict()
+    cfg["normalize_activations"] = "expected_average_only_in"
+    inf = SAE.from_dict(cfg)
+    inf.load_state_dict(sd)
+    if trainer.activation_scaler.scaling_factor is not None:
+        inf.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
+    return inf.eval()
+
+
+def save_sae(sae, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Save an inference SAE in SAELens format (cfg.json + sae_weights.safetensors), atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    sae_d = sae.to(dtype)
+    old = sae_d.cfg.dtype
+    sae_d.cfg.dtype = str(dtype).removeprefix("torch.")
+    try:
+        sae_d.save_model(tmp)
+    finally:
+        sae_d.cfg.dtype = old
+        sae.to(torch.float32)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path
+
+
+def result_dict(r: TrainResult) -> dict:
+    return {"config": r.config.to_dict(), "metrics": asdict(r.metrics),
+            "n_train_tokens": r.n_train_tokens, "steps": r.steps,
+            "train_seconds_last_call": r.train_seconds, "resumed_from_step": r.resumed_from_step,
+            "final_loss": r.losses[-1] if r.losses else None}
+
+
+def with_overrides(config: SAETrainConfig, **kw) -> SAETrainConfig:
+    return replace(config, **kw)
