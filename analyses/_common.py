@@ -228,8 +228,8 @@ class Finding:
     analysis: str
     measure: str
     value: float
-    low: float
-    high: float
+    low: float | None
+    high: float | None
     n: str
     random_control: str
     verdict: str

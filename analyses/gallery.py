@@ -48,6 +48,7 @@ ANALYSES: list[str] = [
     "outcome_direction",
     "eigengap_layers",
     "spectral_weights",
+    "sae_steering",
 ]
 
 INDEX = "index.html"

@@ -40,10 +40,11 @@ lists.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,8 +53,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from _common import (  # noqa: E402
+    FIGURES,
     QUICK_PAIRS,
+    RESULTS,
     Finding,
+    GalleryEntry,
     cached_vector,
     context,
     fmt,
@@ -68,6 +72,7 @@ from _common import (  # noqa: E402
     write_csv,
     write_json,
 )
+from safetensors.torch import load_file, save_file  # noqa: E402
 
 from steerlens.backend import runtime  # noqa: E402
 from steerlens.figures import save_html  # noqa: E402
@@ -78,15 +83,18 @@ from steerlens.figures.sae import (  # noqa: E402
     overlap_heatmap,
 )
 from steerlens.figures.tokens import save_token_view  # noqa: E402
+from steerlens.io import atomic_path  # noqa: E402
 from steerlens.methods import random_like  # noqa: E402
 from steerlens.pairs import ContrastPair, ContrastSet, load_behaviour  # noqa: E402
 from steerlens.sae.decompose import (  # noqa: E402
+    OverlapTable,
+    VectorDecomposition,
     behaviour_domain,
     decompose,
     decompose_pairs,
     overlap_table,
 )
-from steerlens.sae.features import feature_contexts  # noqa: E402
+from steerlens.sae.features import FeatureContexts, FeatureExample, feature_contexts  # noqa: E402
 from steerlens.sae.site import sae_site  # noqa: E402
 from steerlens.sae.targeted import (  # noqa: E402
     feature_vector,
@@ -96,7 +104,7 @@ from steerlens.sae.targeted import (  # noqa: E402
 )
 from steerlens.spectral.evaluate import load_heldout  # noqa: E402
 from steerlens.stats import bootstrap_ci  # noqa: E402
-from steerlens.sweep import sweep  # noqa: E402
+from steerlens.sweep import load_sweep, sweep  # noqa: E402
 
 NAME = "sae_steering"
 BEHAVIOURS = ("sentiment", "formality", "french")
@@ -374,6 +382,99 @@ def diffusion_rows(beh: str, cond: dict, k: int) -> list[dict]:
     return rows
 
 
+FIG_DATA = "figure_data"
+
+
+def save_figure_data(out: Path, conds: dict, table: OverlapTable, fc: FeatureContexts,
+                     feature_behaviour: str) -> None:
+    """What `draw` needs besides the sweeps: the encoder decompositions (values), the overlap
+    table and the feature contexts, as safetensors + JSON (no pickle)."""
+    d = out / FIG_DATA
+    d.mkdir(parents=True, exist_ok=True)
+    tensors, meta = {}, {}
+    for b, c in conds.items():
+        for n, dec in c["decomps"].items():
+            if "encoder" in n:
+                key = f"{b}: {n}"
+                tensors[key] = dec.values.detach().float().contiguous()
+                meta[key] = {"encoding": dec.encoding, "threshold": dec.threshold,
+                             "relative_threshold": dec.relative_threshold,
+                             "hook_name": dec.hook_name, "label": dec.label}
+    with atomic_path(d / "decompositions.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json(d / "decompositions.json", meta)
+    write_json(d / "overlap.json", asdict(table))
+    write_json(d / "feature_contexts.json", {"behaviour": feature_behaviour, **asdict(fc)})
+
+
+def _load_contexts(data: dict) -> FeatureContexts:
+    ex = tuple(tuple(FeatureExample(**{**e, "tokens": tuple(e["tokens"]),
+                                       "values": tuple(e["values"])}) for e in row)
+               for row in data["examples"])
+    tops = tuple(tuple((str(t), float(v)) for t, v in row) for row in data["top_tokens"])
+    return FeatureContexts(tuple(data["features"]), ex, tops, tuple(data["max_activation"]),
+                           tuple(data["frequency"]), data["n_texts"], data["n_tokens"],
+                           data["window"], data["hook_name"])
+
+
+def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAME}.py"
+         ) -> list[GalleryEntry]:
+    """Draw every figure of a saved run (sweeps, decompositions, overlap, contexts); no model."""
+    out, fig_dir = Path(out), Path(fig_dir)
+    settings = json.loads((out / "findings.json").read_text(encoding="utf-8"))["settings"] \
+        if (out / "findings.json").exists() else None
+    behaviours = (settings or {}).get("behaviours") or sorted(
+        p.name.removeprefix("sweep_") for p in out.glob("sweep_*"))
+    results = {b: load_sweep(out / f"sweep_{b}") for b in behaviours}
+    n = min(len(r.config["prompts"]) for r in results.values())
+    entries = []
+    labels = {"score": "behaviour score", "perplexity": "continuation perplexity",
+              "kl_bits": "next-token KL (bits)"}
+    for m, key in (("score", "score"), ("perplexity", "perplexity"), ("kl_bits", "kl")):
+        path = save_html(condition_curves(results, m), fig_dir / f"{NAME}_{key}_curves.html")
+        entries.append(GalleryEntry(
+            NAME, path, f"SAE-targeted vs contrastive: {labels[m]}",
+            f"{labels[m].capitalize()} vs strength (x residual norm at the SAE layer) for the "
+            f"contrastive, feature-targeted, single-feature and random vectors, n={n} prompts per "
+            "point, 95% CIs.", results_command))
+    d = out / FIG_DATA
+    ov = json.loads((d / "overlap.json").read_text(encoding="utf-8"))
+    table = OverlapTable(tuple(ov["vectors"]), tuple(ov["domains"]),
+                         tuple(tuple(r) for r in ov["counts"]), ov["k"], ov["d_sae"])
+    path = save_html(overlap_heatmap(table), fig_dir / f"{NAME}_overlap.html")
+    entries.append(GalleryEntry(
+        NAME, path, "Top-k feature overlap with domain features",
+        f"Shared features between each vector's top-{table.k} and each domain's top-{table.k} "
+        f"(chance {table.expected_random:.2f}).", results_command))
+    meta = json.loads((d / "decompositions.json").read_text(encoding="utf-8"))
+    vals = load_file(str(d / "decompositions.safetensors"))
+    decomps = {key: VectorDecomposition(vals[key], m["encoding"], m["threshold"],
+                                        m["relative_threshold"], m["hook_name"], m["label"])
+               for key, m in meta.items()}
+    path = save_html(diffusion_bar(decomps), fig_dir / f"{NAME}_diffusion.html")
+    entries.append(GalleryEntry(
+        NAME, path, "Diffusion of steering vectors in SAE features",
+        "Fraction of SAE features a vector moves (|v @ W_enc| > 10% of the largest) and its "
+        "participation ratio, contrastive vs a random direction, per behaviour.",
+        results_command))
+    fcd = json.loads((d / "feature_contexts.json").read_text(encoding="utf-8"))
+    beh0 = fcd.pop("behaviour")
+    path = save_token_view(feature_view(_load_contexts(fcd)),
+                           fig_dir / f"{NAME}_features_{beh0}.html",
+                           title=f"Top {beh0} activation-difference features: strongest contexts")
+    entries.append(GalleryEntry(
+        NAME, path, f"Feature identities ({beh0})",
+        f"circuitsvis: the strongest contexts of the top {beh0} activation-difference SAE "
+        "features in the behaviour's completions and held-out prose.", results_command))
+    return entries
+
+
+def make_figures(results_dir: Path = RESULTS / NAME, figures_dir: Path = FIGURES
+                 ) -> list[GalleryEntry]:
+    """Gallery hook: redraw the saved run in results_dir."""
+    return draw(Path(results_dir), Path(figures_dir))
+
+
 def main(argv=None, model=None) -> dict:
     args = build_parser().parse_args(argv)
     if args.threads:
@@ -436,20 +537,14 @@ def main(argv=None, model=None) -> dict:
     vec_items["random (encoder)"] = first["decomps"]["random (encoder)"]
     table = overlap_table(vec_items, dom_items, k=k)
     write_csv(ctx.out / "overlap_table.csv", table.frame())
-    # figures
-    for m, key in (("score", "score"), ("perplexity", "perplexity"), ("kl_bits", "kl")):
-        save_html(condition_curves(results, m), ctx.fig(f"{key}_curves"))
-    save_html(overlap_heatmap(table), ctx.fig("overlap"))
-    save_html(diffusion_bar({f"{b}: {n}": d for b, c in conds.items()
-                             for n, d in c["decomps"].items() if "encoder" in n}),
-              ctx.fig("diffusion"))
+    # saved for redrawing without the model (the gallery): decompositions, overlap, contexts
     beh0 = st["behaviours"][0]
     c0 = conds[beh0]
     feats = list(c0["sel_act"].features[: min(6, k)])
     ctx_texts = list(c0["pairs"].positives) + list(c0["pairs"].negatives) + prose
     fc = feature_contexts(model, sae, ctx_texts, feats, k=6, window=6)
-    save_token_view(feature_view(fc), ctx.fig(f"features_{beh0}"),
-                    title=f"Top {beh0} activation-difference features: strongest contexts")
+    save_figure_data(ctx.out, conds, table, fc, beh0)
+    draw(ctx.out, ctx.fig_dir)
     # findings
     nz = [s for s in st["strengths"] if s != 0]
     report = nz[len(nz) // 2] if nz else 0.0
@@ -462,7 +557,7 @@ def main(argv=None, model=None) -> dict:
             found.append(Finding(
                 NAME, f"{r['behaviour']}: diffusion of {r['decomposition']} (fraction of "
                 f"{r['d_sae']} features with |value| > {r['threshold']:.3g})", r["diffusion"],
-                math.nan, math.nan, f"d_sae={r['d_sae']} features (1 vector)",
+                None, None, f"d_sae={r['d_sae']} features (1 vector)",
                 "see the random (encoder) row",
                 f"participation ratio {r['participation']:.1%}; top-{k} overlap with domain "
                 f"features {r[f'overlap_top{k}_domain']}/{k}, with domain-vs-prose "
