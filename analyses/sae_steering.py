@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import sys
 import time
 from dataclasses import asdict, replace
@@ -86,6 +87,7 @@ from steerlens.figures.tokens import save_token_view  # noqa: E402
 from steerlens.io import atomic_path  # noqa: E402
 from steerlens.methods import random_like  # noqa: E402
 from steerlens.pairs import ContrastPair, ContrastSet, load_behaviour  # noqa: E402
+from steerlens.sae.corpus import cached_corpus  # noqa: E402
 from steerlens.sae.decompose import (  # noqa: E402
     OverlapTable,
     VectorDecomposition,
@@ -141,6 +143,9 @@ def build_parser():
                    help=f"strengths in residual-norm units (default {DEFAULT_STRENGTHS})")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--n-neutral", type=int, default=20, help="held-out prose paragraphs (neutral)")
+    p.add_argument("--n-corpus-docs", type=int, default=300,
+                   help="documents sampled from the SAE training corpus for the feature-identity "
+                   "contexts (0: behaviour texts and prose only)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
@@ -150,11 +155,11 @@ def settings_for(args) -> dict:
     if args.quick:
         return dict(behaviours=["sentiment", "french"], k=args.k or 4, n_prompts=2, strengths=[0.0, 0.5],
                     max_new_tokens=3, n_neutral=2, prose_words=20, batch_size=16,
-                    n_pairs=QUICK_PAIRS)
+                    n_pairs=QUICK_PAIRS, n_corpus_docs=0)
     return dict(behaviours=[b for b in args.behaviours.split(",") if b], k=args.k or 20,
                 n_prompts=args.n_prompts, strengths=args.strengths or DEFAULT_STRENGTHS,
                 max_new_tokens=args.max_new_tokens, n_neutral=args.n_neutral, prose_words=120,
-                batch_size=args.batch_size, n_pairs=None)
+                batch_size=args.batch_size, n_pairs=None, n_corpus_docs=args.n_corpus_docs)
 
 
 # ------------------------------------------------------------------------------ the SAE
@@ -465,7 +470,8 @@ def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAM
     entries.append(GalleryEntry(
         NAME, path, f"Feature identities ({beh0})",
         f"circuitsvis: the strongest contexts of the top {beh0} activation-difference SAE "
-        "features in the behaviour's completions and held-out prose.", results_command))
+        "features in the behaviour's completions, held-out prose and a sample of the SAE's "
+        "training corpus.", results_command))
     return entries
 
 
@@ -542,6 +548,9 @@ def main(argv=None, model=None) -> dict:
     c0 = conds[beh0]
     feats = list(c0["sel_act"].features[: min(6, k)])
     ctx_texts = list(c0["pairs"].positives) + list(c0["pairs"].negatives) + prose
+    if st["n_corpus_docs"]:  # plus a fixed sample of the SAE's own training corpus
+        docs = cached_corpus(runtime.tokenizer(model)).texts()
+        ctx_texts += random.Random(ctx.seed).sample(docs, min(st["n_corpus_docs"], len(docs)))
     fc = feature_contexts(model, sae, ctx_texts, feats, k=6, window=6)
     save_figure_data(ctx.out, conds, table, fc, beh0)
     draw(ctx.out, ctx.fig_dir)
