@@ -221,6 +221,13 @@ class GalleryEntry:
     redraw_command: str = "./scripts/figures"
 
 
+def draw_each_run(results_dir: Path, figures_dir: Path, draw) -> list[GalleryEntry]:
+    """Gallery hook for analyses that save one run per subdirectory (one per model, each with a
+    summary.json): `draw(run_dir, figures_dir)` for each, in name order."""
+    return [e for out in sorted(Path(results_dir).iterdir())
+            if (out / "summary.json").exists() for e in draw(out, Path(figures_dir))]
+
+
 @dataclass(frozen=True)
 class Finding:
     """One row of the findings table."""

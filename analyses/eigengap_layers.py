@@ -35,7 +35,10 @@ import numpy as np
 import pandas as pd
 import torch
 from _common import (  # analyses/_common.py (sibling)
+    FIGURES,
+    RESULTS,
     GalleryEntry,
+    draw_each_run,
     jsonable,
     residual_norms,
     scale_to_residual,
@@ -193,13 +196,10 @@ def draw(out: Path, fig_dir: Path, results_command: str | None = None) -> list[G
     return entries
 
 
-def make_figures(results_dir: Path = Path(__file__).resolve().parents[1] / "results"
-                 / "eigengap_layers",
-                 figures_dir: Path = Path(__file__).resolve().parents[1] / "figures"
+def make_figures(results_dir: Path = RESULTS / "eigengap_layers", figures_dir: Path = FIGURES
                  ) -> list[GalleryEntry]:
     """Gallery hook: one model per subdirectory of results_dir."""
-    return [e for out in sorted(Path(results_dir).iterdir())
-            if (out / "summary.json").exists() for e in draw(out, Path(figures_dir))]
+    return draw_each_run(results_dir, figures_dir, draw)
 
 
 def main() -> None:

@@ -26,7 +26,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from _common import GalleryEntry, jsonable  # analyses/_common.py (sibling module)
+from _common import (  # analyses/_common.py (sibling module)
+    FIGURES,
+    RESULTS,
+    GalleryEntry,
+    draw_each_run,
+    jsonable,
+)
 
 from steerlens.backend import load_model, runtime
 from steerlens.figures import save_html
@@ -119,13 +125,10 @@ def draw(out: Path, fig_dir: Path, results_command: str | None = None) -> list[G
     return entries
 
 
-def make_figures(results_dir: Path = Path(__file__).resolve().parents[1] / "results"
-                 / "spectral_weights",
-                 figures_dir: Path = Path(__file__).resolve().parents[1] / "figures"
+def make_figures(results_dir: Path = RESULTS / "spectral_weights", figures_dir: Path = FIGURES
                  ) -> list[GalleryEntry]:
     """Gallery hook: one model per subdirectory of results_dir."""
-    return [e for out in sorted(Path(results_dir).iterdir())
-            if (out / "summary.json").exists() for e in draw(out, Path(figures_dir))]
+    return draw_each_run(results_dir, figures_dir, draw)
 
 
 def main() -> None:
