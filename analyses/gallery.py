@@ -16,7 +16,8 @@ not exist is skipped (and listed as such in the index).
 
 Adding an analysis (e.g. `analyses/sae_steering.py`): give the module a `make_figures` with the
 signature above, have its `main()` call it (or the same drawing function) after saving results,
-and add its module name to `ANALYSES` below; that one line is all the gallery needs.
+and add its module name to `ANALYSES` below; that one line is all the gallery needs. Results
+are read from results/<name>/ unless the module sets `RESULTS_DIR_NAME`.
 
 `figures/index.html` links each figure with its caption and commands, and includes the headline
 findings table from results/FINDINGS_measurement.md. It uses no external scripts or styles. A
@@ -48,10 +49,18 @@ ANALYSES: list[str] = [
     "outcome_direction",
     "eigengap_layers",
     "spectral_weights",
+    "train_sae",
     "sae_steering",
 ]
 
 INDEX = "index.html"
+
+
+def results_dir(name: str, results_root: Path = RESULTS) -> Path:
+    """Where analysis `name` saves its results: results/<name>/, or the directory its module
+    names in `RESULTS_DIR_NAME` (train_sae -> results/sae_training/)."""
+    module = importlib.import_module(name)
+    return Path(results_root) / getattr(module, "RESULTS_DIR_NAME", name)
 
 
 def build(results_root: Path = RESULTS, figures_dir: Path = FIGURES,
@@ -70,14 +79,14 @@ def build(results_root: Path = RESULTS, figures_dir: Path = FIGURES,
     entries: list[GalleryEntry] = []
     skipped: list[str] = []
     for name in names:
-        rdir = results_root / name
+        t0 = time.perf_counter()
+        module = importlib.import_module(name)
+        rdir = results_dir(name, results_root)
         if not rdir.is_dir():
             skipped.append(name)
             if verbose:
                 print(f"[gallery] {name}: no results in {rdir}; run python analyses/{name}.py")
             continue
-        t0 = time.perf_counter()
-        module = importlib.import_module(name)
         new = module.make_figures(rdir, figures_dir)
         entries.extend(new)
         if verbose:

@@ -25,15 +25,48 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import GalleryEntry  # noqa: E402
+
 from steerlens.backend import load_model, runtime  # noqa: E402
 from steerlens.backend.loading import cache_root  # noqa: E402
+from steerlens.figures import save_html  # noqa: E402
+from steerlens.figures.sae import sparsity_tradeoff  # noqa: E402
 from steerlens.io import atomic_write_text  # noqa: E402
 from steerlens.sae.activations import cache_activations  # noqa: E402
 from steerlens.sae.corpus import cached_corpus  # noqa: E402
-from steerlens.sae.train import SAETrainConfig, result_dict, save_sae, train_sae  # noqa: E402
+from steerlens.sae.train import (  # noqa: E402
+    SAEMetrics,
+    SAETrainConfig,
+    result_dict,
+    save_sae,
+    train_sae,
+)
 from steerlens.sites import Site  # noqa: E402
 
-SHIP_ROOT = Path(__file__).resolve().parents[1] / "steerlens" / "data" / "saes"
+ROOT = Path(__file__).resolve().parents[1]
+SHIP_ROOT = ROOT / "steerlens" / "data" / "saes"
+RESULTS_DIR_NAME = "sae_training"  # the gallery reads results/sae_training/
+
+
+def draw(out: Path, fig_dir: Path) -> list[GalleryEntry]:
+    """The sparsity trade-off figure from a saved results.json (no model, no training)."""
+    data = json.loads((Path(out) / "results.json").read_text(encoding="utf-8"))
+    runs = {f"L1={r['config']['l1_coefficient']:g}": SAEMetrics(**r["metrics"])
+            for r in data["runs"]}
+    ood = {f"L1={r['config']['l1_coefficient']:g}": SAEMetrics(**r["heldout_check"])
+           for r in data["runs"] if r.get("heldout_check")}
+    path = save_html(sparsity_tradeoff(runs, ood), Path(fig_dir) / "sae_training_tradeoff.html")
+    return [GalleryEntry(
+        "train_sae", path, "SAE sparsity trade-off",
+        f"Explained variance vs L0 of the SAEs trained at {len(runs)} L1 settings on "
+        f"{data['hook_name']} of {data['model']}, on held-out corpus activations and on general "
+        "prose.", "python analyses/train_sae.py --threads 2 --ship")]
+
+
+def make_figures(results_dir: Path = ROOT / "results" / RESULTS_DIR_NAME,
+                 figures_dir: Path = ROOT / "figures") -> list[GalleryEntry]:
+    """Gallery hook: redraw the saved training results in results_dir."""
+    return draw(Path(results_dir), Path(figures_dir))
 
 
 def main(argv=None) -> dict:
@@ -108,6 +141,7 @@ def main(argv=None) -> dict:
         results = _results(args, model, site, timings, corpus, cache, runs)
         if args.ship and cfg.l1_coefficient == (args.l1 if args.ship_l1 is None else args.ship_l1):
             ship(runs[-1], corpus.provenance.to_dict(), results, SHIP_ROOT / args.name)
+    draw(Path(args.out), ROOT / "figures")
     return results
 
 

@@ -42,7 +42,8 @@ def built(tmp_path_factory):
 
 def test_every_analysis_with_results_is_drawn(built):
     out, entries, skipped = built
-    have = {name for name in gallery.ANALYSES if (ROOT / "results" / name).is_dir()}
+    have = {name for name in gallery.ANALYSES
+            if gallery.results_dir(name, ROOT / "results").is_dir()}
     assert have, "no committed results to draw"
     drawn = {e.analysis for e in entries}
     assert have <= drawn, f"analyses with results but no figures: {have - drawn}"

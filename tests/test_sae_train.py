@@ -256,3 +256,19 @@ def test_folded_scale_equals_scaled_training_sae(cache):
         got = final.decode(final.encode(x))
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
     assert final.cfg.normalize_activations == "none"
+
+
+def test_sparsity_tradeoff_figure_plots_the_metrics():
+    from steerlens.figures.sae import sparsity_tradeoff
+    from steerlens.sae.train import SAEMetrics
+
+    runs = {"L1=2": SAEMetrics(100, 3.0, 0.8, 140.0, 0.0, 10.0),
+            "L1=5": SAEMetrics(100, 4.6, 0.7, 75.0, 0.01, 10.0)}
+    ood = {"L1=2": SAEMetrics(50, 6.0, 0.6, 170.0, 0.02, 10.0)}
+    fig = sparsity_tradeoff(runs, ood)
+    inside, outside = fig.data
+    assert list(inside.x) == [75.0, 140.0] and list(inside.y) == [0.7, 0.8]  # sorted by L0
+    assert list(inside.text) == ["L1=5", "L1=2"] and list(outside.y) == [0.6]
+    assert "n=100" in fig.layout.title.text
+    with pytest.raises(ValueError, match="at least one"):
+        sparsity_tradeoff({})

@@ -1,5 +1,6 @@
 """SAE figures: feature contexts (circuitsvis), vector decompositions, diffusion, domain overlap,
-and steering-condition curves for comparing contrastive and feature-targeted vectors.
+and steering-condition curves for comparing contrastive and feature-targeted vectors, and the
+sparsity trade-off (explained variance vs L0) of SAE training settings.
 
 `feature_view` renders `FeatureContexts` with circuitsvis' `topk_samples` (one tab per feature,
 its strongest contexts with every token coloured by the feature's activation); save it offline
@@ -15,6 +16,7 @@ from plotly.subplots import make_subplots
 
 from ..sae.decompose import OverlapTable, VectorDecomposition
 from ..sae.features import FeatureContexts
+from ..sae.train import SAEMetrics
 from ..sweep.result import SweepResult
 from .tokens import _safe
 
@@ -144,3 +146,32 @@ def condition_curves(results: Mapping[str, SweepResult], measure: str = "score",
 
 __all__ = ["condition_curves", "decomposition_bar", "diffusion_bar", "feature_view",
            "overlap_heatmap"]
+
+
+def sparsity_tradeoff(runs: Mapping[str, SAEMetrics],
+                      out_of_distribution: Mapping[str, SAEMetrics] | None = None,
+                      title: str | None = None) -> go.Figure:
+    """The sparsity trade-off of SAE training settings: explained variance vs L0, one point per
+    setting (e.g. per L1 coefficient), with MSE and dead fraction on hover; a second series for
+    the same SAEs on out-of-distribution text when given."""
+    if not runs:
+        raise ValueError("sparsity_tradeoff needs at least one training run.")
+    series = [("held-out activations (same corpus)", runs)]
+    if out_of_distribution:
+        series.append(("out-of-distribution text", out_of_distribution))
+    fig = go.Figure()
+    for i, (name, ms) in enumerate(series):
+        labels = sorted(ms, key=lambda k: ms[k].l0)  # a line along the trade-off
+        fig.add_trace(go.Scatter(
+            x=[ms[k].l0 for k in labels], y=[ms[k].explained_variance for k in labels],
+            mode="lines+markers+text", name=name, text=labels, textposition="top center",
+            marker=dict(size=10, color=_PALETTE[i]), line=dict(color=_PALETTE[i]),
+            customdata=[[ms[k].mse, ms[k].dead_fraction, ms[k].n_tokens] for k in labels],
+            hovertemplate="%{text}: L0 %{x:.1f}, EV %{y:.3f}<br>MSE %{customdata[0]:.3g}, dead "
+                          "%{customdata[1]:.1%}, n=%{customdata[2]} tokens<extra></extra>"))
+    n = min(m.n_tokens for m in runs.values())
+    fig.update_layout(
+        title=title or f"SAE sparsity trade-off: explained variance vs L0 (n={n} held-out tokens)",
+        xaxis_title="L0 (mean active features per token)", yaxis_title="explained variance",
+        yaxis_range=[0, 1])
+    return fig
