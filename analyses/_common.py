@@ -1,15 +1,20 @@
-"""Shared plumbing for the analysis scripts: flags, model loading, output paths and findings.
+"""Shared plumbing for the analyses: the flag skeleton, model loading, output paths and tables.
 
-Every script takes the same core flags (`--model`, `--device`, `--out`, `--quick`, `--seed`,
-`--no-progress`), writes tables under `results/<name>/` and figures under `figures/`, and records
-its headline numbers as "finding rows" (analysis, measure, value, 95% CI, n, random control,
-verdict) in `results/<name>/findings.json`. `write_findings_md` gathers every script's rows into
-`results/FINDINGS_measurement.md`, so the summary table is always regenerated from the numbers a
-script actually computed. Two helpers put steering strengths on a comparable scale across layers
-and models: `residual_norms` (median per-token norm of the residual stream entering a layer) and
-`scale_to_residual` (rescale a vector so that strength 1.0 adds that many residual norms).
+- Flags: `parser` has the flags every analysis shares (`--model`, `--device`, `--threads`,
+  `--out`, `--fig-dir`, `--seed`, `--no-progress`, and `--quick` / `--fresh` where the analysis
+  supports them); `add_strengths` adds the list of steering strengths (`--strengths 0.1,0.2`; the
+  old `--alphas` still parses and prints a deprecation note), `add_list` any other list of
+  numbers (comma- or space-separated).
+- Running: `start` parses the flags, applies `--threads`, loads the model and returns a `Context`
+  (output directories, seed, quick/resume); tables go under `results/<name>/`, figures under
+  `figures/`, finding rows through `analyses.findings.save_findings`.
+- Vectors: `cached_vector` builds the CAA vector once per results directory; two library helpers
+  put strengths on a comparable scale across layers and models: `residual_norms` (median
+  per-token norm of the residual stream entering a layer) and `scale_to_residual` (rescale a
+  vector so that strength 1.0 adds that many residual norms).
+- Gallery hooks: `GalleryEntry` (one figure card), `run_variants` and `each_run` (a
+  `make_figures` for analyses with several saved runs).
 """
-
 from __future__ import annotations
 
 import argparse
@@ -17,7 +22,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,40 +31,108 @@ import numpy as np
 import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python analyses/x.py` from anywhere finds the sibling modules
-    sys.path.insert(0, str(ROOT))
+from steerlens.backend import DEFAULT_MODEL, load_model, runtime
+from steerlens.io import atomic_write_text
+from steerlens.measures.residual_scale import residual_norms, scale_to_residual  # noqa: F401
+from steerlens.methods import build_vector
+from steerlens.pairs import Behaviour, load_behaviour
+from steerlens.vectors import SteeringVector, VectorFileError
 
-from steerlens.backend import DEFAULT_MODEL, load_model, runtime  # noqa: E402
-from steerlens.io import atomic_write_text  # noqa: E402
-from steerlens.measures.residual_scale import residual_norms, scale_to_residual  # noqa: E402, F401
-from steerlens.methods import build_vector  # noqa: E402
-from steerlens.pairs import Behaviour, load_behaviour  # noqa: E402
-from steerlens.vectors import SteeringVector, VectorFileError  # noqa: E402
+from . import FIGURES, RESULTS, command, get
 
-RESULTS = ROOT / "results"
-FIGURES = ROOT / "figures"
-FINDINGS_MD = "FINDINGS_measurement.md"
 QUICK_PAIRS = 8  # train pairs used for the vector in --quick (smoke-test) runs
 
 
-def parser(name: str, description: str) -> argparse.ArgumentParser:
-    """An ArgumentParser with the flags every analysis shares."""
-    p = argparse.ArgumentParser(prog=f"{name}.py", description=description)
+# ------------------------------------------------------------------------------ flags
+
+
+def _number_list(kind: Callable[[str], Any]) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {kind.__name__} values, e.g. 1,2,3 or 1 2 3; got {text!r}") from None
+
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
+class _List(argparse.Action):
+    """A list of numbers given as "0.1,0.2", "0.1 0.2" or "-0.4 -0.2" (one flat list)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [x for part in values for x in part])
+
+
+class _Deprecated(_List):
+    """A renamed flag: stores into the new flag's destination and says so on stderr."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        if self.nargs is None:  # a single value
+            setattr(namespace, self.dest, values)
+        else:
+            super().__call__(parser, namespace, values, option_string)
+
+
+def add_list(p: argparse.ArgumentParser, flag: str, kind: Callable[[str], Any] = float,
+             default: Sequence | None = None, help: str = "", nargs: str = "+") -> None:
+    """A flag taking a list of numbers, comma- or space-separated (`--strengths 0.1,0.2`,
+    `--strengths -0.4 -0.2`; a comma list starting with a minus needs `=`: `--strengths=-0.4,0.2`).
+    `nargs="*"` also accepts an empty list."""
+    p.add_argument(flag, type=_number_list(kind), nargs=nargs, action=_List,
+                   default=None if default is None else list(default),
+                   help=help + ("" if default is None else " (default %(default)s)"))
+
+
+def deprecated_alias(p: argparse.ArgumentParser, old: str, new: str) -> None:
+    """Accept `old` as a hidden, deprecated spelling of the already added flag `new`."""
+    action = next(a for a in p._actions if new in a.option_strings)
+    p.add_argument(old, dest=action.dest, type=action.type, nargs=action.nargs, action=_Deprecated,
+                   new=new, help=argparse.SUPPRESS)
+
+
+def parser(name: str, description: str, *, quick: bool = True, fresh: bool = True,
+           per_model: bool = False) -> argparse.ArgumentParser:
+    """An ArgumentParser with the flags every analysis shares.
+
+    `quick=False` / `fresh=False` leave out `--quick` (tiny smoke-test settings) / `--fresh`
+    (ignore cached results) for analyses that have no such mode; `per_model` says in the help
+    that results go to one subdirectory per model (see `start`).
+    """
+    p = argparse.ArgumentParser(prog=command(name), description=description)
     p.add_argument("--model", default=DEFAULT_MODEL, help="model name (default %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--out", default=None, help=f"results directory (default results/{name}/)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is much faster on a machine shared with other jobs)")
+    p.add_argument("--out", default=None,
+                   help=f"results directory (default {get(name).results_dir(Path('results'))}/"
+                   + ("<model>/)" if per_model else ")"))
     p.add_argument("--fig-dir", default=None, help="figures directory (default figures/)")
-    p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     p.add_argument("--seed", type=int, default=0, help="seed for random controls and sampling")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--fresh", action="store_true", help="ignore cached sweep results in --out")
+    if quick:
+        p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
+    if fresh:
+        p.add_argument("--fresh", action="store_true", help="ignore cached results in --out")
     return p
+
+
+def add_strengths(p: argparse.ArgumentParser, default: Sequence[float] | None,
+                  help: str) -> None:
+    """`--strengths 0.1,0.2` (`--alphas`, its old name, still parses with a deprecation note)."""
+    add_list(p, "--strengths", float, default, help)
+    deprecated_alias(p, "--alphas", "--strengths")
 
 
 @dataclass(frozen=True)
 class Context:
-    """Resolved output locations and run settings for one script run."""
+    """Resolved output locations and run settings for one analysis run."""
 
     name: str
     out: Path
@@ -70,17 +143,35 @@ class Context:
     quick: bool
     resume: bool
 
-    def fig(self, suffix: str) -> Path:
-        return self.fig_dir / f"{self.name}_{suffix}.html"
 
+def context(name: str, args: argparse.Namespace, subdir: str | None = None) -> Context:
+    """Apply `--threads`, create the output directories and bundle the run settings.
 
-def context(name: str, args: argparse.Namespace) -> Context:
-    out = Path(args.out) if args.out else RESULTS / name
+    Results go to `--out`, else `results/<name>/` (`results/<name>/<subdir>/` with `subdir`,
+    e.g. one directory per model).
+    """
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    default = get(name).results_dir(RESULTS)
+    out = Path(args.out) if args.out else default / (subdir or "")
     fig_dir = Path(args.fig_dir) if args.fig_dir else FIGURES
     out.mkdir(parents=True, exist_ok=True)
     fig_dir.mkdir(parents=True, exist_ok=True)
-    return Context(name, out, fig_dir, args.device, not args.no_progress, args.seed, args.quick,
-                   not args.fresh)
+    return Context(name, out, fig_dir, args.device, not args.no_progress, args.seed,
+                   getattr(args, "quick", False), not getattr(args, "fresh", False))
+
+
+def start(name: str, p: argparse.ArgumentParser, argv: Sequence[str] | None = None, model=None,
+          per_model: bool = False) -> tuple[argparse.Namespace, Context, Any]:
+    """The start of every analysis's `main`: parse `argv`, apply `--threads`, load `--model` (or
+    check the already loaded `model` against it) and resolve the output directories
+    (`results/<name>/<model id>/` with `per_model`)."""
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = get_model(args.model, args.device, given=model)
+    ctx = context(name, args, subdir=runtime.model_id(model) if per_model else None)
+    return args, ctx, model
 
 
 def get_model(name: str, device: str, given=None, cache: dict | None = None):
@@ -122,19 +213,20 @@ def heldout_prompts(behaviour: Behaviour, n: int | None = None) -> list[str]:
     return prompts
 
 
-def cached_vector(model, behaviour: Behaviour, layers: Sequence[int], cache_dir: Path,
-                  show_progress: bool = False, resume: bool = True,
-                  chat: bool | None = None, n_pairs: int | None = None) -> SteeringVector:
-    """Mean-difference vector on the behaviour's train pairs, saved once and reloaded.
+def cached_vector(model, behaviour: Behaviour, layers: Sequence[int], ctx: Context,
+                  cache_dir: Path | None = None, chat: bool | None = None,
+                  show_progress: bool | None = None) -> SteeringVector:
+    """Mean-difference vector on the behaviour's train pairs, saved once in `cache_dir` (default
+    `ctx.out`) and reloaded while the layers, model and pairs match (unless `--fresh`).
 
     `chat=None` chat-templates the pairs' prompts for instruct models (the library default);
-    `n_pairs` uses only the first n train pairs (smoke tests).
+    `--quick` runs use only the first `QUICK_PAIRS` train pairs.
     """
-    pairs = behaviour.train if n_pairs is None else behaviour.train[:n_pairs]
+    pairs = behaviour.train[:QUICK_PAIRS] if ctx.quick else behaviour.train
     layers = sorted(int(x) for x in layers)
     tag = "" if chat is None else ("_chat" if chat else "_raw")
-    path = cache_dir / f"vector_{behaviour.name}{tag}"
-    if resume and path.exists():
+    path = Path(cache_dir or ctx.out) / f"vector_{behaviour.name}{tag}"
+    if ctx.resume and path.exists():
         try:
             vec = SteeringVector.load(path, model)
             if (vec.layers == layers and vec.model_id == runtime.model_id(model)
@@ -142,7 +234,8 @@ def cached_vector(model, behaviour: Behaviour, layers: Sequence[int], cache_dir:
                 return vec
         except VectorFileError:
             pass
-    vec = build_vector(model, pairs, layers, show_progress=show_progress, chat=chat)
+    progress = ctx.progress if show_progress is None else show_progress
+    vec = build_vector(model, pairs, layers, show_progress=progress, chat=chat)
     vec.save(path)
     return vec
 
@@ -195,16 +288,6 @@ def write_csv(path: Path, df: pd.DataFrame) -> Path:
     return atomic_write_text(path, df.to_csv(index=False))
 
 
-def fmt(x: float, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "nan"
-    return f"{x:.{digits}g}"
-
-
-def fmt_ci(est: float, low: float, high: float, digits: int = 3) -> str:
-    return f"{fmt(est, digits)} [{fmt(low, digits)}, {fmt(high, digits)}]"
-
-
 @dataclass(frozen=True)
 class GalleryEntry:
     """One figure for the gallery (figures/index.html): what it shows and how it was made.
@@ -221,100 +304,34 @@ class GalleryEntry:
     redraw_command: str = "./scripts/figures"
 
 
-def draw_each_run(results_dir: Path, figures_dir: Path, draw) -> list[GalleryEntry]:
-    """Gallery hook for analyses that save one run per subdirectory (one per model, each with a
-    summary.json): `draw(run_dir, figures_dir)` for each, in name order."""
-    return [e for out in sorted(Path(results_dir).iterdir())
-            if (out / "summary.json").exists() for e in draw(out, Path(figures_dir))]
+def draw_runs(draw: Callable[..., list[GalleryEntry]], figures_dir: Path,
+              runs: Sequence[tuple[Path, str | None]], needs: str) -> list[GalleryEntry]:
+    """Gallery hook body: `draw(run_dir, figures_dir, command)` for each (run_dir, command) in
+    `runs` whose run_dir holds the file `needs` (runs not made are skipped)."""
+    return [e for out, cmd in runs if (Path(out) / needs).exists()
+            for e in draw(Path(out), Path(figures_dir), cmd)]
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One row of the findings table."""
+def run_variants(name: str, draw: Callable[..., list[GalleryEntry]], needs: str,
+                 variants: Mapping[str, Sequence[str]]) -> Callable[[Path, Path], list]:
+    """The gallery hook of an analysis whose default run is saved in its results directory and
+    whose other runs in subdirectories: `variants` maps each subdirectory to the flags that
+    produced it (the cards name the command). Runs without the file `needs` are skipped."""
 
-    analysis: str
-    measure: str
-    value: float
-    low: float | None
-    high: float | None
-    n: str
-    random_control: str
-    verdict: str
-    headline: bool = False  # also listed in the short headline table
+    def make_figures(results_dir: Path, figures_dir: Path) -> list[GalleryEntry]:
+        runs = [(Path(results_dir), command(name))] + [
+            (Path(results_dir) / sub, command(name, *flags)) for sub, flags in variants.items()]
+        return draw_runs(draw, figures_dir, runs, needs)
 
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+    return make_figures
 
 
-def save_findings(ctx: Context, findings: Sequence[Finding], settings: Mapping[str, Any],
-                  notes: Sequence[str] = ()) -> Path:
-    """Write the script's finding rows, settings and caveats, then regenerate the markdown summary.
+def each_run(draw: Callable[..., list[GalleryEntry]]) -> Callable[[Path, Path], list]:
+    """The gallery hook of an analysis that saves one run per subdirectory (one per model, each
+    with a summary.json): `draw(run_dir, figures_dir, None)` for each, in name order."""
 
-    Quick (smoke-test) runs write only their own directory, never the shared summary.
-    """
-    path = write_json(ctx.out / "findings.json",
-                      {"analysis": ctx.name, "quick": ctx.quick, "settings": dict(settings),
-                       "notes": list(notes), "findings": [f.as_dict() for f in findings]})
-    if not ctx.quick and RESULTS.resolve() in ctx.out.resolve().parents:
-        write_findings_md(RESULTS)
-    return path
+    def make_figures(results_dir: Path, figures_dir: Path) -> list[GalleryEntry]:
+        runs = [(out, None) for out in sorted(Path(results_dir).iterdir())]
+        return draw_runs(draw, figures_dir, runs, needs="summary.json")
 
-
-def print_findings(findings: Sequence[Finding]) -> None:
-    print("\nFindings (95% CIs):")
-    for f in findings:
-        print(f"- {f.measure}: {fmt_ci(f.value, f.low, f.high)} (n={f.n}); random: "
-              f"{f.random_control}; verdict: {f.verdict}")
-
-
-ORDER = ["mid_layer_sweep", "kl_diversity_by_layer", "base_vs_instruct", "outcome_direction",
-         "sae_steering"]
-
-
-def write_findings_md(results_root: Path) -> Path:
-    """Collect every `<analysis>/findings.json` under results_root into one markdown table."""
-    rows, notes = [], []
-    found = []
-    for fpath in sorted(results_root.glob("**/findings.json")):
-        data = json.loads(fpath.read_text(encoding="utf-8"))
-        if not data.get("quick") and data.get("analysis") in ORDER:
-            found.append((ORDER.index(data["analysis"]), len(fpath.parts), str(fpath), data))
-    heads = []
-    for _, _, fpath, data in sorted(found, key=lambda x: x[:3]):
-        rel = Path(fpath).parent.relative_to(results_root)
-        notes.append(f"- `{data['analysis']}` (`results/{rel}/`): settings "
-                     f"{json.dumps(data.get('settings', {}))}")
-        notes.extend(f"  - {note}" for note in data.get("notes", []))
-        for f in data["findings"]:
-            ci = ("" if f["low"] is None or f["high"] is None
-                  else f"[{fmt(f['low'])}, {fmt(f['high'])}]")
-            row = (f"| {f['analysis']} | {f['measure']} | {fmt(f['value'])} | {ci} | "
-                   f"{f['n']} | {f['random_control']} | {f['verdict']} |")
-            rows.append(row)
-            if f.get("headline"):
-                heads.append(row)
-    text = [
-        "# Measurement findings (steerlens analyses)",
-        "",
-        "Generated by the scripts in `analyses/` (each run rewrites this file from every",
-        "`results/<analysis>/findings.json`). Intervals are 95% (percentile bootstrap over",
-        "prompts/items unless the measure says Wilson). n counts prompts or items.",
-        "",
-        "## Headline findings",
-        "",
-        "| analysis | measure | value | 95% CI | n | random control | verdict |",
-        "|---|---|---|---|---|---|---|",
-        *heads,
-        "",
-        "## All findings",
-        "",
-        "| analysis | measure | value | 95% CI | n | random control | verdict |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        "## Settings and caveats",
-        "",
-        *notes,
-        "",
-    ]
-    return atomic_write_text(results_root / FINDINGS_MD, "\n".join(text))
+    return make_figures

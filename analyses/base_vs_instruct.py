@@ -10,8 +10,8 @@ Compares the embedded SmolLM2-135M-Instruct (30 layers, d_model 576) with the em
   with depth), so a raw multiple of a mean-difference vector means different things in each. Each
   model's vector (mean difference of its own activations on the train pairs) is rescaled per layer
   to the median per-token L2 norm of that model's residual stream entering that layer, measured
-  on the same held-out prompts (`_common.residual_norms`). Strength alpha therefore adds
-  alpha x (typical residual norm) at every layer of both models; alpha = 1 doubles the scale of a
+  on the same held-out prompts (`_common.residual_norms`). Strength s therefore adds
+  s x (typical residual norm) at every layer of both models; s = 1 doubles the scale of a
   typical token's residual. `--norm centred` uses the median distance of a token's residual from
   the mean residual instead (the stream's spread), which discounts constant massive-activation
   dimensions: in Gemma one dimension carries most of the residual norm (e.g. 5114 of 5493 at
@@ -28,88 +28,85 @@ greedy change rate on a few prompts (`sweep` with generation).
 Confound: the two models differ in family, size, tokenizer, training data and vocabulary, not only
 in instruction tuning; any difference is "these two models", not "base vs instruct".
 
-    python analyses/base_vs_instruct.py [--base-model gemma-3-270m] [--alphas 0.25,0.5,1]
+Saved in results/base_vs_instruct/ (`centred/` for `--norm centred`): per model label the
+resumable sweeps (`<label>/kl_sweep/`, `<label>/gen_sweep/`), `models.json` (labels, layers, residual
+norms), `ppl_table.csv` (every held-out text's perplexity, steered and unsteered), and the summaries
+`kl_summary.csv` and `ppl_summary.csv`.
+
+    python -m analyses.base_vs_instruct [--base-model gemma-3-270m] [--strengths 0.25,0.5,1]
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from _common import (  # noqa: E402
-    FIGURES,
-    QUICK_PAIRS,
-    RESULTS,
-    Finding,
+from steerlens.backend import runtime
+from steerlens.figures import save_html
+from steerlens.figures.kl import kl_by_layer as kl_figure
+from steerlens.measures import text_perplexity
+from steerlens.methods import random_like
+from steerlens.spectral.evaluate import load_heldout
+from steerlens.stats import bootstrap_ci, proportion_ci, ratio_ci
+from steerlens.sweep import load_sweep, sweep
+
+from . import command
+from ._common import (
     GalleryEntry,
+    add_list,
+    add_strengths,
     cached_vector,
     context,
-    fmt,
+    deprecated_alias,
     get_model,
     heldout_prompts,
     log,
     parser,
-    print_findings,
     relative_layers,
     residual_norms,
-    save_findings,
+    run_variants,
     scale_to_residual,
     sentiment_data,
     write_csv,
     write_json,
 )
-
-from steerlens.backend import runtime  # noqa: E402
-from steerlens.figures import save_html  # noqa: E402
-from steerlens.figures.kl import kl_by_layer as kl_figure  # noqa: E402
-from steerlens.measures import text_perplexity  # noqa: E402
-from steerlens.methods import random_like  # noqa: E402
-from steerlens.spectral.evaluate import load_heldout  # noqa: E402
-from steerlens.stats import bootstrap_ci, proportion_ci  # noqa: E402
-from steerlens.sweep import sweep  # noqa: E402
+from .findings import Finding, fmt, print_findings, save_findings
 
 NAME = "base_vs_instruct"
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
 
 
 def build_parser():
     p = parser(NAME, __doc__.splitlines()[0])
     p.add_argument("--base-model", default="gemma-3-270m")
-    p.add_argument("--depths", type=_floats, default=[0.15, 0.3, 0.45, 0.6, 0.75, 0.9])
-    p.add_argument("--alphas", type=_floats, default=[0.25, 0.5, 1.0],
-                   help="strengths as fractions of the median residual norm")
+    add_list(p, "--depths", float, [0.15, 0.3, 0.45, 0.6, 0.75, 0.9], "relative depths (0..1)")
+    add_strengths(p, [0.25, 0.5, 1.0], "strengths as fractions of the median residual norm")
     p.add_argument("--n-prompts", type=int, default=26, help="held-out prompts for KL (max 26)")
     p.add_argument("--n-random", type=int, default=2)
-    p.add_argument("--ppl-alphas", type=_floats, default=[0.5, 1.0])
+    add_list(p, "--ppl-strengths", float, [0.5, 1.0], "strengths of the held-out perplexity check")
+    deprecated_alias(p, "--ppl-alphas", "--ppl-strengths")
     p.add_argument("--n-texts", type=int, default=8, help="held-out prose paragraphs")
     p.add_argument("--max-words", type=int, default=60)
     p.add_argument("--gen-prompts", type=int, default=6, help="prompts for the change rate")
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.add_argument("--no-chat-check", action="store_true", help="skip SmolLM2-with-chat KL")
     p.add_argument("--norm", choices=("norm", "centred"), default="norm",
-                   help="yardstick for alpha: median residual norm, or median distance from the "
+                   help="yardstick for strengths: median residual norm, or median distance from the "
                    "mean residual (centred); centred results go to <out>/centred/")
-    p.add_argument("--threads", type=int, default=None)
     return p
 
 
 def settings_for(args) -> dict:
     if args.quick:
-        return dict(norm=args.norm, depths=[1.0], alphas=[0.5], n_prompts=2, n_random=1,
-                    ppl_alphas=[0.5], n_texts=2, max_words=12, gen_prompts=1, max_new_tokens=2)
-    return dict(norm=args.norm, depths=args.depths, alphas=args.alphas, n_prompts=args.n_prompts,
-                n_random=args.n_random, ppl_alphas=args.ppl_alphas, n_texts=args.n_texts,
+        return dict(norm=args.norm, depths=[1.0], strengths=[0.5], n_prompts=2, n_random=1,
+                    ppl_strengths=[0.5], n_texts=2, max_words=12, gen_prompts=1, max_new_tokens=2)
+    return dict(norm=args.norm, depths=args.depths, strengths=args.strengths,
+                n_prompts=args.n_prompts, n_random=args.n_random,
+                ppl_strengths=args.ppl_strengths, n_texts=args.n_texts,
                 max_words=args.max_words, gen_prompts=args.gen_prompts,
                 max_new_tokens=args.max_new_tokens)
 
@@ -118,16 +115,16 @@ def measure_model(model, label: str, ctx, st, beh, prompts, texts, chat: bool,
                   vec_dir: Path) -> dict:
     """KL sweep, perplexity degeneration and change rate for one model (one input format)."""
     layers = relative_layers(model, st["depths"])
-    depth_of = dict(zip(layers, st["depths"]))
-    vec = cached_vector(model, beh, layers, vec_dir / label, ctx.progress, ctx.resume, chat=chat,
-                         n_pairs=QUICK_PAIRS if ctx.quick else None)
+    depth_of = dict(zip(layers, st["depths"]))  # as `saved_kl_table` reads it back
+    vec = cached_vector(model, beh, layers, ctx, cache_dir=vec_dir / label, chat=chat)
     plain = residual_norms(model, prompts, layers)
     centred = residual_norms(model, prompts, layers, centred=True)
     norms = centred if st["norm"] == "centred" else plain
     scaled = scale_to_residual(vec, norms)
     log(f"{label}: layers {layers}; median residual norms "
         + ", ".join(f"L{la} {norms[la]:.3g}" for la in layers))
-    kl = sweep(model, {"sentiment": scaled}, layers, st["alphas"], prompts, measures=("kl",),
+    kl = sweep(model, prompts, {"sentiment": scaled}, layers=layers, strengths=st["strengths"],
+               measures=("kl",),
                n_random=st["n_random"], random_seed=ctx.seed, chat=chat,
                out_dir=ctx.out / label / "kl_sweep", resume=ctx.resume, show_progress=ctx.progress)
     kt = kl.table.copy()
@@ -142,18 +139,18 @@ def measure_model(model, label: str, ctx, st, beh, prompts, texts, chat: bool,
     rnd = random_like(scaled, seed=ctx.seed)
     rows = []
     for layer in layers:
-        for a in st["ppl_alphas"]:
+        for a in st["ppl_strengths"]:
             for kind, v in (("real", scaled), ("random", rnd)):
                 r = text_perplexity(model, texts, steering=v.layer(layer), strength=a)
                 for i, (p0, p1) in enumerate(zip(base.perplexity, r.perplexity)):
                     rows.append({"model": label, "layer": layer, "depth": depth_of[layer],
-                                 "alpha": a, "kind": kind, "text_idx": i, "ppl_base": p0,
+                                 "strength": a, "kind": kind, "text_idx": i, "ppl_base": p0,
                                  "ppl_steered": p1, "log2_ratio": math.log2(p1 / p0)})
     out["ppl"] = pd.DataFrame(rows)
     # change rate: greedy continuations of a few prompts (no random control: cost)
     if st["gen_prompts"]:
-        gen = sweep(model, {"sentiment": scaled}, layers, [0.0, *st["alphas"]],
-                    prompts[: st["gen_prompts"]], measures=("kl", "generate"),
+        gen = sweep(model, prompts[: st["gen_prompts"]], {"sentiment": scaled}, layers=layers,
+                    strengths=[0.0, *st["strengths"]], measures=("kl", "generate"),
                     max_new_tokens=st["max_new_tokens"], chat=chat,
                     out_dir=ctx.out / label / "gen_sweep", resume=ctx.resume,
                     show_progress=ctx.progress)
@@ -168,19 +165,8 @@ def _ci_row(vals: np.ndarray, seed: int) -> tuple[float, float, float]:
     return c.estimate, c.low, c.high
 
 
-def ratio_ci(num: np.ndarray, den: np.ndarray, seed: int = 0):
-    """mean(num) / mean(den) over paired prompts, percentile bootstrap over prompts."""
-    def stat(ix, axis=None):
-        i = ix.astype(int)
-        if axis is None:
-            return float(num[i].mean() / den[i].mean())
-        return num[i].mean(axis) / den[i].mean(axis)
-
-    return bootstrap_ci(np.arange(len(num), dtype=float), stat=stat, n_boot=4000, seed=seed)
-
-
 def summarise(results: list[dict], st, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per (model, depth, alpha): mean KL with CI and the random mean; per-model perplexity."""
+    """Per (model, depth, strength): mean KL with CI and the random mean; per-model perplexity."""
     kl_rows = []
     for r in results:
         t = r["kl"]
@@ -188,31 +174,31 @@ def summarise(results: list[dict], st, seed: int) -> tuple[pd.DataFrame, pd.Data
             real = g[~g["is_random"]]["kl_bits"].to_numpy(float)
             rnd = g[g["is_random"]].groupby("vector")["kl_bits"].mean()
             est, lo, hi = _ci_row(real, seed)
-            kl_rows.append({"model": r["label"], "depth": depth, "layer": layer, "alpha": a,
+            kl_rows.append({"model": r["label"], "depth": depth, "layer": layer, "strength": a,
                             "kl_mean": est, "kl_low": lo, "kl_high": hi, "n": real.size,
                             "kl_random": float(rnd.mean()) if len(rnd) else float("nan")})
     ppl_rows = []
     for r in results:
         if "ppl" not in r:
             continue
-        for (depth, layer, a, kind), g in r["ppl"].groupby(["depth", "layer", "alpha", "kind"]):
+        for (depth, layer, a, kind), g in r["ppl"].groupby(["depth", "layer", "strength", "kind"]):
             est, lo, hi = _ci_row(g["log2_ratio"].to_numpy(float), seed)
-            ppl_rows.append({"model": r["label"], "depth": depth, "layer": layer, "alpha": a,
+            ppl_rows.append({"model": r["label"], "depth": depth, "layer": layer, "strength": a,
                              "kind": kind, "log2_ppl_ratio": est, "low": lo, "high": hi,
                              "n": len(g)})
     return pd.DataFrame(kl_rows), pd.DataFrame(ppl_rows)
 
 
-def _per_prompt_kl(r: dict, alpha: float) -> np.ndarray:
+def _per_prompt_kl(r: dict, strength: float) -> np.ndarray:
     """Per prompt, the real vector's KL averaged over the matched depths."""
     t = r["kl"]
-    t = t[(~t["is_random"]) & (t["strength"] == alpha)]
+    t = t[(~t["is_random"]) & (t["strength"] == strength)]
     return t.groupby("prompt_idx")["kl_bits"].mean().sort_index().to_numpy(float)
 
 
-def _random_kl(r: dict, alpha: float) -> float:
+def _random_kl(r: dict, strength: float) -> float:
     t = r["kl"]
-    t = t[t["is_random"] & (t["strength"] == alpha)]
+    t = t[t["is_random"] & (t["strength"] == strength)]
     return float(t["kl_bits"].mean()) if len(t) else float("nan")
 
 
@@ -221,16 +207,16 @@ def findings(results, kl_sum, ppl_sum, st, seed) -> list[Finding]:
     out = []
     tag = f"[{st['norm']}] "
     n = int(kl_sum["n"].iloc[0])
-    for a in st["alphas"]:
+    for a in st["strengths"]:
         # per prompt, mean KL over matched depths; paired ratio base / instruct
         ki, kb = _per_prompt_kl(inst, a), _per_prompt_kl(base, a)
-        c = ratio_ci(kb, ki, seed)
+        c = ratio_ci(kb, ki, n_boot=4000, seed=seed)
         ri, rb = _random_kl(inst, a), _random_kl(base, a)
         ci_i = bootstrap_ci(ki, n_boot=4000, seed=seed)
         ci_b = bootstrap_ci(kb, n_boot=4000, seed=seed)
         for r, cc, rr in ((inst, ci_i, ri), (base, ci_b, rb)):
             out.append(Finding(NAME, f"{tag}{r['label']}: next-token KL (bits), mean over depths "
-                               f"{st['depths']}, alpha {a:g}", cc.estimate, cc.low, cc.high,
+                               f"{st['depths']}, strength {a:g}", cc.estimate, cc.low, cc.high,
                                f"{cc.n} prompts", f"random {fmt(rr)}", "-"))
         if c.low > 1:
             verdict = f"{base['label']} more disturbed"
@@ -238,23 +224,23 @@ def findings(results, kl_sum, ppl_sum, st, seed) -> list[Finding]:
             verdict = f"{inst['label']} more disturbed"
         else:
             verdict = "no reliable difference (CI includes 1)"
-        out.append(Finding(NAME, f"{tag}KL ratio {base['label']} / {inst['label']}, alpha {a:g}",
+        out.append(Finding(NAME, f"{tag}KL ratio {base['label']} / {inst['label']}, strength {a:g}",
                            c.estimate, c.low, c.high, f"{n} prompts (paired)",
                            f"random ratio {fmt(rb / ri) if ri > 0 else '-'}", verdict,
                            headline=True))
     if len(ppl_sum):
-        for a in st["ppl_alphas"]:
+        for a in st["ppl_strengths"]:
             for r in results[:2]:
                 g = r["ppl"]
-                g = g[(g["alpha"] == a)]
+                g = g[(g["strength"] == a)]
                 real = g[g["kind"] == "real"].groupby("text_idx")["log2_ratio"].mean()
                 rnd = g[g["kind"] == "random"]["log2_ratio"].mean()
                 c = bootstrap_ci(real.to_numpy(float), n_boot=4000, seed=seed)
                 out.append(Finding(
                     NAME, f"{tag}{r['label']}: degeneration, log2(perplexity steered / unsteered) on "
-                    f"held-out prose, mean over depths, alpha {a:g}", c.estimate, c.low, c.high,
+                    f"held-out prose, mean over depths, strength {a:g}", c.estimate, c.low, c.high,
                     f"{c.n} texts", f"random {fmt(rnd)}",
-                    f"perplexity x{2 ** c.estimate:.2f}", headline=a == st["ppl_alphas"][0]))
+                    f"perplexity x{2 ** c.estimate:.2f}", headline=a == st["ppl_strengths"][0]))
     for r in results[:2]:
         if "gen" not in r:
             continue
@@ -263,23 +249,34 @@ def findings(results, kl_sum, ppl_sum, st, seed) -> list[Finding]:
         for a, ga in g.groupby("strength"):
             k, m = int(ga["changed"].sum()), len(ga)
             ci = proportion_ci(k, m)
-            out.append(Finding(NAME, f"{tag}{r['label']}: greedy change rate, all depths pooled, alpha "
-                               f"{a:g} (Wilson; cells not independent)", ci.estimate, ci.low,
+            out.append(Finding(NAME, f"{tag}{r['label']}: greedy change rate, all depths pooled, "
+                               f"strength {a:g} (Wilson; cells not independent)", ci.estimate, ci.low,
                                ci.high, f"{m} cells ({ga['prompt_idx'].nunique()} prompts)",
                                "not run (cost)", "-"))
     return out
 
 
-def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAME}.py"
-         ) -> list[GalleryEntry]:
-    """Draw the KL-by-depth figures of a finished run from `out`/kl_table.csv (no model)."""
+def saved_kl_table(out: Path) -> pd.DataFrame:
+    """Every model's KL sweep records from a finished run in `out`, with the model label and the
+    relative depth of each layer (rebuilt from the saved sweeps and models.json; no model)."""
+    depths = json.loads((out / "findings.json").read_text(encoding="utf-8"))["settings"]["depths"]
+    parts = []
+    for m in json.loads((out / "models.json").read_text(encoding="utf-8")):
+        t = load_sweep(out / m["label"] / "kl_sweep").table.copy()
+        t["model"], t["depth"] = m["label"], t["layer"].map(dict(zip(m["layers"], depths)))
+        parts.append(t)
+    return pd.concat(parts, ignore_index=True)
+
+
+def draw(out: Path, fig_dir: Path, results_command: str = command(NAME)) -> list[GalleryEntry]:
+    """Draw the KL-by-depth figures of a finished run from its saved sweeps (no model)."""
     settings = json.loads((out / "findings.json").read_text(encoding="utf-8"))["settings"]
     tag = "centred_" if settings.get("norm") == "centred" else ""
-    table = pd.read_csv(out / "kl_table.csv")
+    table = saved_kl_table(out)
     n = int(table["prompt_idx"].nunique())
     entries = []
-    # KL by relative depth (x = depth in % of layers), one series per model, at each alpha
-    for a in settings["alphas"]:
+    # KL by relative depth (x = depth in % of layers), one series per model, at each strength
+    for a in pd.unique(table["strength"]):
         series = {}
         for label, t in table[table["strength"] == a].groupby("model", sort=False):
             series[label] = {int(round(100 * d)): g[~g["is_random"]]["kl_bits"].to_numpy(float)
@@ -292,7 +289,7 @@ def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAM
             title=f"Next-token KL vs relative depth, push = {a:g} x median residual norm "
                   f"(n={n} prompts, mean and 95% CI; random = norm-matched directions)",
             xaxis_title="depth (% of layers)")
-        path = save_html(fig, fig_dir / f"{NAME}_{tag}kl_alpha{a:g}.html")
+        path = save_html(fig, fig_dir / f"{NAME}_{tag}kl_strength{a:g}.html")
         scale = "mean-centred residual norm" if tag else "median residual norm"
         entries.append(GalleryEntry(
             NAME, path, f"KL vs relative depth, {a:g} x {scale}",
@@ -301,20 +298,13 @@ def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAM
     return entries
 
 
-def make_figures(results_dir: Path = RESULTS / NAME, figures_dir: Path = FIGURES
-                 ) -> list[GalleryEntry]:
-    """Gallery hook: redraw the plain-norm run and the `centred/` run if present."""
-    runs = ((Path(results_dir), f"python analyses/{NAME}.py"),
-            (Path(results_dir) / "centred", f"python analyses/{NAME}.py --norm centred"))
-    return [e for out, cmd in runs if (out / "kl_table.csv").exists()
-            for e in draw(out, Path(figures_dir), cmd)]
+# the gallery hook: the plain-norm run, and the run in centred/ if present
+make_figures = run_variants(NAME, draw, "models.json", {"centred": ("--norm centred",)})
 
 
 def main(argv=None, models=None) -> dict:
     """Run the analysis; `models` optionally reuses loaded (instruct, base) models."""
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     ctx = context(NAME, args)
     vec_dir = ctx.out
     if args.norm == "centred":
@@ -343,18 +333,15 @@ def main(argv=None, models=None) -> dict:
     kl_sum, ppl_sum = summarise(results, st, ctx.seed)
     write_csv(ctx.out / "kl_summary.csv", kl_sum)
     write_csv(ctx.out / "ppl_summary.csv", ppl_sum)
-    write_csv(ctx.out / "kl_table.csv", pd.concat([r["kl"] for r in results]))
     if any("ppl" in r for r in results):
         write_csv(ctx.out / "ppl_table.csv", pd.concat([r["ppl"] for r in results if "ppl" in r]))
-    if any("gen" in r for r in results):
-        write_csv(ctx.out / "gen_table.csv", pd.concat([r["gen"] for r in results if "gen" in r]))
     write_json(ctx.out / "models.json", [{k: r[k] for k in ("label", "model_id", "layers", "norms",
                                                             "vector_norms", "plain_over_centred")}
                                          for r in results])
     found = findings(results, kl_sum, ppl_sum, st, ctx.seed)
     settings = {**st, "models": [r["model_id"] for r in results],
                 "layers": {r["label"]: r["layers"] for r in results},
-                "normalisation": "strength alpha = alpha x median residual L2 norm at the layer"
+                "normalisation": "strength s = s x median residual L2 norm at the layer"
                 + (" (centred: distance from the mean residual)" if args.norm == "centred" else "")}
     notes = [
         "Confound: the models differ in family, size (135M vs 270M), tokenizer, vocabulary "
@@ -364,7 +351,7 @@ def main(argv=None, models=None) -> dict:
         + ("per-token distance of the residual from its mean (centred; discounts constant "
            "massive-activation dimensions)" if st["norm"] == "centred" else
            "per-token residual L2 norm")
-        + " of that model at that layer on the same held-out prompts; alpha is the push as a "
+        + " of that model at that layer on the same held-out prompts; the strength is the push as a "
         "fraction of it. Layers matched by relative depth.",
         "Plain / centred median residual norm by layer (how much of the norm is a constant "
         "offset): " + "; ".join(

@@ -17,15 +17,14 @@ Steps, on one embedded model:
 4. Pearson and Spearman correlations (bootstrap CIs, permutation p) of min and mean gap with the
    effect, the layer the gaps rank first vs the best measured layer, and a verdict.
 
-Writes results/eigengap_layers/<model>/ (JSON + CSV + the resumable sweep) and
-figures/eigengap_layers_<model>_*.html.
+Writes results/eigengap_layers/<model>/ (summary.json, arrays.json, layer_table.csv, findings.json
+and the resumable sweep) and figures/eigengap_layers_<model>_*.html.
 
-    python analyses/eigengap_layers.py [--model smollm2-135m-instruct] [--device cpu]
+    python -m analyses.eigengap_layers [--model smollm2-135m-instruct] [--device cpu]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -33,18 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from _common import (  # analyses/_common.py (sibling)
-    FIGURES,
-    RESULTS,
-    GalleryEntry,
-    draw_each_run,
-    jsonable,
-    residual_norms,
-    scale_to_residual,
-)
 
-from steerlens.backend import load_model, runtime
+from steerlens.backend import runtime
 from steerlens.figures import save_html
 from steerlens.figures.spectral import eigengap_profile, gap_vs_effect, krr_r2_heatmap
 from steerlens.io import atomic_write_text
@@ -63,30 +52,38 @@ from steerlens.spectral import (
 from steerlens.stats import CorrelationResult
 from steerlens.sweep import layer_effect, sweep
 
+from . import command
+from ._common import (
+    Context,
+    GalleryEntry,
+    each_run,
+    jsonable,
+    parser,
+    residual_norms,
+    scale_to_residual,
+    start,
+)
+from .findings import Finding, fmt, save_findings
 
-def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (1 is much faster on a machine shared with other jobs)")
-    ap.add_argument("--out", default=None, help="results directory (default "
-                    "results/eigengap_layers/<model>)")
-    ap.add_argument("--figures", default="figures")
-    ap.add_argument("--behaviour", default="sentiment")
-    ap.add_argument("--n-prompts", type=int, default=12, help="evaluation prompts (gaps + sweep)")
-    ap.add_argument("--krr-prompts", type=int, default=6)
-    ap.add_argument("--layer-step", type=int, default=2)
-    ap.add_argument("--scale", choices=["residual", "raw"], default="residual",
-                    help="residual: strength is a fraction of the median residual norm per layer; "
-                    "raw: strength multiplies the raw mean-difference vector")
-    ap.add_argument("--strength", type=float, default=None,
-                    help="default 0.3 with --scale residual, 6 with --scale raw")
-    ap.add_argument("--max-new-tokens", type=int, default=20)
-    ap.add_argument("--n-random", type=int, default=1)
-    ap.add_argument("--threshold", type=float, default=0.77)
-    ap.add_argument("--n-boot", type=int, default=2000)
-    return ap.parse_args()
+NAME = "eigengap_layers"
+
+
+def build_parser():
+    p = parser(NAME, __doc__.splitlines()[0], quick=False, per_model=True)
+    p.add_argument("--behaviour", default="sentiment")
+    p.add_argument("--n-prompts", type=int, default=12, help="evaluation prompts (gaps + sweep)")
+    p.add_argument("--krr-prompts", type=int, default=6)
+    p.add_argument("--layer-step", type=int, default=2)
+    p.add_argument("--scale", choices=["residual", "raw"], default="residual",
+                   help="residual: strength is a fraction of the median residual norm per layer; "
+                   "raw: strength multiplies the raw mean-difference vector")
+    p.add_argument("--strength", type=float, default=None,
+                   help="the one strength swept (default 0.3 with --scale residual, 6 with raw)")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--n-random", type=int, default=1)
+    p.add_argument("--threshold", type=float, default=0.77)
+    p.add_argument("--n-boot", type=int, default=2000)
+    return p
 
 
 def corr_line(name: str, c) -> str:
@@ -146,7 +143,10 @@ def _gap_table(d: dict | None) -> GapTable | None:
 
 
 def _correlation(d: dict) -> CorrelationResult:
-    return CorrelationResult(d["r"], d["ci_low"], d["ci_high"], d["p_perm"], d["n"], d["method"])
+    """A CorrelationResult from its saved dict (undefined values were saved as null)."""
+    num = {k: math.nan if d[k] is None else float(d[k]) for k in ("r", "ci_low", "ci_high", "p_perm")}
+    return CorrelationResult(num["r"], num["ci_low"], num["ci_high"], num["p_perm"], d["n"],
+                             d["method"])
 
 
 def saved_prediction(d: dict) -> GapPrediction:
@@ -164,13 +164,13 @@ def draw(out: Path, fig_dir: Path, results_command: str | None = None) -> list[G
     """Draw one model's figures from `out` (summary.json, arrays.json; no model)."""
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     name, n = summary["model"], summary["n_prompts"]
-    cmd = results_command or f"python analyses/eigengap_layers.py --model {name}"
+    cmd = results_command or command(NAME, f"--model {name}")
     entries = []
     primary = "rotated_keys" if summary["eigengaps"].get("rotated_keys") else "keys"
     pred = saved_prediction(summary["predictions"][f"{primary}/score"])
     path = save_html(gap_vs_effect(pred), fig_dir / f"eigengap_layers_{name}_correlation.html")
     entries.append(GalleryEntry(
-        "eigengap_layers", path, f"{name}: eigengap vs steering effect",
+        NAME, path, f"{name}: eigengap vs steering effect",
         f"Per-layer min and mean key eigengap vs the sentiment-score effect at "
         f"{summary['strength']:g} ({summary['scale']} scale), n={pred.n} layers x {n} prompts; "
         f"Pearson/Spearman with bootstrap CI and permutation p.", cmd))
@@ -182,7 +182,7 @@ def draw(out: Path, fig_dir: Path, results_command: str | None = None) -> list[G
                               _gap_table(g.get("patterns")))
         path = save_html(eigengap_profile(gaps), fig_dir / f"eigengap_layers_{name}_profile.html")
         entries.append(GalleryEntry(
-            "eigengap_layers", path, f"{name}: eigengap profile",
+            NAME, path, f"{name}: eigengap profile",
             f"Weakest-link (min), mean and median eigengap per layer for keys (pre/post rotary) "
             f"and attention patterns, n={gaps.n_prompts} prompts.", cmd))
         k = arrays["krr"]
@@ -190,28 +190,82 @@ def draw(out: Path, fig_dir: Path, results_command: str | None = None) -> list[G
                         k["causal"], np.asarray(k["r2"], float), tuple(k["n_tokens"]))
         path = save_html(krr_r2_heatmap(krr), fig_dir / f"eigengap_layers_{name}_krr.html")
         entries.append(GalleryEntry(
-            "eigengap_layers", path, f"{name}: KRR reading of attention",
+            NAME, path, f"{name}: KRR reading of attention",
             f"Median R² of the kernel-ridge-regression reading of each head's output per layer "
             f"and λ, n={krr.n_prompts} prompts.", cmd))
     return entries
 
 
-def make_figures(results_dir: Path = RESULTS / "eigengap_layers", figures_dir: Path = FIGURES
-                 ) -> list[GalleryEntry]:
-    """Gallery hook: one model per subdirectory of results_dir."""
-    return draw_each_run(results_dir, figures_dir, draw)
+make_figures = each_run(draw)  # the gallery hook: one model per subdirectory of results_dir
 
 
-def main() -> None:
-    args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def findings_from_run(out: Path) -> list[Finding]:
+    """The finding rows of one model's run, from its saved summary.json and arrays.json: the gap
+    vs effect correlations (with the random-direction control), the post-softmax pattern gaps and
+    the KRR reading."""
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    name, n_prompts = summary["model"], summary["n_prompts"]
+    preds = {k: saved_prediction(d) for k, d in summary["predictions"].items()}
+    kind = "rotated_keys" if "rotated_keys/score" in preds else "keys"
+    rc = preds[f"{kind}/random_control_score"].min_pearson \
+        if f"{kind}/random_control_score" in preds else None
+    control = (f"r(min gap, random-direction Δ) = {rc.r:+.2f} [{rc.ci_low:+.2f}, "
+               f"{rc.ci_high:+.2f}]" if rc else "none")
+    out_rows = []
+    for key, label in ((f"{kind}/score", f"Δ {summary['behaviour']} score"),
+                       (f"{kind}/score_minus_random", "Δ score minus random-direction Δ")):
+        if key not in preds:
+            continue
+        p = preds[key]
+        for stat, c in (("min gap", p.min_pearson), ("min gap (Spearman)", p.min_spearman),
+                        ("mean gap", p.mean_pearson)):
+            head = key.endswith("/score") and stat == "min gap"
+            out_rows.append(Finding(
+                NAME, f"{name}: r({stat}, {label})", c.r, c.ci_low, c.ci_high,
+                f"{c.n} layers x {n_prompts} prompts", control,
+                (summary["verdict"].split(":")[0] + "; " if head else "")
+                + f"p_perm = {c.p_perm:.3f}"
+                + (f"; predicted layer {p.predicted_layer}, best measured {p.best_layer}"
+                   if head else ""), headline=head))
+    patterns = summary["eigengaps"].get("patterns")
+    if patterns:
+        per_layer = np.asarray(patterns["head_gap"], float).mean(1)
+        out_rows.append(Finding(
+            NAME, f"{name}: post-softmax attention-pattern eigengap, mean per layer (value = "
+            "overall mean; range over layers in CI columns)", summary["pattern_gap_overall_mean"],
+            float(per_layer.min()), float(per_layer.max()),
+            f"{len(per_layer)} layers x {patterns['n_prompts']} prompts", "-",
+            ("near 1 in every layer" if per_layer.min() > 0.95 else
+             f"not collapsed to ~1: per-layer means {fmt(per_layer.min())} to "
+             f"{fmt(per_layer.max())}") + f"; key gaps overall {fmt(summary['key_gap_overall_mean'])}",
+            headline=True))
+    arrays = json.loads((out / ARRAYS_FILE).read_text(encoding="utf-8"))
+    best = np.asarray(arrays["krr"]["r2"], float).max(-1)  # best λ per (prompt, layer, head)
+    out_rows.append(Finding(
+        NAME, f"{name}: KRR reading of attention, median over (prompt, layer, head) of the best-λ "
+        "R² against the head's output", float(np.median(best)), None, None,
+        f"{best.shape[0]} prompts", "-",
+        f"best-λ R² > 0 for {summary['krr_fraction_positive_r2']:.0%} of (prompt, layer, head)"
+        + ("; the KRR formula does not reproduce head outputs" if np.median(best) < 0 else ""),
+        headline=True))
+    return out_rows
+
+
+def save_run_findings(ctx: Context) -> Path:
+    """Write `ctx.out`/findings.json from the run saved there (summary.json, arrays.json)."""
+    summary = json.loads((ctx.out / "summary.json").read_text(encoding="utf-8"))
+    settings = {k: v for k, v in summary.items()
+                if k in ("model", "behaviour", "n_prompts", "strength", "scale", "max_new_tokens",
+                         "n_random", "sweep_layers", "zero_vector_layers", "threshold")}
+    return save_findings(ctx, findings_from_run(ctx.out), settings, notes=[summary["verdict"]])
+
+
+def main(argv=None, model=None) -> dict:
+    """Run the analysis; `model` reuses an already loaded model (it must match --model)."""
     t0 = time.time()
-    model = load_model(args.model, device=args.device)
+    args, ctx, model = start(NAME, build_parser(), argv, model, per_model=True)
     name = runtime.model_id(model)
-    out = Path(args.out or f"results/eigengap_layers/{name}")
-    out.mkdir(parents=True, exist_ok=True)
-    figs = Path(args.figures)
+    out, figs = ctx.out, ctx.fig_dir
     behaviour = load_behaviour(args.behaviour)
     prompts = list(behaviour.eval_prompts[: args.n_prompts])
     chat = runtime.is_instruct(model) and runtime.has_chat_template(model)
@@ -244,9 +298,11 @@ def main() -> None:
     if args.scale == "residual":
         resid = residual_norms(model, load_heldout(8, max_words=80), layers)
         vec = scale_to_residual(vec, resid)
-    res = sweep(model, vec, layers, [args.strength], prompts, measures=("kl", "generate"),
+    res = sweep(model, prompts, vec, layers=layers, strengths=[args.strength],
+                measures=("kl", "generate"),
                 scorer=behaviour.scorer, max_new_tokens=args.max_new_tokens,
-                n_random=args.n_random, chat=chat, show_progress=False,
+                n_random=args.n_random, random_seed=ctx.seed, chat=chat,
+                show_progress=ctx.progress, resume=ctx.resume,
                 out_dir=out / f"sweep_{args.scale}_{args.strength:g}_step{args.layer_step}")
     unit = "x median residual norm" if args.scale == "residual" else "x raw vector"
     print(f"[{time.time() - t0:.0f}s] sweep: {len(layers)} layers x {len(prompts)} prompts, "
@@ -314,30 +370,9 @@ def main() -> None:
         "seconds": time.time() - t0,
     }
     atomic_write_text(out / "summary.json", json.dumps(jsonable(summary), indent=2))
-    main_pred = preds[f"{primary_kind}/score"]
-    findings = []
-    for key, label in ((f"{primary_kind}/score", f"Δ {behaviour.name} score"),
-                       (f"{primary_kind}/score_minus_random", "Δ score minus random-direction Δ")):
-        if key not in preds:
-            continue
-        p = preds[key]
-        rand_key = f"{primary_kind}/random_control_score"
-        rc = preds[rand_key].min_pearson if rand_key in preds else None
-        for stat, c in (("min gap", p.min_pearson), ("min gap (Spearman)", p.min_spearman),
-                        ("mean gap", p.mean_pearson)):
-            findings.append({
-                "analysis": "eigengap_layers", "measure": f"{name}: r({stat}, {label})",
-                "value": c.r, "low": c.ci_low, "high": c.ci_high,
-                "n": f"{c.n} layers x {len(prompts)} prompts",
-                "random_control": (f"r(min gap, random-direction Δ) = {rc.r:+.2f} "
-                                   f"[{rc.ci_low:+.2f}, {rc.ci_high:+.2f}]" if rc else "none"),
-                "verdict": f"p_perm = {c.p_perm:.3f}"})
-    atomic_write_text(out / "findings.json", json.dumps(jsonable(
-        {"analysis": "eigengap_layers", "model": name, "verdict": verdict(main_pred),
-         "findings": findings}), indent=1))
-
     atomic_write_text(out / ARRAYS_FILE, json.dumps(jsonable(
         {"eigengaps": gaps_arrays(gaps), "krr": krr_arrays(krr)})))
+    save_run_findings(ctx)
     draw(out, figs)
 
     pd.set_option("display.width", 200)
@@ -362,6 +397,7 @@ def main() -> None:
         print(f"  predicted layer {p.predicted_layer}; best measured layer {p.best_layer}")
     print("\nVerdict:", summary["verdict"])
     print(f"[{time.time() - t0:.0f}s] wrote {out} and {figs}/eigengap_layers_{name}_*.html")
+    return {"summary": summary, "predictions": preds}
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Regenerate every analysis figure from the saved results, and write figures/index.html.
 
-    ./scripts/figures                 # = python analyses/gallery.py
-    python analyses/gallery.py --results results --out figures [--only mid_layer_sweep ...]
+    ./scripts/figures                 # = python -m analyses.gallery
+    python -m analyses.gallery --results results --out figures [--only mid_layer_sweep ...]
 
-No model is run: each analysis module in `ANALYSES` exposes
+No model is run: each registered analysis (`analyses.ANALYSES`) has
 
     make_figures(results_dir: Path, figures_dir: Path) -> list[GalleryEntry]
 
@@ -14,14 +14,10 @@ after saving, so a figure looks the same whether the analysis or the gallery dre
 the underlying results and the command that redraws it. An analysis whose results directory does
 not exist is skipped (and listed as such in the index).
 
-Adding an analysis (e.g. `analyses/sae_steering.py`): give the module a `make_figures` with the
-signature above, have its `main()` call it (or the same drawing function) after saving results,
-and add its module name to `ANALYSES` below; that one line is all the gallery needs. Results
-are read from results/<name>/ unless the module sets `RESULTS_DIR_NAME`.
-
-`figures/index.html` links each figure with its caption and commands, and includes the headline
-findings table from results/FINDINGS_measurement.md. It uses no external scripts or styles. A
-`figures/demo.html` written by `steerlens demo` is listed too when present (the demo keeps no
+`figures/index.html` links each figure with its caption and commands, and shows the headline
+finding rows (`analyses.findings.headline`, the same rows as results/FINDINGS.md). It uses no
+external scripts or styles. Like the figures it links, it is a build output and is not committed.
+A `figures/demo.html` written by `steerlens demo` is listed too when present (the demo keeps no
 saved results, so the gallery cannot redraw it).
 """
 
@@ -29,38 +25,16 @@ from __future__ import annotations
 
 import argparse
 import html
-import importlib
-import re
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from steerlens.io import atomic_write_text
 
-from _common import FIGURES, FINDINGS_MD, RESULTS, GalleryEntry  # noqa: E402
-
-from steerlens.io import atomic_write_text  # noqa: E402
-
-# Analysis modules in analyses/, in gallery order. One line per analysis.
-ANALYSES: list[str] = [
-    "mid_layer_sweep",
-    "kl_diversity_by_layer",
-    "base_vs_instruct",
-    "outcome_direction",
-    "eigengap_layers",
-    "spectral_weights",
-    "train_sae",
-    "sae_steering",
-]
+from . import ANALYSES, FIGURES, RESULTS, command, get, names
+from ._common import GalleryEntry
+from .findings import COLUMNS, FINDINGS_MD, headline
 
 INDEX = "index.html"
-
-
-def results_dir(name: str, results_root: Path = RESULTS) -> Path:
-    """Where analysis `name` saves its results: results/<name>/, or the directory its module
-    names in `RESULTS_DIR_NAME` (train_sae -> results/sae_training/)."""
-    module = importlib.import_module(name)
-    return Path(results_root) / getattr(module, "RESULTS_DIR_NAME", name)
 
 
 def build(results_root: Path = RESULTS, figures_dir: Path = FIGURES,
@@ -70,27 +44,24 @@ def build(results_root: Path = RESULTS, figures_dir: Path = FIGURES,
 
     Returns the entries written and the names of analyses skipped for lack of results.
     """
-    names = only if only else ANALYSES
-    unknown = [n for n in names if n not in ANALYSES]
-    if unknown:
-        raise ValueError(f"Unknown analyses {unknown}; registered analyses are {ANALYSES}.")
+    selected = [get(n) for n in only] if only else list(ANALYSES)
     results_root, figures_dir = Path(results_root), Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     entries: list[GalleryEntry] = []
     skipped: list[str] = []
-    for name in names:
+    for analysis in selected:
         t0 = time.perf_counter()
-        module = importlib.import_module(name)
-        rdir = results_dir(name, results_root)
+        rdir = analysis.results_dir(results_root)
         if not rdir.is_dir():
-            skipped.append(name)
+            skipped.append(analysis.name)
             if verbose:
-                print(f"[gallery] {name}: no results in {rdir}; run python analyses/{name}.py")
+                print(f"[gallery] {analysis.name}: no results in {rdir}; run {analysis.command}")
             continue
-        new = module.make_figures(rdir, figures_dir)
+        new = analysis.load().make_figures(rdir, figures_dir)
         entries.extend(new)
         if verbose:
-            print(f"[gallery] {name}: {len(new)} figures ({time.perf_counter() - t0:.1f} s)")
+            print(f"[gallery] {analysis.name}: {len(new)} figures "
+                  f"({time.perf_counter() - t0:.1f} s)")
     demo = figures_dir / "demo.html"
     if demo.exists():
         entries.append(GalleryEntry("demo", demo, "steerlens demo",
@@ -102,20 +73,6 @@ def build(results_root: Path = RESULTS, figures_dir: Path = FIGURES,
     if verbose:
         print(f"[gallery] wrote {len(entries)} figures and {figures_dir / INDEX}")
     return entries, skipped
-
-
-def headline_rows(findings_md: Path) -> list[list[str]]:
-    """The rows of the '## Headline findings' table in FINDINGS_measurement.md (header first)."""
-    if not findings_md.exists():
-        return []
-    rows, inside = [], False
-    for line in findings_md.read_text(encoding="utf-8").splitlines():
-        if line.startswith("## "):
-            inside = line.strip() == "## Headline findings"
-            continue
-        if inside and line.startswith("|") and not re.fullmatch(r"\|(\s*-+\s*\|)+", line.strip()):
-            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
-    return rows
 
 
 _STYLE = """
@@ -133,11 +90,8 @@ td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top} th{background:#f
 """
 
 
-def _module_doc(name: str) -> str:
-    if name == "demo":
-        return "The `steerlens demo` report."
-    doc = (importlib.import_module(name).__doc__ or "").strip().splitlines()
-    return doc[0] if doc else ""
+def _question(name: str) -> str:
+    return "The `steerlens demo` report." if name == "demo" else get(name).question
 
 
 def write_index(entries: list[GalleryEntry], skipped: list[str], results_root: Path,
@@ -151,21 +105,21 @@ def write_index(entries: list[GalleryEntry], skipped: list[str], results_root: P
              "</code> by <code>./scripts/figures</code> (no model is run). Each card names the "
              "command that produced its results. Figures are self-contained HTML (plotly.js "
              "inlined) and open offline.</p>"]
-    heads = headline_rows(results_root / FINDINGS_MD)
+    heads = headline(results_root)
     if heads:
         parts.append("<h2>Headline findings</h2>")
-        parts.append(f'<p class="doc">From <code>results/{e(FINDINGS_MD)}</code> (95% CIs; n '
+        parts.append(f'<p class="doc">As in <code>results/{e(FINDINGS_MD)}</code> (95% CIs; n '
                      "counts prompts or items; null results are listed as null).</p><table>")
-        parts.append("<tr>" + "".join(f"<th>{e(c)}</th>" for c in heads[0]) + "</tr>")
-        for row in heads[1:]:
-            parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>")
+        parts.append("<tr>" + "".join(f"<th>{e(c)}</th>" for c in COLUMNS) + "</tr>")
+        for f in heads:
+            parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in f.cells()) + "</tr>")
         parts.append("</table>")
     groups: dict[str, list[GalleryEntry]] = {}
     for entry in entries:
         groups.setdefault(entry.analysis, []).append(entry)
     for analysis, group in groups.items():
         parts.append(f'<h2 id="{e(analysis)}">{e(analysis)}</h2>')
-        parts.append(f'<p class="doc">{e(_module_doc(analysis))}</p><div class="grid">')
+        parts.append(f'<p class="doc">{e(_question(analysis))}</p><div class="grid">')
         for entry in group:
             href = Path(entry.path).resolve().relative_to(figures_dir.resolve()).as_posix()
             parts.append(
@@ -176,18 +130,18 @@ def write_index(entries: list[GalleryEntry], skipped: list[str], results_root: P
         parts.append("</div>")
     if skipped:
         parts.append("<h2>Not drawn</h2><ul>" + "".join(
-            f'<li class="skip">{e(n)}: no results; run <code>python analyses/{e(n)}.py</code></li>'
+            f'<li class="skip">{e(n)}: no results; run <code>{e(command(n))}</code></li>'
             for n in skipped) + "</ul>")
     parts.append("</body></html>")
     return atomic_write_text(figures_dir / INDEX, "\n".join(parts) + "\n")
 
 
 def main(argv=None) -> list[GalleryEntry]:
-    p = argparse.ArgumentParser(prog="gallery.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=command("gallery"), description=__doc__.splitlines()[0])
     p.add_argument("--results", default=str(RESULTS), help="results root (default results/)")
     p.add_argument("--out", default=str(FIGURES), help="figures directory (default figures/)")
     p.add_argument("--only", nargs="+", default=None, metavar="ANALYSIS",
-                   help=f"redraw only these analyses (registered: {', '.join(ANALYSES)})")
+                   help=f"redraw only these analyses (registered: {', '.join(names())})")
     args = p.parse_args(argv)
     entries, _ = build(Path(args.results), Path(args.out), args.only)
     return entries

@@ -7,107 +7,99 @@ Steps (SmolLM2-135M-Instruct by default):
    layer and a few fixed strengths, through `steerlens.sweep.sweep` (KL only), for two scalings
    of the same direction, each with `--n-random` norm-matched random directions:
    - "raw": multiples of the mean-difference vector (as in CAA; its norm grows with depth);
-   - "resid": fractions alpha of the median residual-stream norm at that layer (so every layer
-     gets the same *relative* push).
+   - "resid": fractions (`--strengths`) of the median residual-stream norm at that layer (so every
+     layer gets the same *relative* push).
 3. The prior claim "KL is orders of magnitude larger in mid layers than late ones" as a ratio:
    mean KL over mid layers (depth fraction in [--mid-lo, --mid-hi]) / mean KL over late layers
    (depth >= --late-lo), paired by prompt, with a percentile-bootstrap CI over prompts, at every
    strength (KL saturates at large pushes, which compresses the ratio).
-4. Sampling diversity at a few layers with the residual-scaled vector at `--div-alpha`: k samples
+4. Sampling diversity at a few layers with the residual-scaled vector at `--div-strength`: k samples
    per prompt at temperature T (seeded), unsteered, steered and with a random direction, as the
    fraction of distinct samples and distinct-2 (`measures.sampling_diversity`), paired
    differences from unsteered with bootstrap CIs.
 
-    python analyses/kl_diversity_by_layer.py [--raw-strengths 1,4,8] [--alphas 0.05,0.2,0.5]
+Saved in results/kl_diversity_by_layer/: the two resumable KL sweeps (`kl_sweep_raw/`,
+`kl_sweep_resid/`), `kl_by_layer.csv` (mean / median KL per scale, vector, strength and layer),
+`kl_ratios.json`, `norms.json`, `diversity.csv` and `diversity_per_prompt.json` (every sample).
+
+    python -m analyses.kl_diversity_by_layer [--raw-strengths 1,4,8] [--strengths 0.05,0.2,0.5]
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from _common import (  # noqa: E402
-    FIGURES,
-    QUICK_PAIRS,
-    RESULTS,
-    Finding,
+from steerlens.backend import runtime
+from steerlens.figures import save_html
+from steerlens.figures.diversity import diversity_bars
+from steerlens.figures.kl import kl_by_layer
+from steerlens.measures import DiversityResult, sampling_diversity
+from steerlens.methods import random_like
+from steerlens.stats import bootstrap_ci, ratio_ci
+from steerlens.sweep import load_sweep, sweep
+
+from . import command
+from ._common import (
     GalleryEntry,
+    add_list,
+    add_strengths,
     cached_vector,
-    context,
-    fmt,
-    get_model,
+    deprecated_alias,
     heldout_prompts,
     log,
     parser,
-    print_findings,
     relative_layers,
     residual_norms,
-    save_findings,
     scale_to_residual,
     sentiment_data,
+    start,
     write_csv,
     write_json,
 )
-
-from steerlens.backend import runtime  # noqa: E402
-from steerlens.figures import save_html  # noqa: E402
-from steerlens.figures.diversity import diversity_bars  # noqa: E402
-from steerlens.figures.kl import kl_by_layer  # noqa: E402
-from steerlens.measures import DiversityResult, sampling_diversity  # noqa: E402
-from steerlens.methods import random_like  # noqa: E402
-from steerlens.stats import CI, bootstrap_ci  # noqa: E402
-from steerlens.sweep import load_sweep, sweep  # noqa: E402
+from .findings import Finding, fmt, print_findings, save_findings
 
 NAME = "kl_diversity_by_layer"
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
 
 
 def build_parser():
     p = parser(NAME, __doc__.splitlines()[0])
     p.add_argument("--n-prompts", type=int, default=20, help="held-out prompts for KL (max 26)")
     p.add_argument("--layer-step", type=int, default=2, help="KL at layers 1, 1+step, ...")
-    p.add_argument("--raw-strengths", type=_floats, default=[1.0, 4.0, 8.0],
-                   help="multiples of the mean-difference vector (default %(default)s)")
-    p.add_argument("--alphas", type=_floats, default=[0.05, 0.2, 0.5],
-                   help="pushes as fractions of the median residual norm (default %(default)s)")
+    add_list(p, "--raw-strengths", float, [1.0, 4.0, 8.0], "multiples of the mean-difference vector")
+    add_strengths(p, [0.05, 0.2, 0.5], "pushes as fractions of the median residual norm")
     p.add_argument("--n-random", type=int, default=2)
     p.add_argument("--mid-lo", type=float, default=1 / 3)
     p.add_argument("--mid-hi", type=float, default=2 / 3)
     p.add_argument("--late-lo", type=float, default=5 / 6)
     p.add_argument("--div-prompts", type=int, default=8)
-    p.add_argument("--div-depths", type=_floats, default=[0.1, 0.3, 0.5, 0.7, 0.9],
-                   help="depth fractions of the diversity layers")
-    p.add_argument("--div-alpha", type=float, default=0.2,
+    add_list(p, "--div-depths", float, [0.1, 0.3, 0.5, 0.7, 0.9],
+             "depth fractions of the diversity layers")
+    p.add_argument("--div-strength", type=float, default=0.2,
                    help="diversity push, fraction of the median residual norm")
+    deprecated_alias(p, "--div-alpha", "--div-strength")
     p.add_argument("--k", type=int, default=6, help="samples per prompt")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--threads", type=int, default=None)
     return p
 
 
 def settings_for(args, model) -> dict:
     n = runtime.n_layers(model)
     if args.quick:
-        return dict(n_prompts=3, layers=list(range(1, n)), raw_strengths=[8.0], alphas=[0.5],
-                    n_random=1, div_prompts=2, div_layers=[n - 1], div_alpha=0.5, k=2,
+        return dict(n_prompts=3, layers=list(range(1, n)), raw_strengths=[8.0], strengths=[0.5],
+                    n_random=1, div_prompts=2, div_layers=[n - 1], div_strength=0.5, k=2,
                     max_new_tokens=3)
     layers = list(range(1, n, args.layer_step))
     if layers[-1] != n - 1:
         layers.append(n - 1)
     return dict(n_prompts=args.n_prompts, layers=layers, raw_strengths=args.raw_strengths,
-                alphas=args.alphas, n_random=args.n_random, div_prompts=args.div_prompts,
-                div_layers=relative_layers(model, args.div_depths), div_alpha=args.div_alpha,
+                strengths=args.strengths, n_random=args.n_random, div_prompts=args.div_prompts,
+                div_layers=relative_layers(model, args.div_depths), div_strength=args.div_strength,
                 k=args.k, max_new_tokens=args.max_new_tokens)
 
 
@@ -121,19 +113,6 @@ def depth_groups(n_layers: int, layers, mid_lo, mid_hi, late_lo) -> tuple[list[i
     return mid, late
 
 
-def ratio_ci(num: np.ndarray, den: np.ndarray, seed: int = 0) -> CI:
-    """mean(num) / mean(den) over paired prompts, percentile bootstrap over prompts."""
-    idx = np.arange(len(num), dtype=float)
-
-    def stat(ix, axis=None):
-        i = ix.astype(int)
-        if axis is None:
-            return float(num[i].mean() / den[i].mean())
-        return num[i].mean(axis) / den[i].mean(axis)
-
-    return bootstrap_ci(idx, stat=stat, n_boot=4000, seed=seed)
-
-
 def per_prompt_group_kl(table: pd.DataFrame, vector: str, layers) -> np.ndarray:
     sel = table[(table["vector"] == vector) & table["layer"].isin(layers)]
     return sel.groupby("prompt_idx")["kl_bits"].mean().sort_index().to_numpy(float)
@@ -145,15 +124,15 @@ SCALES = {"raw": "x mean-diff vector", "resid": "x median residual norm"}
 def kl_part(model, ctx, st, beh, prompts):
     """Two KL sweeps (raw and residual-scaled vector); returns their results and the vectors."""
     n = runtime.n_layers(model)
-    full = cached_vector(model, beh, list(range(1, n)), ctx.out, ctx.progress, ctx.resume,
-                         n_pairs=QUICK_PAIRS if ctx.quick else None)
+    full = cached_vector(model, beh, list(range(1, n)), ctx)
     vec = full.select(st["layers"])
     norms = residual_norms(model, prompts, st["layers"])
     vectors = {"raw": vec, "resid": scale_to_residual(vec, norms)}
-    strengths = {"raw": st["raw_strengths"], "resid": st["alphas"]}
+    strengths = {"raw": st["raw_strengths"], "resid": st["strengths"]}
     results = {}
     for scale, v in vectors.items():
-        results[scale] = sweep(model, {"sentiment": v}, st["layers"], strengths[scale], prompts,
+        results[scale] = sweep(model, prompts, {"sentiment": v}, layers=st["layers"],
+                               strengths=strengths[scale],
                                measures=("kl",), n_random=st["n_random"], random_seed=ctx.seed,
                                out_dir=ctx.out / f"kl_sweep_{scale}", resume=ctx.resume,
                                show_progress=ctx.progress)
@@ -186,7 +165,7 @@ def kl_findings(results, strengths, layers, n_layers, args, n) -> tuple[list[Fin
                 continue
             num = per_prompt_group_kl(ts, "sentiment", mid)
             den = per_prompt_group_kl(ts, "sentiment", late)
-            c = ratio_ci(num, den)
+            c = ratio_ci(num, den, n_boot=4000)
             rr = [per_prompt_group_kl(ts, v, mid).mean() / per_prompt_group_kl(ts, v, late).mean()
                   for v in rnd]
             ratios.append({"scale": scale, "strength": s_, "mid": mid, "late": late,
@@ -214,7 +193,7 @@ def diversity_part(model, ctx, st, args, scaled, prompts):
     dprompts = prompts[: st["div_prompts"]]
     common = dict(k=st["k"], temperature=args.temperature, max_new_tokens=st["max_new_tokens"],
                   seed=ctx.seed)
-    a = st["div_alpha"]
+    a = st["div_strength"]
     results = {"unsteered": sampling_diversity(model, dprompts, None, **common)}
     rnd = random_like(scaled, seed=ctx.seed)
     for layer in st["div_layers"]:
@@ -235,11 +214,9 @@ def diversity_part(model, ctx, st, args, scaled, prompts):
                         f"{metric}_diff": d.estimate, f"{metric}_diff_low": d.low,
                         f"{metric}_diff_high": d.high})
         rows.append(row)
-    samples = [{"condition": name, "prompt": p, "samples": list(s)}
-               for name, r in results.items() for p, s in zip(r.prompts, r.samples)]
     write_json(ctx.out / DIVERSITY_FILE, [{"condition": name, **asdict(r)}
                                           for name, r in results.items()])
-    return pd.DataFrame(rows), samples
+    return pd.DataFrame(rows)
 
 
 DIVERSITY_FILE = "diversity_per_prompt.json"  # every DiversityResult, for redrawing the figures
@@ -257,17 +234,16 @@ def kl_series(res, strength: float, scale: str) -> dict[str, dict[int, np.ndarra
     }
 
 
-def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAME}.py"
-         ) -> list[GalleryEntry]:
+def draw(out: Path, fig_dir: Path, results_command: str = command(NAME)) -> list[GalleryEntry]:
     """Draw the figures of a finished run from its saved results in `out` (no model)."""
     entries = []
     for scale in SCALES:
         if not (out / f"kl_sweep_{scale}" / "sweep.json").exists():
             continue
         res = load_sweep(out / f"kl_sweep_{scale}")
-        n, n_random = len(res.config["prompts"]), int(res.config["n_random"])
+        n, n_random = len(res.config["prompts"]), res.settings.n_random
         series = {}
-        for s_ in res.config["strengths"]:
+        for s_ in res.settings.strengths:
             series.update(kl_series(res, float(s_), scale))
         fig = kl_by_layer(series)
         fig.update_layout(title=f"Next-token KL by layer, sentiment vector, strength in "
@@ -304,19 +280,12 @@ def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAM
     return entries
 
 
-def make_figures(results_dir: Path = RESULTS / NAME, figures_dir: Path = FIGURES
-                 ) -> list[GalleryEntry]:
-    """Gallery hook: redraw the saved run in results_dir."""
-    return draw(Path(results_dir), Path(figures_dir))
+make_figures = draw  # the gallery hook: one saved run in results_dir
 
 
 def main(argv=None, model=None) -> dict:
     """Run the analysis; `model` reuses an already loaded model (it must match --model)."""
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ctx = context(NAME, args)
-    model = get_model(args.model, ctx.device, given=model)
+    args, ctx, model = start(NAME, build_parser(), argv, model)
     st = settings_for(args, model)
     beh = sentiment_data()
     prompts = heldout_prompts(beh, st["n_prompts"])
@@ -330,7 +299,6 @@ def main(argv=None, model=None) -> dict:
         t["scale"] = scale
         tables.append(t)
     kl_table = pd.concat(tables)
-    write_csv(ctx.out / "kl_table.csv", kl_table)
     by_layer = (kl_table.groupby(["scale", "vector", "strength", "layer"])["kl_bits"]
                 .agg(["mean", "median", "count"]).reset_index())
     write_csv(ctx.out / "kl_by_layer.csv", by_layer)
@@ -341,13 +309,11 @@ def main(argv=None, model=None) -> dict:
     found, ratios = kl_findings(results, strengths, st["layers"], n_layers, args, len(prompts))
     write_json(ctx.out / "kl_ratios.json", ratios)
     log("KL done; sampling diversity")
-    div_vec = cached_vector(model, beh, list(range(1, n_layers)), ctx.out, ctx.progress,
-                            ctx.resume, n_pairs=QUICK_PAIRS if ctx.quick else None)
+    div_vec = cached_vector(model, beh, list(range(1, n_layers)), ctx)
     full = scale_to_residual(div_vec.select(st["div_layers"]),
                              residual_norms(model, prompts, st["div_layers"]))
-    div, samples = diversity_part(model, ctx, st, args, full, prompts)
+    div = diversity_part(model, ctx, st, args, full, prompts)
     write_csv(ctx.out / "diversity.csv", div)
-    write_json(ctx.out / "diversity_samples.json", samples)
     base = div[div["condition"] == "unsteered"].iloc[0]
     for _, r in div.iterrows():
         if r["condition"] == "unsteered" or r["condition"].startswith("random"):
@@ -356,7 +322,7 @@ def main(argv=None, model=None) -> dict:
         excl = r["distinct_n_diff_low"] > 0 or r["distinct_n_diff_high"] < 0
         found.append(Finding(
             NAME, f"distinct-2 of k={int(r['k'])} samples (T={args.temperature:g}), steered at "
-            f"{r['condition']} by {st['div_alpha']:g} x resid norm, minus unsteered "
+            f"{r['condition']} by {st['div_strength']:g} x resid norm, minus unsteered "
             f"({fmt(base['distinct_n'])})", r["distinct_n_diff"], r["distinct_n_diff_low"],
             r["distinct_n_diff_high"], f"{int(r['n'])} prompts",
             f"random direction {fmt(rr['distinct_n_diff'])}",

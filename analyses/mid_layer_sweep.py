@@ -14,8 +14,8 @@ Steps (SmolLM2-135M-Instruct by default):
    and the strength expressed as a fraction of the median residual norm at that layer.
 
 Strength scale (`--scale`). "resid" (default): the vector is rescaled per layer to the median
-per-token residual norm at that layer (`_common.scale_to_residual`), so strength alpha adds
-alpha x (typical residual norm) at every layer and layers are compared at equal relative push.
+per-token residual norm at that layer (`_common.scale_to_residual`), so strength s adds
+s x (typical residual norm) at every layer and layers are compared at equal relative push.
 "raw": strengths are multiples of the mean-difference vector itself, as in CAA; its norm grows
 with depth (about 5% of the residual norm at layer 8 of SmolLM2, 20% at layer 29), so the same raw
 strength is a much larger relative push at late layers. `rel_norm` = |strength| x vector norm /
@@ -25,50 +25,48 @@ Change rate (any greedy token differs within `--max-new-tokens`) saturates quick
 first-divergence position (`diverge_mean`, unchanged continuations count as the full length) is
 reported too: late divergence means a weak effect.
 
-    python analyses/mid_layer_sweep.py [--scale resid|raw] [--n-prompts 12] [--strengths ...]
+Saved in results/mid_layer_sweep/ (`raw/` for `--scale raw`): the resumable sweep (`sweep/`, every
+record and the unsteered baseline), `cells.csv` (one row per real cell: zone, relative strength,
+first divergence, score / change / perplexity shifts with CIs and their random controls) and
+`summary.csv` (every cell's measure means with CIs, random directions included).
+
+    python -m analyses.mid_layer_sweep [--scale resid|raw] [--n-prompts 12] [--strengths ...]
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from _common import (  # noqa: E402
-    FIGURES,
-    QUICK_PAIRS,
-    RESULTS,
-    Finding,
+from steerlens.backend import runtime
+from steerlens.figures import save_html
+from steerlens.figures.sweep import strength_curves, zone_heatmap
+from steerlens.stats import proportion_ci
+from steerlens.sweep import compare_random, load_sweep, sweep, zones
+
+from . import command
+from ._common import (
     GalleryEntry,
+    add_list,
+    add_strengths,
     cached_vector,
-    context,
-    fmt,
-    fmt_ci,
-    get_model,
     heldout_prompts,
     log,
     parser,
-    print_findings,
     residual_norms,
-    save_findings,
+    run_variants,
     scale_to_residual,
     sentiment_data,
     spread_layers,
+    start,
     write_csv,
     write_json,
 )
-
-from steerlens.backend import runtime  # noqa: E402
-from steerlens.figures import save_html  # noqa: E402
-from steerlens.figures.sweep import strength_curves, zone_heatmap  # noqa: E402
-from steerlens.stats import proportion_ci  # noqa: E402
-from steerlens.sweep import compare_random, load_sweep, sweep, zones  # noqa: E402
+from .findings import Finding, fmt, fmt_ci, print_findings, save_findings
 
 NAME = "mid_layer_sweep"
 VECTOR = "sentiment"
@@ -77,30 +75,20 @@ DEFAULT_STRENGTHS = {"resid": [-0.4, -0.2, -0.1, -0.05, 0.0, 0.2],
                      "raw": [-16.0, -8.0, -4.0, 0.0, 4.0, 8.0]}
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def build_parser():
     p = parser(NAME, __doc__.splitlines()[0])
     p.add_argument("--n-prompts", type=int, default=12, help="held-out prompts (max 26)")
     p.add_argument("--n-layers", type=int, default=8, help="layers spread from 2 to the last")
-    p.add_argument("--layers", type=_ints, default=None, help="explicit layers, e.g. 2,6,10")
+    add_list(p, "--layers", int, None, "explicit layers, e.g. 2,6,10")
     p.add_argument("--scale", choices=SCALES, default="resid",
                    help="strength unit: median residual norm (resid) or the raw vector (raw)")
-    p.add_argument("--strengths", type=_floats, default=None,
-                   help="comma-separated strengths (default: resid "
-                   f"{DEFAULT_STRENGTHS['resid']}, raw {DEFAULT_STRENGTHS['raw']})")
+    add_strengths(p, None, "comma-separated strengths (default: resid "
+                  f"{DEFAULT_STRENGTHS['resid']}, raw {DEFAULT_STRENGTHS['raw']})")
     p.add_argument("--report-strength", type=float, default=None,
                    help="strength for the by-depth rows (default: second-smallest negative)")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--n-random", type=int, default=1, help="random directions per real vector")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
 
 
@@ -119,10 +107,11 @@ def settings_for(args, model) -> dict:
 
 
 def tables(res, vec, norms: dict[int, float], max_new_tokens: int) -> dict[str, pd.DataFrame]:
-    """Per-cell summary, zones and real-vs-random comparisons, with the relative strength."""
+    """Per-cell summary (`summary`) and the real cells with zones, relative strength and
+    real-vs-random comparisons (`cells`)."""
     summ = res.summary()
     z = zones(res)
-    cmp = {m: compare_random(res, m) for m in ("score", "changed", "perplexity", "kl_bits")}
+    cmp = {m: compare_random(res, m) for m in ("score", "changed", "perplexity")}
     cell = z[~z["is_random"]][["layer", "strength", "n", "zone", "change_rate", "perplexity_ratio",
                                "kl_bits"]].copy()
     cell["rel_norm"] = [abs(s) * vec.norms[int(la)] / norms[int(la)]
@@ -151,8 +140,7 @@ def tables(res, vec, norms: dict[int, float], max_new_tokens: int) -> dict[str, 
     cell = pd.concat([cell.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
     # behaviour effect in the direction the strength asks for (+: more positive sentiment)
     cell["effect"] = np.sign(cell["strength"]) * cell["score_shift"]
-    return {"summary": summ, "zones": z, "cells": cell,
-            **{f"random_{m}": df for m, df in cmp.items()}}
+    return {"summary": summ, "cells": cell}
 
 
 def findings(cells: pd.DataFrame, n: int, k_random: int, scale: str,
@@ -233,8 +221,7 @@ def findings(cells: pd.DataFrame, n: int, k_random: int, scale: str,
     return out
 
 
-def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAME}.py"
-         ) -> list[GalleryEntry]:
+def draw(out: Path, fig_dir: Path, results_command: str = command(NAME)) -> list[GalleryEntry]:
     """Draw the figures of one finished run from its saved results in `out` (no model)."""
     res = load_sweep(out / "sweep")
     scale = json.loads((out / "findings.json").read_text(encoding="utf-8"))["settings"]["scale"]
@@ -264,33 +251,23 @@ def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAM
     return entries
 
 
-def make_figures(results_dir: Path = RESULTS / NAME, figures_dir: Path = FIGURES
-                 ) -> list[GalleryEntry]:
-    """Gallery hook: redraw every saved run (residual-norm scale, and `raw/` if present)."""
-    runs = ((Path(results_dir), f"python analyses/{NAME}.py"),
-            (Path(results_dir) / "raw", f"python analyses/{NAME}.py --scale raw "
-                                        f"--out results/{NAME}/raw"))
-    return [e for out, cmd in runs if (out / "sweep" / "sweep.json").exists()
-            for e in draw(out, Path(figures_dir), cmd)]
+# the gallery hook: the residual-norm run, and the raw-scale run in raw/ if present
+make_figures = run_variants(NAME, draw, "sweep/sweep.json",
+                            {"raw": ("--scale raw", f"--out results/{NAME}/raw")})
 
 
 def main(argv=None, model=None) -> dict:
     """Run the analysis; `model` reuses an already loaded model (it must match --model)."""
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ctx = context(NAME, args)
-    model = get_model(args.model, ctx.device, given=model)
+    args, ctx, model = start(NAME, build_parser(), argv, model)
     st = settings_for(args, model)
     beh = sentiment_data()
     prompts = heldout_prompts(beh, st["n_prompts"])
     log(f"{NAME}: model {runtime.model_id(model)}, layers {st['layers']}, strengths "
         f"{st['strengths']}, n={len(prompts)} held-out prompts, n_random={st['n_random']}")
-    raw = cached_vector(model, beh, st["layers"], ctx.out, ctx.progress, ctx.resume,
-                        n_pairs=QUICK_PAIRS if ctx.quick else None)
+    raw = cached_vector(model, beh, st["layers"], ctx)
     norms = residual_norms(model, prompts, st["layers"])
     vec = scale_to_residual(raw, norms) if st["scale"] == "resid" else raw
-    res = sweep(model, {VECTOR: vec}, st["layers"], st["strengths"], prompts,
+    res = sweep(model, prompts, {VECTOR: vec}, layers=st["layers"], strengths=st["strengths"],
                 measures=("kl", "generate"), scorer=beh.scorer,
                 max_new_tokens=st["max_new_tokens"], n_random=st["n_random"],
                 random_seed=ctx.seed, batch_size=st["batch_size"], out_dir=ctx.out / "sweep",
@@ -300,8 +277,6 @@ def main(argv=None, model=None) -> dict:
     tabs = tables(res, vec, norms, st["max_new_tokens"])
     for key, df in tabs.items():
         write_csv(ctx.out / f"{key}.csv", df)
-    write_csv(ctx.out / "cells_table.csv", res.table)
-    write_csv(ctx.out / "baseline.csv", res.baseline)
     write_json(ctx.out / "vector_norms.json", {"vector": raw.norms, "residual_median": norms})
     cells = tabs["cells"]
     rep = args.report_strength

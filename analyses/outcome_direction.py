@@ -9,10 +9,10 @@ The experiment, in the style of outcome-direction studies on GPT-2:
 2. Baseline greedy answers for every item.
 3. The outcome direction (`methods.outcome_vector`): mean residual (resid_pre at `--layer`, last
    prompt token, i.e. where the answer starts) over train items answered right minus over items
-   answered wrong. It is rescaled to the median residual norm at that layer, so strength alpha adds
-   alpha x (typical residual norm).
-4. Held-out items answered again under +alpha and -alpha (positive = towards "correct"), and under
-   `--n-random` norm-matched random directions (`methods.random_like`) at each alpha (a random
+   answered wrong. It is rescaled to the median residual norm at that layer, so strength s adds
+   s x (typical residual norm).
+4. Held-out items answered again under +s and -s (positive = towards "correct"), and under
+   `--n-random` norm-matched random directions (`methods.random_like`) at each s (a random
    direction's sign is itself random, so one set serves both signs).
 5. Per condition: transitions (`stats.transitions`), McNemar's exact test (`stats.mcnemar`), a sign
    test on per-item change in correctness (`stats.sign_test`), accuracy with Wilson CIs, and the
@@ -24,73 +24,58 @@ Generation is run condition by condition with `generate()` (no sweep: the sweep'
 would double the cost and is not needed here); each condition is saved as it finishes, so a rerun
 resumes.
 
-    python analyses/outcome_direction.py [--layer 12] [--alphas 0.1,0.2] [--n-random 5]
+Saved in results/outcome_direction/: every condition's answers (`generations/`, the resume cache),
+`items.json` (the items, split and baseline answers), `direction.json`, `conditions.csv`,
+`random_comparison.csv` and `blocks.csv`.
+
+    python -m analyses.outcome_direction [--layer 12] [--strengths 0.1,0.2] [--n-random 5]
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import pandas as pd
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from _capitals import Item, split_items  # noqa: E402
-from _common import (  # noqa: E402
-    FIGURES,
-    RESULTS,
-    Finding,
+from steerlens.backend import runtime
+from steerlens.figures import save_html
+from steerlens.figures.stats import random_control_plot, transition_bars
+from steerlens.generate import generate
+from steerlens.io import atomic_write_text
+from steerlens.methods import outcome_vector, random_like
+from steerlens.progress import progress
+from steerlens.stats import compare_to_random, mcnemar, proportion_ci, sign_test, transitions
+
+from . import command
+from ._capitals import Item, split_items
+from ._common import (
     GalleryEntry,
-    context,
-    fmt,
-    get_model,
+    add_strengths,
     log,
     parser,
-    print_findings,
     residual_norms,
-    save_findings,
     scale_to_residual,
+    start,
     write_csv,
     write_json,
 )
-
-from steerlens.backend import runtime  # noqa: E402
-from steerlens.figures import save_html  # noqa: E402
-from steerlens.figures.stats import random_control_plot, transition_bars  # noqa: E402
-from steerlens.generate import generate  # noqa: E402
-from steerlens.io import atomic_write_text  # noqa: E402
-from steerlens.methods import outcome_vector, random_like  # noqa: E402
-from steerlens.progress import progress  # noqa: E402
-from steerlens.stats import (  # noqa: E402
-    compare_to_random,
-    mcnemar,
-    proportion_ci,
-    sign_test,
-    transitions,
-)
+from .findings import Finding, fmt, print_findings, save_findings
 
 NAME = "outcome_direction"
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
 
 
 def build_parser():
     p = parser(NAME, __doc__.splitlines()[0])
     p.add_argument("--layer", type=int, default=None, help="steered layer (default 40%% depth)")
-    p.add_argument("--alphas", type=_floats, default=[0.1, 0.2],
-                   help="|strengths| as fractions of the median residual norm")
+    add_strengths(p, [0.1, 0.2], "|strengths| as fractions of the median residual norm")
     p.add_argument("--n-random", type=int, default=5)
     p.add_argument("--n-train", type=int, default=49, help="items for the direction")
     p.add_argument("--n-test", type=int, default=200, help="held-out items (max 249 - n_train)")
     p.add_argument("--n-small", type=int, default=20, help="the small-n comparison")
     p.add_argument("--max-new-tokens", type=int, default=14)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None)
     return p
 
 
@@ -100,9 +85,9 @@ def settings_for(args, model) -> dict:
     if not 0 <= layer < n:
         raise ValueError(f"--layer must be in 0..{n - 1}, got {layer}.")
     if args.quick:
-        return dict(layer=layer, alphas=[0.5], n_random=1, n_train=16, n_test=4, n_small=2,
+        return dict(layer=layer, strengths=[0.5], n_random=1, n_train=16, n_test=4, n_small=2,
                     max_new_tokens=12, batch_size=32)
-    return dict(layer=layer, alphas=args.alphas, n_random=args.n_random, n_train=args.n_train,
+    return dict(layer=layer, strengths=args.strengths, n_random=args.n_random, n_train=args.n_train,
                 n_test=args.n_test, n_small=args.n_small, max_new_tokens=args.max_new_tokens,
                 batch_size=args.batch_size)
 
@@ -151,8 +136,8 @@ def saved_outcomes(out: Path) -> tuple[dict, np.ndarray, dict[str, np.ndarray], 
     test = [Item(r["region"], tuple(r["answers"]), r["question"]) for r in rows]
     before = np.array([r["baseline_correct"] for r in rows])
     after, strength = {}, {}
-    names = [f"outcome {sign}{a:g}" for a in st["alphas"] for sign in "+-"]  # main()'s order
-    names += [f"random{k} {a:g}" for a in st["alphas"] for k in range(st["n_random"])]
+    names = [f"outcome {sign}{a:g}" for a in st["strengths"] for sign in "+-"]  # main()'s order
+    names += [f"random{k} {a:g}" for a in st["strengths"] for k in range(st["n_random"])]
     for cname in names:
         saved = json.loads((out / "generations" / f"{cname.replace(' ', '_')}.json")
                            .read_text(encoding="utf-8"))
@@ -161,8 +146,7 @@ def saved_outcomes(out: Path) -> tuple[dict, np.ndarray, dict[str, np.ndarray], 
     return st, before, after, strength
 
 
-def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAME}.py"
-         ) -> list[GalleryEntry]:
+def draw(out: Path, fig_dir: Path, results_command: str = command(NAME)) -> list[GalleryEntry]:
     """Draw the transition and random-control figures from the saved answers (no model)."""
     st, c_test, after, _ = saved_outcomes(out)
     layer, n_test = st["layer"], len(c_test)
@@ -175,9 +159,9 @@ def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAM
         entries.append(GalleryEntry(
             NAME, path, f"Answer transitions, first {n} items",
             f"Wrong->right / right->wrong answers per condition (outcome direction at "
-            f"+-alpha, random directions), n={n} held-out capital-city questions.",
+            f"+-strength, random directions), n={n} held-out capital-city questions.",
             results_command))
-    for a in st["alphas"]:
+    for a in st["strengths"]:
         names = [f"random{k} {a:g}" for k in range(st["n_random"])]
         cname = f"outcome +{a:g}"
         cr = compare_to_random(after[cname].astype(float) - c_test,
@@ -193,19 +177,12 @@ def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAM
     return entries
 
 
-def make_figures(results_dir: Path = RESULTS / NAME, figures_dir: Path = FIGURES
-                 ) -> list[GalleryEntry]:
-    """Gallery hook: redraw the saved run in results_dir."""
-    return draw(Path(results_dir), Path(figures_dir))
+make_figures = draw  # the gallery hook: one saved run in results_dir
 
 
 def main(argv=None, model=None) -> dict:
     """Run the analysis; `model` reuses an already loaded model (it must match --model)."""
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ctx = context(NAME, args)
-    model = get_model(args.model, ctx.device, given=model)
+    args, ctx, model = start(NAME, build_parser(), argv, model)
     st = settings_for(args, model)
     train, rest = split_items(st["n_train"], seed=ctx.seed)
     if st["n_test"] > len(rest):
@@ -216,7 +193,7 @@ def main(argv=None, model=None) -> dict:
     base_key = {"model": runtime.model_id(model), "seed": ctx.seed, "n_train": st["n_train"],
                 "max_new_tokens": st["max_new_tokens"]}
     log(f"{NAME}: model {runtime.model_id(model)}, layer {layer}, train {len(train)}, "
-        f"held-out {len(test)}, alphas {st['alphas']}, {st['n_random']} random directions")
+        f"held-out {len(test)}, strengths {st['strengths']}, {st['n_random']} random directions")
     items = train + test
     base_answers = answer(model, items, None, None, st, gdir / "baseline.json",
                           {**base_key, "items": len(items)}, ctx.progress)
@@ -233,11 +210,11 @@ def main(argv=None, model=None) -> dict:
     log(f"outcome vector: {vec.extra['n_right']} right / {vec.extra['n_wrong']} wrong train items; "
         f"norm {vec.norms[layer]:.3g} = {raw_rel:.3f} x median residual norm {norms[layer]:.3g}")
     conditions: dict[str, tuple] = {}
-    for a in st["alphas"]:
+    for a in st["strengths"]:
         conditions[f"outcome +{a:g}"] = (unit, a)
         conditions[f"outcome -{a:g}"] = (unit, -a)
     rnd_for: dict[float, list[str]] = {}
-    for a in st["alphas"]:
+    for a in st["strengths"]:
         for k in range(st["n_random"]):
             conditions[f"random{k} {a:g}"] = (random_like(unit, seed=ctx.seed + k), a)
             rnd_for.setdefault(a, []).append(f"random{k} {a:g}")
@@ -261,7 +238,7 @@ def main(argv=None, model=None) -> dict:
                 [a != b for a, b in zip(answers[c][:n], base_answers[len(train):][:n])])))
             rows.append(r)
     table = pd.DataFrame(rows)
-    # random-direction comparison of the per-item gain (after - before) at the same |alpha|
+    # random-direction comparison of the per-item gain (after - before) at the same |strength|
     cmp_rows = []
     for n in sizes:
         for c in conditions:
@@ -304,7 +281,7 @@ def main(argv=None, model=None) -> dict:
                 "n_right_train": vec.extra["n_right"], "n_wrong_train": vec.extra["n_wrong"],
                 "direction_rel_norm": raw_rel}
     notes = [
-        f"Layer {layer} and strengths {st['alphas']} (x median residual norm) were fixed before "
+        f"Layer {layer} and strengths {st['strengths']} (x median residual norm) were fixed before "
         "looking at held-out results; the small-n rows are the first items of the same held-out "
         "list, and the block rows split it into disjoint blocks.",
         "Correct = an accepted capital named in the first "
@@ -358,7 +335,7 @@ def findings(table, cmp, blocks, sizes, st, c_test, changed, rnd_for) -> list[Fi
                 f"(value = mean net; range in CI columns)", float(g["net"].mean()),
                 float(g["net"].min()), float(g["net"].max()), f"{len(g)} x {st['n_small']}",
                 "-", f"{pos}/{len(g)} blocks positive, {sig}/{len(g)} significant at 0.05",
-                headline=c == f"outcome +{min(st['alphas']):g}"))
+                headline=c == f"outcome +{min(st['strengths']):g}"))
     n = len(c_test)
     for a, names in rnd_for.items():
         rnd_change = [changed[r] for r in names]

@@ -8,7 +8,7 @@ For each behaviour (sentiment, formality, french by default), at the layer the S
    because the unsteered model's answers are already positive (mean VADER about +0.5), which
    leaves little room upwards. The contrast set is oriented so its "positive" side is the target.
 2. Conditions, all rescaled to the same norm (`scale_to_residual`: the median residual norm at
-   the layer, so strength alpha adds alpha x that norm):
+   the layer, so strength s adds s x that norm):
    - `contrastive`: CAA mean difference (target minus other side) on the behaviour's train pairs;
    - `act_topK_uniform` / `act_topK_weighted`: the top-K SAE features by mean activation
      difference, target completions vs other-side completions (codes averaged over completion
@@ -35,7 +35,12 @@ in the results): sentiment, negative side: TARGET_WORDS / AVOID_WORDS below; for
 keyword scorer's positive / negative lists; french: its positive (French) / negative (English)
 lists.
 
-    python analyses/sae_steering.py [--sae DIR] [--strengths 0,0.1,0.2,0.3] [--k 20] [--threads 2]
+Saved in results/sae_steering/ (`random_sae_control/` for the `--random-sae` run): one resumable
+sweep per behaviour (`sweep_<behaviour>/`), `conditions.csv` (per behaviour, vector and strength:
+score shift, perplexity ratio and KL with CIs, minus random), `diffusion_overlap.csv`,
+`selections.json`, and in `figure_data/` what the figures need besides the sweeps.
+
+    python -m analyses.sae_steering [--sae DIR] [--strengths 0,0.1,0.2,0.3] [--k 20] [--threads 2]
 """
 
 from __future__ import annotations
@@ -43,52 +48,25 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from _common import (  # noqa: E402
-    FIGURES,
-    QUICK_PAIRS,
-    RESULTS,
-    Finding,
-    GalleryEntry,
-    cached_vector,
-    context,
-    fmt,
-    get_model,
-    heldout_prompts,
-    log,
-    parser,
-    print_findings,
-    residual_norms,
-    save_findings,
-    scale_to_residual,
-    write_csv,
-    write_json,
-)
-from safetensors.torch import load_file, save_file  # noqa: E402
-
-from steerlens.backend import runtime  # noqa: E402
-from steerlens.figures import save_html  # noqa: E402
-from steerlens.figures.sae import (  # noqa: E402
-    condition_curves,
-    diffusion_bar,
-    feature_view,
-    overlap_heatmap,
-)
-from steerlens.figures.tokens import save_token_view  # noqa: E402
-from steerlens.io import atomic_path  # noqa: E402
-from steerlens.methods import random_like  # noqa: E402
-from steerlens.pairs import ContrastPair, ContrastSet, load_behaviour  # noqa: E402
-from steerlens.sae.corpus import cached_corpus  # noqa: E402
-from steerlens.sae.decompose import (  # noqa: E402
+from steerlens.backend import runtime
+from steerlens.figures import save_html
+from steerlens.figures.sae import condition_curves, diffusion_bar, feature_view, overlap_heatmap
+from steerlens.figures.tokens import save_token_view
+from steerlens.io import atomic_path
+from steerlens.methods import random_like
+from steerlens.pairs import ContrastPair, ContrastSet, load_behaviour
+from steerlens.sae import check_sae, random_sae
+from steerlens.sae.corpus import cached_corpus
+from steerlens.sae.decompose import (
     OverlapTable,
     VectorDecomposition,
     behaviour_domain,
@@ -96,17 +74,33 @@ from steerlens.sae.decompose import (  # noqa: E402
     decompose_pairs,
     overlap_table,
 )
-from steerlens.sae.features import FeatureContexts, FeatureExample, feature_contexts  # noqa: E402
-from steerlens.sae.site import sae_site  # noqa: E402
-from steerlens.sae.targeted import (  # noqa: E402
+from steerlens.sae.features import FeatureContexts, FeatureExample, feature_contexts
+from steerlens.sae.targeted import (
     feature_vector,
     select_by_output_score,
     single_feature_vector,
     word_token_ids,
 )
-from steerlens.spectral.evaluate import load_heldout  # noqa: E402
-from steerlens.stats import bootstrap_ci  # noqa: E402
-from steerlens.sweep import load_sweep, sweep  # noqa: E402
+from steerlens.spectral.evaluate import load_heldout
+from steerlens.stats import bootstrap_ci
+from steerlens.sweep import load_sweep, sweep
+
+from . import FIGURES, RESULTS, command
+from ._common import (
+    QUICK_PAIRS,
+    GalleryEntry,
+    add_strengths,
+    cached_vector,
+    heldout_prompts,
+    log,
+    parser,
+    residual_norms,
+    scale_to_residual,
+    start,
+    write_csv,
+    write_json,
+)
+from .findings import Finding, fmt, print_findings, save_findings
 
 NAME = "sae_steering"
 BEHAVIOURS = ("sentiment", "formality", "french")
@@ -124,10 +118,6 @@ AVOID_WORDS = {
 DEFAULT_STRENGTHS = [0.0, 0.1, 0.2, 0.3]
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
 def build_parser():
     p = parser(NAME, __doc__.splitlines()[0])
     p.add_argument("--behaviours", default=",".join(BEHAVIOURS),
@@ -139,15 +129,13 @@ def build_parser():
     p.add_argument("--k", type=int, default=None,
                    help="features per feature-targeted vector (default 20; 4 with --quick)")
     p.add_argument("--n-prompts", type=int, default=14, help="held-out prompts per behaviour")
-    p.add_argument("--strengths", type=_floats, default=None,
-                   help=f"strengths in residual-norm units (default {DEFAULT_STRENGTHS})")
+    add_strengths(p, DEFAULT_STRENGTHS, "strengths in residual-norm units")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--n-neutral", type=int, default=20, help="held-out prose paragraphs (neutral)")
     p.add_argument("--n-corpus-docs", type=int, default=300,
                    help="documents sampled from the SAE training corpus for the feature-identity "
                    "contexts (0: behaviour texts and prose only)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return p
 
 
@@ -157,7 +145,7 @@ def settings_for(args) -> dict:
                     max_new_tokens=3, n_neutral=2, prose_words=20, batch_size=16,
                     n_pairs=QUICK_PAIRS, n_corpus_docs=0)
     return dict(behaviours=[b for b in args.behaviours.split(",") if b], k=args.k or 20,
-                n_prompts=args.n_prompts, strengths=args.strengths or DEFAULT_STRENGTHS,
+                n_prompts=args.n_prompts, strengths=args.strengths,
                 max_new_tokens=args.max_new_tokens, n_neutral=args.n_neutral, prose_words=120,
                 batch_size=args.batch_size, n_pairs=None, n_corpus_docs=args.n_corpus_docs)
 
@@ -165,24 +153,15 @@ def settings_for(args) -> dict:
 # ------------------------------------------------------------------------------ the SAE
 
 
-def random_sae(model, layer: int, d_sae: int, seed: int = 0):
-    """A SAELens StandardSAE with random (seeded) weights at resid_pre of `layer`."""
-    from sae_lens import StandardSAE, StandardSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
-
-    torch.manual_seed(seed)
-    cfg = StandardSAEConfig(d_in=runtime.d_model(model), d_sae=d_sae, metadata=SAEMetadata(
-        hook_name=runtime.hook_name(layer, "resid_pre"), model_name=runtime.model_id(model)))
-    return StandardSAE(cfg)
-
-
 def get_sae(args, model):
     """(sae, description): --sae DIR, a random SAE (--random-sae / --quick), or the shipped one."""
     if args.random_sae or (args.quick and args.sae is None):
         layer = runtime.n_layers(model) - 1 if args.quick else min(12, runtime.n_layers(model) - 1)
         d = runtime.d_model(model)
-        return random_sae(model, layer, 4 * d if args.quick else 8 * d, args.seed), \
-            "random-init SAE (pipeline check only; features mean nothing)"
+        sae = random_sae(d, 4 * d if args.quick else 8 * d, seed=args.seed,
+                         hook_name=runtime.hook_name(layer, "resid_pre"),
+                         model_name=runtime.model_id(model))
+        return sae, "random-init SAE (pipeline check only; features mean nothing)"
     from steerlens.sae.load import list_shipped_saes, load_sae
 
     if args.sae is not None:
@@ -228,13 +207,12 @@ def target_tokens(model, beh, side: int) -> dict:
 
 def build_conditions(model, sae, beh, st: dict, ctx, prose: list[str]) -> dict:
     """Vectors (all norm-matched), selections, decompositions and domains of one behaviour."""
-    site = sae_site(model, sae)
+    site = check_sae(model, sae)
     side = SIDE.get(beh.name, 1)
     k = st["k"]
     train = beh.train if st["n_pairs"] is None else beh.train[: st["n_pairs"]]
     pairs = oriented(train, side)
-    raw_cav = cached_vector(model, beh, [site.layer], ctx.out, False, ctx.resume,
-                            n_pairs=st["n_pairs"]) * float(side)
+    raw_cav = cached_vector(model, beh, [site.layer], ctx, show_progress=False) * float(side)
     dom = behaviour_domain(model, sae, pairs, batch_size=16)
     dom_prose = behaviour_domain(model, sae, pairs, neutral=prose, batch_size=16)
     sel_act = dom.selection(k)
@@ -256,7 +234,7 @@ def build_conditions(model, sae, beh, st: dict, ctx, prose: list[str]) -> dict:
                                            label="contrastive"),
         "contrastive (raw, >0)": decompose(model, sae, raw_cav, encoding="raw", threshold=0.0,
                                            relative=False, label="contrastive"),
-        "pair feature diff (last token)": decompose_pairs(model, sae, pairs, position="last",
+        "pair feature diff (last token)": decompose_pairs(model, sae, pairs, read_at="last",
                                                           label="pairs"),
         "random (encoder)": decompose(model, sae, raw["random"], encoding="encoder",
                                       label="random"),
@@ -422,9 +400,14 @@ def _load_contexts(data: dict) -> FeatureContexts:
                            data["window"], data["hook_name"])
 
 
-def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAME}.py"
-         ) -> list[GalleryEntry]:
-    """Draw every figure of a saved run (sweeps, decompositions, overlap, contexts); no model."""
+CONTROL_DIR = "random_sae_control"  # the --random-sae run, inside results/sae_steering/
+
+
+def draw(out: Path, fig_dir: Path, results_command: str = command(NAME), prefix: str = NAME,
+         label: str = "") -> list[GalleryEntry]:
+    """Draw every figure of a saved run (sweeps, and decompositions, overlap and contexts when
+    `figure_data/` is there) into `<fig_dir>/<prefix>_*.html`, titles starting with `label`;
+    no model."""
     out, fig_dir = Path(out), Path(fig_dir)
     settings = json.loads((out / "findings.json").read_text(encoding="utf-8"))["settings"] \
         if (out / "findings.json").exists() else None
@@ -436,19 +419,21 @@ def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAM
     labels = {"score": "behaviour score", "perplexity": "continuation perplexity",
               "kl_bits": "next-token KL (bits)"}
     for m, key in (("score", "score"), ("perplexity", "perplexity"), ("kl_bits", "kl")):
-        path = save_html(condition_curves(results, m), fig_dir / f"{NAME}_{key}_curves.html")
+        path = save_html(condition_curves(results, m), fig_dir / f"{prefix}_{key}_curves.html")
         entries.append(GalleryEntry(
-            NAME, path, f"SAE-targeted vs contrastive: {labels[m]}",
+            NAME, path, f"{label}SAE-targeted vs contrastive: {labels[m]}",
             f"{labels[m].capitalize()} vs strength (x residual norm at the SAE layer) for the "
             f"contrastive, feature-targeted, single-feature and random vectors, n={n} prompts per "
             "point, 95% CIs.", results_command))
     d = out / FIG_DATA
+    if not d.is_dir():
+        return entries
     ov = json.loads((d / "overlap.json").read_text(encoding="utf-8"))
     table = OverlapTable(tuple(ov["vectors"]), tuple(ov["domains"]),
                          tuple(tuple(r) for r in ov["counts"]), ov["k"], ov["d_sae"])
-    path = save_html(overlap_heatmap(table), fig_dir / f"{NAME}_overlap.html")
+    path = save_html(overlap_heatmap(table), fig_dir / f"{prefix}_overlap.html")
     entries.append(GalleryEntry(
-        NAME, path, "Top-k feature overlap with domain features",
+        NAME, path, f"{label}Top-k feature overlap with domain features",
         f"Shared features between each vector's top-{table.k} and each domain's top-{table.k} "
         f"(chance {table.expected_random:.2f}).", results_command))
     meta = json.loads((d / "decompositions.json").read_text(encoding="utf-8"))
@@ -456,19 +441,19 @@ def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAM
     decomps = {key: VectorDecomposition(vals[key], m["encoding"], m["threshold"],
                                         m["relative_threshold"], m["hook_name"], m["label"])
                for key, m in meta.items()}
-    path = save_html(diffusion_bar(decomps), fig_dir / f"{NAME}_diffusion.html")
+    path = save_html(diffusion_bar(decomps), fig_dir / f"{prefix}_diffusion.html")
     entries.append(GalleryEntry(
-        NAME, path, "Diffusion of steering vectors in SAE features",
+        NAME, path, f"{label}Diffusion of steering vectors in SAE features",
         "Fraction of SAE features a vector moves (|v @ W_enc| > 10% of the largest) and its "
         "participation ratio, contrastive vs a random direction, per behaviour.",
         results_command))
     fcd = json.loads((d / "feature_contexts.json").read_text(encoding="utf-8"))
     beh0 = fcd.pop("behaviour")
     path = save_token_view(feature_view(_load_contexts(fcd)),
-                           fig_dir / f"{NAME}_features_{beh0}.html",
+                           fig_dir / f"{prefix}_features_{beh0}.html",
                            title=f"Top {beh0} activation-difference features: strongest contexts")
     entries.append(GalleryEntry(
-        NAME, path, f"Feature identities ({beh0})",
+        NAME, path, f"{label}Feature identities ({beh0})",
         f"circuitsvis: the strongest contexts of the top {beh0} activation-difference SAE "
         "features in the behaviour's completions, held-out prose and a sample of the SAE's "
         "training corpus.", results_command))
@@ -477,20 +462,22 @@ def draw(out: Path, fig_dir: Path, results_command: str = f"python analyses/{NAM
 
 def make_figures(results_dir: Path = RESULTS / NAME, figures_dir: Path = FIGURES
                  ) -> list[GalleryEntry]:
-    """Gallery hook: redraw the saved run in results_dir."""
-    return draw(Path(results_dir), Path(figures_dir))
+    """Gallery hook: redraw the saved run in results_dir and its random-SAE control run."""
+    entries = draw(Path(results_dir), Path(figures_dir))
+    control = Path(results_dir) / CONTROL_DIR
+    if control.is_dir():
+        entries += draw(control, Path(figures_dir),
+                        command(NAME, "--random-sae", f"--out results/{NAME}/{CONTROL_DIR}"),
+                        prefix=f"{NAME}_{CONTROL_DIR}", label="Random-init SAE control: ")
+    return entries
 
 
 def main(argv=None, model=None) -> dict:
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    ctx = context(NAME, args)
-    model = get_model(args.model, ctx.device, given=model)
+    args, ctx, model = start(NAME, build_parser(), argv, model)
     st = settings_for(args)
     sae, sae_desc = get_sae(args, model)
-    site = sae_site(model, sae)
+    site = check_sae(model, sae)
     k = st["k"]
     if not 1 <= k <= int(sae.cfg.d_sae):
         raise ValueError(f"--k must be in 1..{int(sae.cfg.d_sae)} (the SAE's d_sae), got {k}.")
@@ -505,7 +492,7 @@ def main(argv=None, model=None) -> dict:
         prompts = heldout_prompts(beh, st["n_prompts"])
         log(f"{name}: side {cond['side']:+d}, residual norm {cond['norm']:.2f}, act features "
             f"{list(cond['sel_act'].features)}, output features {list(cond['sel_out'].features)}")
-        res = sweep(model, cond["vectors"], [site.layer], st["strengths"], prompts,
+        res = sweep(model, prompts, cond["vectors"], layers=[site.layer], strengths=st["strengths"],
                     measures=("kl", "generate"), scorer=beh.scorer,
                     max_new_tokens=st["max_new_tokens"], n_random=0, random_seed=ctx.seed,
                     batch_size=st["batch_size"], out_dir=ctx.out / f"sweep_{name}",
@@ -524,7 +511,6 @@ def main(argv=None, model=None) -> dict:
                                            "scores": list(cond["sel_out"].scores)},
                           "cos_to_contrastive": cond["cos_to_contrastive"],
                           "residual_norm": cond["norm"]}
-        write_csv(ctx.out / f"cells_table_{name}.csv", res.table)
         log(f"{name}: sweep done ({res.n_computed} computed, {res.n_resumed} resumed)")
     cells = pd.concat(cells, ignore_index=True)
     diff = pd.DataFrame(diff_rows)
@@ -542,7 +528,6 @@ def main(argv=None, model=None) -> dict:
     first = next(iter(conds.values()))
     vec_items["random (encoder)"] = first["decomps"]["random (encoder)"]
     table = overlap_table(vec_items, dom_items, k=k)
-    write_csv(ctx.out / "overlap_table.csv", table.frame())
     # saved for redrawing without the model (the gallery): decompositions, overlap, contexts
     beh0 = st["behaviours"][0]
     c0 = conds[beh0]
@@ -585,7 +570,7 @@ def main(argv=None, model=None) -> dict:
         f"n={n} held-out prompts per cell; CIs are 95% percentile bootstrap over prompts; the "
         "random control is one Gaussian direction of equal norm, paired by prompt.",
         "All vectors are rescaled to the median residual norm at the SAE's layer, so strength "
-        "alpha adds alpha x that norm; conditions are compared at equal norm.",
+        "s adds s x that norm; conditions are compared at equal norm.",
         "Sentiment is steered towards negative sentiment (the unsteered answers are already "
         "positive); formality towards formal, french towards French.",
         "Output-score features for formality/french are chosen with the scorer's own keyword "

@@ -10,31 +10,22 @@ perplexity stays within the baseline perplexity's CI; every such configuration i
 shuffled-factor control (same factors, randomly permuted over the singular values), and so is
 the hybrid configuration.
 
-Writes results/spectral_weights/<model>/ (JSON, CSV, per-configuration resumable files) and
-figures/spectral_weights_<model>_*.html.
+Writes results/spectral_weights/<model>/ (summary.json with every configuration's measurements,
+`SpectralSweepResult.table()` rebuilds the table from it; spectrum_shown.json; findings.json;
+per-configuration resumable files) and figures/spectral_weights_<model>_*.html.
 
-    python analyses/spectral_weights.py [--model smollm2-135m-instruct] [--device cpu]
+    python -m analyses.spectral_weights [--model smollm2-135m-instruct] [--layers 3,10,18]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
-from _common import (  # analyses/_common.py (sibling module)
-    FIGURES,
-    RESULTS,
-    GalleryEntry,
-    draw_each_run,
-    jsonable,
-)
 
-from steerlens.backend import load_model, runtime
+from steerlens.backend import runtime
 from steerlens.figures import save_html
 from steerlens.figures.spectral import alpha_curves, spectrum_before_after
 from steerlens.io import atomic_write_text
@@ -53,26 +44,34 @@ from steerlens.spectral import (
     plan_edit,
 )
 
+from . import command
+from ._common import (
+    Context,
+    GalleryEntry,
+    add_list,
+    each_run,
+    jsonable,
+    parser,
+    start,
+)
+from .findings import Finding, save_findings
 
-def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (1 is much faster on a machine shared with other jobs)")
-    ap.add_argument("--out", default=None, help="results directory (default "
-                    "results/spectral_weights/<model>)")
-    ap.add_argument("--figures", default="figures")
-    ap.add_argument("--behaviour", default="sentiment")
-    ap.add_argument("--n-prompts", type=int, default=10)
-    ap.add_argument("--n-texts", type=int, default=12, help="held-out paragraphs")
-    ap.add_argument("--max-words", type=int, default=100, help="words kept per paragraph")
-    ap.add_argument("--layers", type=int, nargs="+", default=None,
-                    help="default: 4 layers spread over the depth")
-    ap.add_argument("--alphas", type=float, nargs="+", default=[-0.3, -0.1, 0.1, 0.3])
-    ap.add_argument("--max-new-tokens", type=int, default=20)
-    ap.add_argument("--n-boot", type=int, default=2000)
-    return ap.parse_args()
+NAME = "spectral_weights"
+
+
+def build_parser():
+    p = parser(NAME, __doc__.splitlines()[0], quick=False, fresh=False,  # always resumes
+               per_model=True)
+    p.add_argument("--behaviour", default="sentiment")
+    p.add_argument("--n-prompts", type=int, default=10)
+    p.add_argument("--n-texts", type=int, default=12, help="held-out paragraphs")
+    p.add_argument("--max-words", type=int, default=100, help="words kept per paragraph")
+    add_list(p, "--layers", int, None, "layers of the grid (default: 4 spread over the depth)")
+    add_list(p, "--alphas", float, [-0.3, -0.1, 0.1, 0.3],
+             "spectral edit coefficients α: each singular value s is scaled by 1 + α·z(s)")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--n-boot", type=int, default=2000)
+    return p
 
 
 def ci(c) -> str:
@@ -101,11 +100,11 @@ def draw(out: Path, fig_dir: Path, results_command: str | None = None) -> list[G
     """Draw one model's figures from `out` (summary.json, spectrum_shown.json; no model)."""
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     name = summary["model"]
-    cmd = results_command or f"python analyses/spectral_weights.py --model {name}"
+    cmd = results_command or command(NAME, f"--model {name}")
     res = saved_sweep(summary["result"])
-    path = save_html(alpha_curves(res), fig_dir / f"spectral_weights_{name}_alpha_curves.html")
+    path = save_html(alpha_curves(res), fig_dir / f"{NAME}_{name}_alpha_curves.html")
     entries = [GalleryEntry(
-        "spectral_weights", path, f"{name}: spectral edits vs α",
+        NAME, path, f"{name}: spectral edits vs α",
         f"Δ sentiment score, Δ held-out NLL and next-token KL per layer and α "
         f"(n={res.n_texts} texts, {res.n_prompts} prompts, 95% CI).", cmd)]
     if (out / SPECTRUM_FILE).exists():
@@ -117,29 +116,64 @@ def draw(out: Path, fig_dir: Path, results_command: str | None = None) -> list[G
         edit = SpectralEditResult(d["model"], SpectralConfig.from_dict(d["config"]), reports,
                                   tuple(d["warnings"]))
         path = save_html(spectrum_before_after(edit),
-                         fig_dir / f"spectral_weights_{name}_spectrum.html")
+                         fig_dir / f"{NAME}_{name}_spectrum.html")
         entries.append(GalleryEntry(
-            "spectral_weights", path, f"{name}: W_out spectrum, {edit.config.name}",
+            NAME, path, f"{name}: W_out spectrum, {edit.config.name}",
             f"Singular values of the MLP output matrix before and after the "
             f"{edit.config.name!r} edit ({len(reports)} layers).", cmd))
     return entries
 
 
-def make_figures(results_dir: Path = RESULTS / "spectral_weights", figures_dir: Path = FIGURES
-                 ) -> list[GalleryEntry]:
-    """Gallery hook: one model per subdirectory of results_dir."""
-    return draw_each_run(results_dir, figures_dir, draw)
+make_figures = each_run(draw)  # the gallery hook: one model per subdirectory of results_dir
 
 
-def main() -> None:
-    args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def findings_from_run(out: Path) -> list[Finding]:
+    """The finding rows of one model's run, from its saved summary.json: the grid's best
+    configuration and the hybrid one, each with its shuffled-factor control when it was run."""
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    name, res = summary["model"], saved_sweep(summary["result"])
+    control_note = {}
+    if summary.get("controls"):
+        for p in saved_sweep(summary["controls"]).points:
+            if p.control:
+                control_note[p.label.replace(" (shuffled control)", "")] = (
+                    f"shuffled factors: Δscore {ci(p.delta_score)}, Δnll {ci(p.delta_nll)}")
+    best = max(res.points, key=lambda p: p.delta_score.estimate)
+    shown = [best] + [p for p in res.points if p.label == "hybrid" and p is not best]
+    rows = []
+    for p in shown:
+        for measure, c in ((f"Δ {summary['behaviour']} score", p.delta_score),
+                           ("Δ held-out NLL (nats/token)", p.delta_nll)):
+            rows.append(Finding(
+                NAME, f"{name} {p.label}{' (best Δscore of grid)' if p is best else ''}: "
+                f"{measure}", c.estimate, c.low, c.high, str(c.n),
+                control_note.get(p.label, "none (not an improving config)"),
+                ("improves" if res.improves(p) else "no improvement")
+                + (f"; {summary['n_improvements']} of {summary['n_configurations']} "
+                   "configurations improve" if p is best else ""),
+                headline=p is best))
+    return rows
+
+
+def save_run_findings(ctx: Context) -> Path:
+    """Write `ctx.out`/findings.json from the run saved there (summary.json)."""
+    summary = json.loads((ctx.out / "summary.json").read_text(encoding="utf-8"))
+    n_cfg, n_impr = summary["n_configurations"], summary["n_improvements"]
+    settings = {k: v for k, v in summary.items()
+                if k in ("model", "behaviour", "n_texts", "n_prompts", "layers", "alphas",
+                         "max_new_tokens")}
+    return save_findings(ctx, findings_from_run(ctx.out), settings, notes=[
+        f"{n_impr} of {n_cfg} configurations improve the score with perplexity inside the "
+        f"baseline CI (about {0.025 * n_cfg:.1f} expected by chance at a one-sided 2.5% per "
+        "configuration, uncorrected)."])
+
+
+def main(argv=None, model=None) -> dict:
+    """Run the analysis; `model` reuses an already loaded model (it must match --model)."""
     t0 = time.time()
-    model = load_model(args.model, device=args.device)
+    args, ctx, model = start(NAME, build_parser(), argv, model, per_model=True)
     name = runtime.model_id(model)
-    out = Path(args.out or f"results/spectral_weights/{name}")
-    figs = Path(args.figures)
+    out, figs = ctx.out, ctx.fig_dir
     n_layers = runtime.n_layers(model)
     layers = args.layers or [round(n_layers * f) for f in (0.1, 0.35, 0.6, 0.85)]
     behaviour = load_behaviour(args.behaviour)
@@ -154,7 +188,7 @@ def main() -> None:
           f"{len(prompts)} {behaviour.name} prompts (chat={chat})")
     common = dict(texts=texts, prompts=prompts, scorer=behaviour.scorer,
                   max_new_tokens=args.max_new_tokens, chat=chat, n_boot=args.n_boot,
-                  show_progress=False)
+                  seed=ctx.seed, control_seed=ctx.seed, show_progress=ctx.progress)
     res = evaluate_configs(model, configs, out_dir=out / "grid", **common)
     print(f"[{time.time() - t0:.0f}s] grid measured ({len(res.points)} configurations)")
 
@@ -167,11 +201,6 @@ def main() -> None:
         print(f"[{time.time() - t0:.0f}s] shuffled-factor controls for "
               f"{[c.name for c in controlled]}")
 
-    table = res.table()
-    if controls is not None:
-        ctrl = controls.table()
-        table = pd.concat([table, ctrl[ctrl["control"]]], ignore_index=True)
-    atomic_write_text(out / "table.csv", table.to_csv(index=False))
     mid = layers[len(layers) // 2]
     shown = HYBRID if HYBRID in configs else SpectralConfig(
         (SpectralEdit(mid, max(args.alphas)),), name=f"L{mid} a={max(args.alphas):+g}")
@@ -191,29 +220,7 @@ def main() -> None:
         "seconds": time.time() - t0,
     }
     atomic_write_text(out / "summary.json", json.dumps(jsonable(summary), indent=2))
-    best = max(res.points, key=lambda p: p.delta_score.estimate)
-    control_note = {}
-    if controls is not None:
-        for p in controls.points:
-            if p.control:
-                base_label = p.label.replace(" (shuffled control)", "")
-                control_note[base_label] = (f"shuffled factors: Δscore {ci(p.delta_score)}, "
-                                            f"Δnll {ci(p.delta_nll)}")
-    shown_points = [best] + [p for p in res.points if p.label == "hybrid" and p is not best]
-    findings = []
-    for p in shown_points:
-        for measure, c in ((f"Δ {behaviour.name} score", p.delta_score),
-                           ("Δ held-out NLL (nats/token)", p.delta_nll)):
-            findings.append({
-                "analysis": "spectral_weights",
-                "measure": f"{name} {p.label}{' (best Δscore of grid)' if p is best else ''}: "
-                           f"{measure}",
-                "value": c.estimate, "low": c.low, "high": c.high, "n": str(c.n),
-                "random_control": control_note.get(p.label, "none (not an improving config)"),
-                "verdict": "improves" if res.improves(p) else "no improvement"})
-    atomic_write_text(out / "findings.json", json.dumps(jsonable(
-        {"analysis": "spectral_weights", "model": name, "n_configurations": n_cfg,
-         "n_improvements": n_impr, "findings": findings}), indent=1))
+    save_run_findings(ctx)
     draw(out, figs)
 
     b = res.baseline
@@ -235,6 +242,7 @@ def main() -> None:
           f"inside the baseline CI (about {0.025 * n_cfg:.1f} expected by chance at a one-sided "
           f"2.5% per configuration, uncorrected).")
     print(f"[{time.time() - t0:.0f}s] wrote {out} and {figs}/spectral_weights_{name}_*.html")
+    return {"result": res, "controls": controls, "summary": summary}
 
 
 if __name__ == "__main__":

@@ -9,43 +9,36 @@ default for the model forward and the SAE matmuls. Every stage is cached and res
 the same command skips finished work. Writes results/sae_training/results.json and, with --ship,
 the main SAE (fp16, SAELens format) under steerlens/data/saes/<name>/.
 
-    python analyses/train_sae.py --threads 2 --ship
+    python -m analyses.train_sae --threads 2 --ship
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from steerlens.backend import runtime
+from steerlens.backend.loading import cache_root
+from steerlens.figures import save_html
+from steerlens.figures.sae import sparsity_tradeoff
+from steerlens.io import atomic_write_text
+from steerlens.sae.activations import cache_activations
+from steerlens.sae.corpus import cached_corpus
+from steerlens.sae.train import SAEMetrics, SAETrainConfig, result_dict, save_sae, train_sae
+from steerlens.sites import Site
 
-from _common import GalleryEntry  # noqa: E402
+from . import ROOT, command
+from ._common import Context, GalleryEntry, add_list, parser, start
+from .findings import Finding, save_findings
 
-from steerlens.backend import load_model, runtime  # noqa: E402
-from steerlens.backend.loading import cache_root  # noqa: E402
-from steerlens.figures import save_html  # noqa: E402
-from steerlens.figures.sae import sparsity_tradeoff  # noqa: E402
-from steerlens.io import atomic_write_text  # noqa: E402
-from steerlens.sae.activations import cache_activations  # noqa: E402
-from steerlens.sae.corpus import cached_corpus  # noqa: E402
-from steerlens.sae.train import (  # noqa: E402
-    SAEMetrics,
-    SAETrainConfig,
-    result_dict,
-    save_sae,
-    train_sae,
-)
-from steerlens.sites import Site  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+NAME = "train_sae"
 SHIP_ROOT = ROOT / "steerlens" / "data" / "saes"
-RESULTS_DIR_NAME = "sae_training"  # the gallery reads results/sae_training/
+COMMAND = command(NAME, "--threads 2 --ship")  # the command that made the shipped SAE
 
 
 def draw(out: Path, fig_dir: Path) -> list[GalleryEntry]:
@@ -60,43 +53,68 @@ def draw(out: Path, fig_dir: Path) -> list[GalleryEntry]:
         "train_sae", path, "SAE sparsity trade-off",
         f"Explained variance vs L0 of the SAEs trained at {len(runs)} L1 settings on "
         f"{data['hook_name']} of {data['model']}, on held-out corpus activations and on general "
-        "prose.", "python analyses/train_sae.py --threads 2 --ship")]
+        "prose.", COMMAND)]
 
 
-def make_figures(results_dir: Path = ROOT / "results" / RESULTS_DIR_NAME,
-                 figures_dir: Path = ROOT / "figures") -> list[GalleryEntry]:
-    """Gallery hook: redraw the saved training results in results_dir."""
-    return draw(Path(results_dir), Path(figures_dir))
+make_figures = draw  # the gallery hook: the saved training results in results_dir
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--device", default="cpu")
+def findings_from_results(data: dict) -> list[Finding]:
+    """One row per trained L1 setting, from a saved results.json: explained variance on held-out
+    corpus activations (with MSE, L0 and dead features) and on general prose."""
+    rows = []
+    for r in data["runs"]:
+        m, held = r["metrics"], r.get("heldout_check") or {}
+        l1 = r["config"]["l1_coefficient"]
+        healthy = m["explained_variance"] > 0.7 and m["dead_fraction"] < 0.1
+        rows.append(Finding(
+            NAME, f"SAE at L1={l1:g} ({r['config']['d_sae']} features on {data['hook_name']}): "
+            "explained variance on held-out corpus activations", m["explained_variance"], None,
+            None, f"{m['n_tokens']} activations", "-",
+            f"MSE {m['mse']:.3g}, L0 {m['l0']:.0f}, dead {m['dead_fraction']:.1%}; "
+            + ("healthy in distribution" if healthy else "not healthy in distribution")
+            + (f"; EV on general prose {held['explained_variance']:.2f} ({held['n_tokens']} "
+               "tokens)" if held else ""), headline=True))
+    return rows
+
+
+def save_run_findings(ctx: Context) -> Path:
+    """Write `ctx.out`/findings.json from the training results saved there (results.json)."""
+    results = json.loads((ctx.out / "results.json").read_text(encoding="utf-8"))
+    return save_findings(ctx, findings_from_results(results),
+                         {k: results[k] for k in ("model", "hook_name", "activations")},
+                         notes=["Rules of thumb for a healthy SAE: explained variance > 0.7, L0 "
+                                "in the tens to low hundreds, < 10% dead features."])
+
+
+def build_parser():
+    ap = parser(NAME, __doc__.splitlines()[0], quick=False, fresh=False)
+    ap.set_defaults(threads=2)
     ap.add_argument("--layer", type=int, default=12)
     ap.add_argument("--component", default="resid_pre")
     ap.add_argument("--expansion", type=int, default=8)
     ap.add_argument("--cache-tokens", type=int, default=520_000)
     ap.add_argument("--train-tokens", type=int, default=1_024_000)
     ap.add_argument("--l1", type=float, default=5.0, help="L1 coefficient of the main SAE")
-    ap.add_argument("--extra-l1", type=float, nargs="*", default=[10.0, 2.0])
+    add_list(ap, "--extra-l1", float, [10.0, 2.0], "L1 coefficients of the trade-off SAEs "
+             "(none: --extra-l1 with no value)", nargs="*")
     ap.add_argument("--extra-train-tokens", type=int, default=1_024_000)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--eval-shards", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                     help="bf16 autocast for the model forward and SAE training (AMX CPUs)")
     ap.add_argument("--ship", action="store_true", help="copy the main SAE into steerlens/data/saes")
     ap.add_argument("--ship-l1", type=float, default=None, help="ship this L1 setting instead")
     ap.add_argument("--name", default="smollm2-135m-instruct-l12-resid_pre-4608")
-    ap.add_argument("--out", default="results/sae_training")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    t_all = time.perf_counter()
-    timings: dict[str, float] = {}
+    return ap
 
-    model = load_model(args.model, device=args.device)
+
+def main(argv=None, model=None) -> dict:
+    """Run the training; `model` reuses an already loaded model (it must match --model)."""
+    t_all = time.perf_counter()
+    args, ctx, model = start(NAME, build_parser(), argv, model)
+    timings: dict[str, float] = {}
     site = Site(args.layer, args.component).validate(model)
     t = time.perf_counter()
     corpus = cached_corpus(runtime.tokenizer(model))
@@ -105,7 +123,7 @@ def main(argv=None) -> dict:
           flush=True)
     t = time.perf_counter()
     cache = cache_activations(model, corpus.texts(), site, n_tokens=args.cache_tokens,
-                              context_size=128, batch_size=16, seqs_per_shard=64, seed=0,
+                              context_size=128, batch_size=16, seqs_per_shard=64, seed=ctx.seed,
                               autocast_bf16=args.bf16)
     timings["activations_s"] = time.perf_counter() - t
     print(f"activations: {cache.n_tokens} tokens in {cache.n_shards} shards, "
@@ -138,15 +156,15 @@ def main(argv=None) -> dict:
                      "heldout_check": held})
         timings[f"train_l1_{cfg.l1_coefficient}_s"] = dt
         timings["total_s"] = time.perf_counter() - t_all
-        results = _results(args, model, site, timings, corpus, cache, runs)
+        results = _results(ctx.out, args, model, site, timings, corpus, cache, runs)
         if args.ship and cfg.l1_coefficient == (args.l1 if args.ship_l1 is None else args.ship_l1):
             ship(runs[-1], corpus.provenance.to_dict(), results, SHIP_ROOT / args.name)
-    draw(Path(args.out), ROOT / "figures")
+    save_run_findings(ctx)
+    draw(ctx.out, ctx.fig_dir)
     return results
 
 
-def _results(args, model, site, timings, corpus, cache, runs) -> dict:
-    out = Path(args.out)
+def _results(out: Path, args, model, site, timings, corpus, cache, runs) -> dict:
     results = {
         "model": runtime.model_id(model), "hook_name": site.hook_name(model),
         "threads": args.threads, "bf16_autocast": args.bf16, "timings": timings,
@@ -168,7 +186,7 @@ def heldout_metrics(model, site: Site, sae_dir: Path, n_rows: int = 8) -> dict:
     from steerlens.sae import load_sae, sae_metrics
     from steerlens.sae.activations import site_activations
 
-    text = (Path(__file__).resolve().parents[1] / "steerlens" / "data" / "heldout.txt").read_text()
+    text = (ROOT / "steerlens" / "data" / "heldout.txt").read_text()
     tok = runtime.tokenizer(model)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     rows = [[tok.bos_token_id] + ids[i * 127:(i + 1) * 127] for i in range(min(n_rows, len(ids) // 127))]

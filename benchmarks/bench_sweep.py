@@ -86,7 +86,7 @@ def main() -> None:
         _sync(args.device)
         t_loop.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        res = sweep(model, vec, layers, strengths, prompts, show_progress=False)
+        res = sweep(model, prompts, vec, layers=layers, strengths=strengths, show_progress=False)
         _sync(args.device)
         t_eng.append(time.perf_counter() - t0)
     t = res.table

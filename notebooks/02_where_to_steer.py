@@ -80,7 +80,7 @@ print(vector)
 # A bigger KL is *not* better steering; it says where the model is sensitive to this direction.
 
 # %%
-kl = sweep(model, {"sentiment": vector.select(kl_layers)}, kl_layers, [0.1], prompts,
+kl = sweep(model, prompts, {"sentiment": vector.select(kl_layers)}, layers=kl_layers, strengths=[0.1],
            measures=("kl",), n_random=2, random_seed=0, show_progress=False)
 kl_by_layer(kl, strength=0.1, title=f"Next-token KL at 0.1 x residual norm (n={len(prompts)} "
             "prompts)").show()
@@ -93,8 +93,7 @@ layer_effect(kl, "kl_bits", 0.1).round(3)
 # random direction per cell. That is 2 × 3 × 4 × 5 = 120 steered continuations.
 
 # %%
-result = sweep(model, {"sentiment": vector.select(gen_layers)}, gen_layers, [-0.3, -0.1, 0.1, 0.3],
-               prompts, measures=("kl", "generate"), scorer=sentiment.scorer, max_new_tokens=12,
+result = sweep(model, prompts, {"sentiment": vector.select(gen_layers)}, layers=gen_layers, strengths=[-0.3, -0.1, 0.1, 0.3], measures=("kl", "generate"), scorer=sentiment.scorer, max_new_tokens=12,
                n_random=1, random_seed=0, show_progress=False)
 print(f"{result.n_cells} cells; model passes: {dict(result.passes)}")
 result.table[["vector", "layer", "strength", "prompt_idx", "score", "changed", "perplexity",
@@ -141,7 +140,7 @@ compare_random(result, "score").round(3)
 #
 # - n = 5 prompts per cell, 12 tokens, one random direction: a demonstration, not a result.
 #   Cells with CIs that touch 0 are "not shown", and selecting the best of 12 cells inflates it.
-# - Full-size runs (`results/FINDINGS_measurement.md`): with 12 prompts × 40 cells
+# - Full-size runs (`results/FINDINGS.md`): with 12 prompts × 40 cells
 #   (`analyses/mid_layer_sweep.py`) the best cell (layer 21, −0.2 × residual norm) shifted VADER
 #   by −0.98 [−1.25, −0.66] vs −0.04 for a random direction; layer 2 showed no shift; "frozen"
 #   cells did not occur at all (0 of 40), so the frozen-late-layers story did not reproduce.

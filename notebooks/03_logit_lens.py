@@ -142,6 +142,6 @@ print({tok: round(bits, 2) for tok, bits in zip(token_kl.tokens, token_kl.bits)}
 # - The lens is linear in the vector, so it cannot see non-linear effects of later layers. The
 #   residual lens at early layers is known to be unreliable (the residual basis drifts with depth;
 #   tuned lenses learn a per-layer correction, which steerlens does not implement).
-# - In the full-size analyses (`results/FINDINGS_measurement.md`) the sentiment direction's
+# - In the full-size analyses (`results/FINDINGS.md`) the sentiment direction's
 #   effect on text was clearest at mid-to-late layers (e.g. L21) and absent at L2; compare that
 #   with where the vector lens above starts to show sentiment words.

@@ -100,7 +100,7 @@ print("gated candidate layers, best first:", gated_layers(gaps.rotated_keys))
 layers = list(range(1, 30, 2))
 vector = build_vector(model, sentiment.train, layers=layers, show_progress=False)
 vector = scale_to_residual(vector, residual_norms(model, prompts, layers))
-kl = sweep(model, {"sentiment": vector}, layers, [0.1], prompts, measures=("kl",), n_random=1,
+kl = sweep(model, prompts, {"sentiment": vector}, layers=layers, strengths=[0.1], measures=("kl",), n_random=1,
            show_progress=False)
 kl_by_layer(kl, strength=0.1).show()
 effect = layer_effect(kl, "kl_bits", 0.1)
@@ -173,7 +173,7 @@ control.table()[["label", "control", "perplexity", "delta_nll", "delta_score"]].
 #
 # - n here is tiny: 6 prompts, 15 layers for the correlation, 4 texts and 6 prompts for the edits.
 #   Correlations over layers have few points and neighbouring layers are not independent.
-# - Full-size runs (`results/FINDINGS_measurement.md`, README): on SmolLM2 the min gap vs the
+# - Full-size runs (`results/FINDINGS.md`, README): on SmolLM2 the min gap vs the
 #   per-layer sentiment-score effect gave Pearson +0.39 [−0.29, +0.74], p_perm = 0.15 over 14 layers
 #   × 12 prompts; the eigengap-predicted layer (28) was not the best measured layer (14). The claim
 #   is **not supported** on this model, and untestable on Gemma 3 270M (one KV head per layer).

@@ -103,7 +103,7 @@ decs = {
                                      relative=False, label="sentiment"),
     "random (raw, >0)": decompose(model, sae, rnd, encoding="raw", threshold=0.0, relative=False,
                                   label="random"),
-    "pair feature difference": decompose_pairs(model, sae, sentiment.train, position="last",
+    "pair feature difference": decompose_pairs(model, sae, sentiment.train, read_at="last",
                                                label="sentiment pairs"),
 }
 display(pd.DataFrame([{"decomposition": k, "active": d.n_active, "diffusion": round(d.diffusion, 3),

@@ -29,6 +29,6 @@ fi
 
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
   echo "[steerlens] installing steerlens and its dependencies (first run takes a minute or two)" >&2
-  "$PY" -m pip install -q -e "$ROOT[dev]" 2> >(grep -v "^WARNING: Location" >&2)
+  "$PY" -m pip install -q -e "$ROOT[dev,docs]" 2> >(grep -v "^WARNING: Location" >&2)
   touch "$STAMP"
 fi

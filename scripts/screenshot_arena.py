@@ -1,7 +1,7 @@
 """Screenshot of the steering arena after a real steered generation, for the README.
 
 Starts the arena on the embedded model in this process, drives it with the same headless Chromium
-setup as tests/test_arena_browser.py (steerlens.arena.browser), runs one generation with the
+setup as tests/test_arena_browser.py (tests/_browser.py), runs one generation with the
 baseline and two strengths, and writes a PNG (default docs/arena.png).
 
     python scripts/screenshot_arena.py [--model smollm2-135m-instruct] [--out docs/arena.png]
@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from steerlens.arena import browser
 from steerlens.arena.engine import Arena
 from steerlens.arena.server import make_server, start_in_thread
 from steerlens.backend import DEFAULT_MODEL, load_model
+
+# the Selenium helper is a test helper (tests/_browser.py), not part of the installed package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import _browser as browser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

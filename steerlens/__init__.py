@@ -1,3 +1,69 @@
-"""steerlens: activation-steering research on TransformerLens models."""
+"""steerlens: activation-steering research on TransformerLens models.
 
-__version__ = "0.1.0"
+`import steerlens as sl` gives the names a steering study needs, from contrast pairs to figures:
+load a model (`load_model`), build a vector from a behaviour's pairs (`load_behaviour`,
+`build_vector`, `random_like` for the control), steer and generate (`steer`, `schedule`,
+`generate` with a `GenerationConfig`), measure (`next_token_kl`, `per_token_kl`, `vector_lens`,
+`residual_lens`, `bootstrap_ci`), sweep layers x strengths (`sweep`, `SweepConfig`, `load_sweep`)
+and score layers spectrally (`eigengaps`). Everything else stays in its subpackage, reachable as an
+attribute without another import line (loaded on first use): `sl.measures`, `sl.stats`,
+`sl.sweep`, `sl.spectral`, `sl.sae`, `sl.figures`, `sl.backend`, `sl.config`.
+"""
+
+import importlib
+
+from ._version import __version__
+from .backend import Model, available_models, load_model
+from .config import GenerationConfig, SweepConfig
+from .extract import extract
+from .generate import Generation, generate, generate_stream
+from .measures import next_token_kl, per_token_kl, residual_lens, vector_lens
+from .methods import build_vector, random_like
+from .pairs import ContrastPair, ContrastSet, load_behaviour
+from .spectral import eigengaps
+from .stats import bootstrap_ci
+from .steer import Injection, schedule, steer
+from .sweep import load_sweep, sweep
+from .vectors import SteeringVector, SteeringVectorSet
+
+__all__ = [
+    "ContrastPair",
+    "ContrastSet",
+    "Generation",
+    "GenerationConfig",
+    "Injection",
+    "Model",
+    "SteeringVector",
+    "SteeringVectorSet",
+    "SweepConfig",
+    "__version__",
+    "available_models",
+    "bootstrap_ci",
+    "build_vector",
+    "eigengaps",
+    "extract",
+    "generate",
+    "generate_stream",
+    "load_behaviour",
+    "load_model",
+    "load_sweep",
+    "next_token_kl",
+    "per_token_kl",
+    "random_like",
+    "residual_lens",
+    "schedule",
+    "steer",
+    "sweep",
+    "vector_lens",
+]
+
+_SUBPACKAGES = ("arena", "backend", "config", "figures", "measures", "methods", "pairs", "sae",
+                "spectral", "stats", "steer", "sweep", "vectors")
+
+
+def __getattr__(name: str):
+    """Load a subpackage on first attribute access (`sl.figures`, `sl.sae`, ...)."""
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'steerlens' has no attribute {name!r}; public names are "
+                         f"{__all__} and subpackages {list(_SUBPACKAGES)}.")

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backend import load_model, runtime
+from .backend import Model, load_model, runtime
 from .generate import generate
 from .methods import build_vector, random_like
 from .pairs import load_behaviour
@@ -23,6 +23,15 @@ DEMO_STRENGTHS = (-6.0, -3.0, 0.0, 3.0, 6.0)
 
 @dataclass(frozen=True)
 class DemoRow:
+    """One continuation of the demo and its sentiment.
+
+    Attributes:
+        prompt: the held-out prompt.
+        condition: "baseline", "steered" or "random".
+        strength: the strength (0 for the baseline).
+        text: the greedy continuation.
+        sentiment: its VADER compound score in [-1, 1].
+    """
     prompt: str
     condition: str  # "baseline", "steered", "random"
     strength: float
@@ -32,6 +41,16 @@ class DemoRow:
 
 @dataclass(frozen=True)
 class DemoResult:
+    """Everything the demo computed, for printing and `figures.demo.demo_figure`.
+
+    Attributes:
+        model: the model's id.
+        layer: the steered layer.
+        vector_norm: the vector's norm at that layer.
+        n_pairs: training pairs the vector was built from.
+        rows: one row per (condition, strength, prompt).
+        max_new_tokens: tokens per continuation.
+    """
     model: str
     layer: int
     vector_norm: float
@@ -40,9 +59,24 @@ class DemoResult:
     max_new_tokens: int
 
 
-def run_demo_result(model, layer: int | None = None, n_prompts: int = 4,
+def run_demo_result(model: Model, layer: int | None = None, n_prompts: int = 4,
                     strengths=DEMO_STRENGTHS, max_new_tokens: int = 32) -> DemoResult:
-    """Compute the demo's generations and scores on an already-loaded model."""
+    """Compute the demo's generations and scores on an already-loaded model.
+
+    Builds the sentiment CAA vector at `layer`, generates greedy continuations of held-out prompts at
+    each strength, plus a norm-matched random direction at the largest |strength|, and scores them
+    with VADER.
+
+    Args:
+        model: the model.
+        layer: the layer to steer (default: a third of the depth).
+        n_prompts: held-out prompts to use.
+        strengths (Sequence[float]): the strengths (0 is the unsteered baseline).
+        max_new_tokens: tokens per continuation.
+
+    Returns:
+        The `DemoResult`.
+    """
     from .measures.scorers import get_scorer
 
     behaviour = load_behaviour("sentiment")
@@ -53,12 +87,12 @@ def run_demo_result(model, layer: int | None = None, n_prompts: int = 4,
     rows: list[DemoRow] = []
     control = random_like(vec, seed=0)
     for s in strengths:
-        gen = generate(model, prompts, None if s == 0 else vec, strength=s,
+        gen = generate(model, prompts, None if s == 0 else vec, None if s == 0 else s,
                        max_new_tokens=max_new_tokens)
         cond = "baseline" if s == 0 else "steered"
         rows += [DemoRow(p, cond, s, t, float(score(t))) for p, t in zip(prompts, gen.texts)]
     top = max(strengths, key=abs)
-    gen = generate(model, prompts, control, strength=abs(top), max_new_tokens=max_new_tokens)
+    gen = generate(model, prompts, control, abs(top), max_new_tokens=max_new_tokens)
     rows += [DemoRow(p, "random", abs(top), t, float(score(t))) for p, t in zip(prompts, gen.texts)]
     return DemoResult(runtime.model_id(model), layer, vec.norms[layer], vec.n_pairs, tuple(rows),
                       max_new_tokens)
@@ -66,7 +100,17 @@ def run_demo_result(model, layer: int | None = None, n_prompts: int = 4,
 
 def run_demo(model_name: str | None = None, device: str | None = None,
              out_dir: Path = Path("figures"), layer: int | None = None) -> Path:
-    """Load the model, run the demo, print a summary and write `out_dir/demo.html`."""
+    """Load the model, run the demo, print a summary and write `out_dir/demo.html`.
+
+    Args:
+        model_name: the model (default: the embedded SmolLM2-135M-Instruct).
+        device: where to run it (default: CUDA when available).
+        out_dir: the report directory.
+        layer: the layer to steer (default: a third of the depth).
+
+    Returns:
+        The path of the report.
+    """
     from .figures import save_html
     from .figures.demo import demo_figure
 

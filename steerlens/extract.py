@@ -2,7 +2,8 @@
 
 Texts are left-padded into batches; hooks on every requested site reduce the activation to the
 requested token position inside the forward (so memory stays O(batch x d_model) per site), and the
-forward stops after the deepest requested layer. Positions are relative to each row's content span:
+forward stops after the deepest requested layer. Where activations are read (`read_at`) is relative
+to each row's content span:
 the completion when a prompt is given, otherwise the text after BOS. "last" / "first" take one
 token, "mean" averages the span (padding excluded), "all" returns every span token flattened, with
 `row_index` saying which text each came from.
@@ -10,6 +11,7 @@ token, "mean" averages the span (padding excluded), "all" returns every span tok
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,26 +19,29 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .backend import runtime
+from .backend import Model, runtime
+from .checks import check_batch_size, check_choice
+from .config import READ_AT
 from .pairs import ContrastSet, as_contrast_set
 from .progress import progress
 from .sites import Component, Site
 
-Position = str  # one of POSITIONS, validated with a ValueError
-POSITIONS: tuple[str, ...] = ("last", "first", "mean", "all")
+ReadAt = str  # one of READ_AT, validated with a ValueError
+POSITIONS = READ_AT  # deprecated alias (0.1 name)
 
 
 @dataclass(frozen=True)
 class Activations:
-    """Activations per layer at one component and position: layer -> [n, d_model]."""
+    """Activations per layer at one component, read at one token rule: layer -> [n, d_model]."""
 
     by_layer: dict[int, Float[Tensor, "n d_model"]]
     component: str
-    position: str
+    read_at: str
     row_index: Int[Tensor, " n"]  # which input text each row came from
 
     @property
     def layers(self) -> list[int]:
+        """The extracted layers, ascending."""
         return sorted(self.by_layer)
 
     def __getitem__(self, layer: int) -> Float[Tensor, "n d_model"]:
@@ -55,17 +60,61 @@ class PairActivations:
 
     @property
     def layers(self) -> list[int]:
+        """The extracted layers, ascending."""
         return self.positive.layers
 
 
-def check_position(position: str) -> str:
-    if position not in POSITIONS:
-        raise ValueError(f"Unknown position {position!r}; valid positions are {list(POSITIONS)}.")
-    return position
+def check_read_at(read_at: str) -> str:
+    """Return `read_at` if it is a valid extraction rule.
+
+    Args:
+        read_at: where activations are read, one of `READ_AT`.
+
+    Returns:
+        The same string.
+
+    Raises:
+        ValueError: if it is not one of `READ_AT`.
+    """
+    return check_choice(read_at, READ_AT, "read_at")
 
 
-def resolve_chat(model, chat: bool | None, has_prompts: bool) -> bool:
-    """Chat templating: explicit choice, else on for instruct models with a template and prompts."""
+def resolve_read_at(read_at: str, position: str | None, where: str) -> str:
+    """`read_at`, or the deprecated `position=` keyword when given (with a DeprecationWarning).
+
+    Args:
+        read_at: the new keyword's value.
+        position: the deprecated keyword's value, or None.
+        where: the calling function's name, for the warning.
+
+    Returns:
+        The validated rule.
+
+    Raises:
+        ValueError: for an unknown rule.
+    """
+    if position is not None:
+        warnings.warn(f"{where}(position=...) is deprecated; use read_at=... (where activations "
+                      "are read; `positions` is where vectors are written).", DeprecationWarning,
+                      stacklevel=3)
+        read_at = position
+    return check_read_at(read_at)
+
+
+def resolve_chat(model: Model, chat: bool | None, has_prompts: bool) -> bool:
+    """Chat templating: explicit choice, else on for instruct models with a template and prompts.
+
+    Args:
+        model: the model.
+        chat: True / False to force, None for auto.
+        has_prompts: whether the texts come with prompts (raw texts are never templated by auto).
+
+    Returns:
+        Whether to apply the chat template.
+
+    Raises:
+        ValueError: if chat=True but the tokenizer has no chat template.
+    """
     if chat is None:
         return has_prompts and runtime.is_instruct(model) and runtime.has_chat_template(model)
     if chat and not runtime.has_chat_template(model):
@@ -74,41 +123,63 @@ def resolve_chat(model, chat: bool | None, has_prompts: bool) -> bool:
 
 
 def _reduce(
-    act: Float[Tensor, "batch pos d"], batch: runtime.TokenBatch, position: str
+    act: Float[Tensor, "batch pos d"], batch: runtime.TokenBatch, read_at: str
 ) -> Float[Tensor, "n d"]:
     idx = torch.arange(act.shape[0], device=act.device)
-    if position == "last":
+    if read_at == "last":
         return act[idx, batch.span_end - 1]
-    if position == "first":
+    if read_at == "first":
         return act[idx, batch.span_start]
     pos = torch.arange(act.shape[1], device=act.device)
     in_span = (pos[None] >= batch.span_start[:, None]) & (pos[None] < batch.span_end[:, None])
-    if position == "mean":
+    if read_at == "mean":
         w = in_span.to(act.dtype)
         return (act * w[..., None]).sum(1) / w.sum(1, keepdim=True)
     return act[in_span]  # "all": flattened in row order
 
 
 def extract(
-    model,
+    model: Model,
     texts: Sequence[str],
     layers: Sequence[int],
     *,
     prompts: Sequence[str | None] | None = None,
     component: Component = "resid_pre",
-    position: Position = "last",
+    read_at: ReadAt = "last",
     batch_size: int = 16,
     chat: bool | None = None,
     show_progress: bool = True,
+    position: ReadAt | None = None,
 ) -> Activations:
-    """Activations of `texts` at `layers` (one forward per batch for all layers)."""
-    check_position(position)
+    """Activations of `texts` at `layers` (one forward per batch for all layers).
+
+    Args:
+        model: the model.
+        texts: the texts (completions when `prompts` are given).
+        layers: layers to read.
+        prompts: an optional prompt per text (None entries allowed); the span read is the text.
+        component: the site read at each layer ("resid_pre", "resid_mid", "resid_post",
+            "attn_out", "mlp_out").
+        read_at: where activations are read: "last", "first", "mean" (over the span) or "all"
+            (every span token, flattened, with `row_index`).
+        batch_size: most texts per forward.
+        chat: chat-template the prompts; None = auto (on for instruct models, with prompts).
+        show_progress: show a progress bar.
+        position: deprecated name of `read_at`.
+
+    Returns:
+        `Activations`: layer -> [n, d_model] float32 on CPU.
+
+    Raises:
+        ValueError: for no texts or layers, a bad batch size, an unknown `read_at` or component,
+            or a layer out of range.
+    """
+    read_at = resolve_read_at(read_at, position, "extract")
     if not texts:
         raise ValueError("extract() needs at least one text.")
     if not layers:
         raise ValueError("extract() needs at least one layer.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    check_batch_size(batch_size)
     site_list = [Site(int(layer), component).validate(model) for layer in layers]
     use_chat = resolve_chat(model, chat, prompts is not None and any(p is not None for p in prompts))
     stop = min(max(s.layer for s in site_list) + 1, runtime.n_layers(model))
@@ -123,7 +194,7 @@ def extract(
 
         def make_hook(layer: int, batch=batch, captured=captured):
             def hook(act, hook):
-                captured[layer] = _reduce(act.detach(), batch, position).float().cpu()
+                captured[layer] = _reduce(act.detach(), batch, read_at).float().cpu()
 
             return hook
 
@@ -132,7 +203,7 @@ def extract(
             runtime.forward(model, batch, stop_at_layer=stop, return_type=None)
         for layer, t in captured.items():
             out[layer].append(t)
-        if position == "all":
+        if read_at == "all":
             counts = (batch.span_end - batch.span_start).cpu()
             rows.append(torch.repeat_interleave(torch.arange(len(sub)) + start, counts))
         else:
@@ -140,38 +211,58 @@ def extract(
     return Activations(
         by_layer={k: torch.cat(v) for k, v in out.items()},
         component=component,
-        position=position,
+        read_at=read_at,
         row_index=torch.cat(rows),
     )
 
 
 def extract_pairs(
-    model,
+    model: Model,
     pairs: ContrastSet,
     layers: Sequence[int],
     *,
     component: Component = "resid_pre",
-    position: Position = "last",
+    read_at: ReadAt = "last",
     batch_size: int = 16,
     chat: bool | None = None,
     show_progress: bool = True,
+    position: ReadAt | None = None,
 ) -> PairActivations:
-    """Positive and negative activations of every pair (both sides batched together)."""
+    """Positive and negative activations of every pair (both sides batched together).
+
+    Args:
+        model: the model.
+        pairs: a ContrastSet (or anything `as_contrast_set` accepts).
+        layers: layers to read.
+        component: the site read at each layer.
+        read_at: "last", "first" or "mean" ("all" cannot align the two sides).
+        batch_size: most texts per forward.
+        chat: chat-template the prompts; None = auto.
+        show_progress: show a progress bar.
+        position: deprecated name of `read_at`.
+
+    Returns:
+        `PairActivations`, row i of each side from pair i.
+
+    Raises:
+        ValueError: for read_at="all" or any error `extract` raises.
+    """
     pairs = as_contrast_set(pairs)
-    if position == "all":
+    read_at = resolve_read_at(read_at, position, "extract_pairs")
+    if read_at == "all":
         raise ValueError(
-            "position='all' gives different token counts per side, so pairs cannot be aligned; "
+            "read_at='all' gives different token counts per side, so pairs cannot be aligned; "
             "use 'last', 'first' or 'mean' for contrast pairs."
         )
     n = len(pairs)
     texts = pairs.positives + pairs.negatives
     prompts = pairs.prompts * 2
     acts = extract(model, texts, layers, prompts=None if all(p is None for p in prompts) else
-                   prompts, component=component, position=position, batch_size=batch_size,
+                   prompts, component=component, read_at=read_at, batch_size=batch_size,
                    chat=chat, show_progress=show_progress)
 
     def side(sl: slice) -> Activations:
-        return Activations({k: v[sl] for k, v in acts.by_layer.items()}, component, position,
+        return Activations({k: v[sl] for k, v in acts.by_layer.items()}, component, read_at,
                            acts.row_index[sl])
 
     return PairActivations(side(slice(0, n)), side(slice(n, 2 * n)), n)

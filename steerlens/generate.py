@@ -1,11 +1,12 @@
 """Steered (and unsteered) text generation with an exact KV cache.
 
-Prompts are left-padded into one batch. With the KV cache, the prompt runs once and each step
-feeds one token; without it, the whole sequence is re-run every step. Steering hooks see absolute
+Prompts are left-padded into one batch. With the KV cache, the prompt runs once and each step feeds
+one token; without it, the whole sequence is re-run every step. Steering hooks see absolute
 positions either way (see `steer.py`), so greedy decoding gives the same tokens with and without
-the cache, including for position-specific and scheduled steering. Sampling uses a seeded
-generator, so a (seed, settings) pair reproduces its samples. `generate_stream` runs the same
-decoding loop and yields after every step (for live displays); closing it early removes its hooks.
+the cache, including for position-specific and scheduled steering. Decoding settings are one
+`GenerationConfig` (or its fields as keyword overrides). Sampling uses a seeded generator, so a
+(seed, settings) pair reproduces its samples. `generate_stream` runs the same decoding loop and
+yields after every step (for live displays); closing it early removes its hooks.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .backend import runtime
+from .backend import Model, runtime
+from .checks import check_texts
+from .config import GenerationConfig, resolve_generation
 from .extract import resolve_chat
-from .steer import PositionMode, Steerer, steer
+from .steer import PositionMode, Steerer, steer, steered_forward
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,11 @@ class Generation:
         return len(self.texts)
 
 
-def _sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
-            gen: torch.Generator | None) -> Tensor:
-    if temperature == 0.0:
+def _sample(logits: Tensor, config: GenerationConfig, gen: torch.Generator | None) -> Tensor:
+    if config.greedy:
         return logits.argmax(-1)
-    logits = logits.double() / temperature
+    top_k, top_p = config.top_k, config.top_p
+    logits = logits.double() / config.temperature
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -55,125 +58,121 @@ def _sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float 
     return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
 
 
-def check_generation_args(max_new_tokens: int, temperature: float, top_k, top_p) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}.")
-    if not (temperature >= 0.0) or temperature == float("inf"):
-        raise ValueError(f"temperature must be finite and >= 0, got {temperature!r}.")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}.")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
-
-
-def _prepare(model, prompts, max_new_tokens: int, temperature: float, top_k, top_p,
-             chat: bool | None) -> tuple[list[str], bool, runtime.TokenBatch]:
+def _prepare(model: Model, prompts, config: GenerationConfig, chat: bool | None
+             ) -> tuple[list[str], bool, runtime.TokenBatch]:
     """Checked prompts, the chat decision and the encoded batch (fits the context or raises)."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("generate() needs at least one prompt.")
-    check_generation_args(max_new_tokens, temperature, top_k, top_p)
+    prompts = check_texts(prompts, "prompts")
     use_chat = resolve_chat(model, chat, True)
     batch = runtime.encode_prompts(model, prompts, chat=use_chat)
-    if batch.tokens.shape[1] + max_new_tokens > model.cfg.n_ctx:
+    ctx = runtime.n_ctx(model)
+    if batch.tokens.shape[1] + config.max_new_tokens > ctx:
         raise ValueError(
-            f"Prompt ({batch.tokens.shape[1]} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
-            f"the model's context length {model.cfg.n_ctx}."
+            f"Prompt ({batch.tokens.shape[1]} tokens) + max_new_tokens ({config.max_new_tokens}) "
+            f"exceeds the model's context length {ctx}."
         )
     return prompts, use_chat, batch
 
 
+def _steerer(stack: contextlib.ExitStack, model: Model, steering, strength: float | None,
+             positions: PositionMode) -> Steerer | None:
+    if steering is None or isinstance(steering, Steerer):
+        if steering is None and strength is not None:
+            raise ValueError("strength was given but steering is None; pass the vector to steer "
+                             "with.")
+        return steering
+    return stack.enter_context(steer(model, steering, strength, positions))
+
+
 def generate(
-    model,
+    model: Model,
     prompts: str | Sequence[str],
     steering=None,
-    *,
     strength: float | None = None,
+    *,
     positions: PositionMode = "all",
-    max_new_tokens: int = 32,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int = 0,
     chat: bool | None = None,
-    use_kv_cache: bool = True,
-    stop_at_eos: bool = True,
+    config: GenerationConfig | None = None,
+    **settings: Any,
 ) -> Generation:
-    """Generate continuations, optionally steered.
+    """Generate continuations, optionally steered, batched and KV-cached.
 
-    `steering` is anything `steer()` accepts (a vector with `strength`, Injections, a list), or an
-    active `Steerer` from an enclosing `with steer(...)` block.
+    Args:
+        model: the model.
+        prompts: one prompt or a list (left-padded into one batch).
+        steering (SteeringVector | SteeringVectorSet | Injection | Steerer | list | None): anything
+            `steer()` accepts (a vector, Injections, a list, a named set), an
+            active `Steerer` from an enclosing `with steer(...)` block, or None.
+        strength: strength for a vector given without one.
+        positions: where the vectors are written ("all", "prompt", "generated", "first", "last").
+        chat: chat-template the prompts; None = auto (on for instruct models with a template).
+        config: decoding settings (default `GenerationConfig()`).
+        **settings: `GenerationConfig` field overrides, e.g. `max_new_tokens=30, seed=1`.
+
+    Returns:
+        A `Generation` with the continuations (prompt excluded) and the settings used.
+
+    Raises:
+        ValueError: for empty or non-string prompts, invalid settings, a prompt that does not fit
+            the context with `max_new_tokens`, or invalid steering.
+
+    Example:
+        >>> gen = sl.generate(model, ["Tell me about your weekend."], vec.layer(10), 4.0,
+        ...                   max_new_tokens=30)  # doctest: +SKIP
+        >>> gen.texts[0]  # doctest: +SKIP
     """
-    prompts, use_chat, batch = _prepare(model, prompts, max_new_tokens, temperature, top_k, top_p,
-                                        chat)
+    config = resolve_generation(config, settings)
+    prompts, use_chat, batch = _prepare(model, prompts, config, chat)
     with contextlib.ExitStack() as stack:
-        steerer: Steerer | None
-        if steering is None or isinstance(steering, Steerer):
-            steerer = steering
-        else:
-            steerer = stack.enter_context(steer(model, steering, strength, positions))
-        tokens = _decode_loop(model, batch, steerer, max_new_tokens, temperature, top_k, top_p,
-                              seed, use_kv_cache, stop_at_eos)
+        steerer = _steerer(stack, model, steering, strength, positions)
+        tokens = _decode_loop(model, batch, steerer, config)
     texts = tuple(runtime.decode(model, t) for t in tokens)
-    settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                    top_p=top_p, seed=seed, chat=use_chat, use_kv_cache=use_kv_cache)
     return Generation(tuple(prompts), texts, tuple(tuple(t) for t in tokens),
-                      steerer is not None, settings)
+                      steerer is not None, {**config.to_dict(), "chat": use_chat})
 
 
-def _decode_steps(model, batch: runtime.TokenBatch, steerer: Steerer | None, max_new: int,
-                  temperature: float, top_k, top_p, seed: int, use_kv_cache: bool,
-                  stop_at_eos: bool) -> Iterator[tuple[Tensor, Tensor]]:
+def _decode_steps(model: Model, batch: runtime.TokenBatch, steerer: Steerer | None,
+                  config: GenerationConfig) -> Iterator[tuple[Tensor, Tensor]]:
     """The decoding loop as a generator: per step, (next token per row, rows active at this step).
 
-    Stops when every row has emitted a stop token (with `stop_at_eos`) or after `max_new` steps.
-    The steerer's position context is unbound on every exit, early close included.
+    Stops when every row has emitted a stop token (with `stop_at_eos`) or after `max_new_tokens`
+    steps. Each forward binds the steerer through `steered_forward`, so nothing stays bound.
     """
     n = batch.tokens.shape[0]
     dev = batch.tokens.device
-    gen = torch.Generator().manual_seed(int(seed)) if temperature > 0 else None
+    gen = None if config.greedy else torch.Generator().manual_seed(config.seed)
     stop_ids = torch.tensor(sorted(runtime.eos_ids(model)), device=dev)
     done = torch.zeros(n, dtype=torch.bool, device=dev)
-    cache = runtime.new_kv_cache(model, n) if use_kv_cache else None
+    cache = runtime.new_kv_cache(model, n) if config.use_kv_cache else None
     tokens, mask = batch.tokens, batch.attention_mask
     feed = batch
-    try:
-        for step in range(max_new):
-            if steerer is not None:
-                steerer.context.bind(batch, offset=0 if cache is None or step == 0 else
-                                     tokens.shape[1] - 1)
-            logits = runtime.forward(model, feed, kv_cache=cache)[:, -1]
-            nxt = _sample(logits, temperature, top_k, top_p, gen)
-            yield nxt, ~done
-            if stop_at_eos and len(stop_ids):
-                done = done | torch.isin(nxt, stop_ids)
-            if bool(done.all()):
-                break
-            tokens = torch.cat([tokens, nxt[:, None]], 1)
-            mask = torch.cat([mask, torch.ones_like(nxt)[:, None]], 1)
-            if cache is None:
-                feed = runtime.TokenBatch(tokens, mask, batch.span_start, batch.span_end)
-            else:
-                feed = runtime.TokenBatch(nxt[:, None], torch.ones_like(nxt)[:, None],
-                                          batch.span_start, batch.span_end)
-    finally:
-        if steerer is not None:
-            steerer.context.bind(None)
+    for step in range(config.max_new_tokens):
+        offset = 0 if cache is None or step == 0 else tokens.shape[1] - 1
+        logits = steered_forward(model, batch, steerer, feed=feed, offset=offset,
+                                 kv_cache=cache)[:, -1]
+        nxt = _sample(logits, config, gen)
+        yield nxt, ~done
+        if config.stop_at_eos and len(stop_ids):
+            done = done | torch.isin(nxt, stop_ids)
+        if bool(done.all()):
+            break
+        tokens = torch.cat([tokens, nxt[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(nxt)[:, None]], 1)
+        if cache is None:
+            feed = runtime.TokenBatch(tokens, mask, batch.span_start, batch.span_end)
+        else:
+            feed = runtime.TokenBatch(nxt[:, None], torch.ones_like(nxt)[:, None],
+                                      batch.span_start, batch.span_end)
 
 
-def _decode_loop(model, batch: runtime.TokenBatch, steerer: Steerer | None, max_new: int,
-                 temperature: float, top_k, top_p, seed: int, use_kv_cache: bool,
-                 stop_at_eos: bool) -> list[list[int]]:
+def _decode_loop(model: Model, batch: runtime.TokenBatch, steerer: Steerer | None,
+                 config: GenerationConfig) -> list[list[int]]:
     out: list[list[int]] = [[] for _ in range(batch.tokens.shape[0])]
-    for nxt, active in _decode_steps(model, batch, steerer, max_new, temperature, top_k, top_p,
-                                     seed, use_kv_cache, stop_at_eos):
+    for nxt, active in _decode_steps(model, batch, steerer, config):
         for i in range(len(out)):
             if active[i]:
                 out[i].append(int(nxt[i]))
     stop = set(runtime.eos_ids(model))
-    return [[t for t in row if not (stop_at_eos and t in stop)] for row in out]
+    return [[t for t in row if not (config.stop_at_eos and t in stop)] for row in out]
 
 
 @dataclass(frozen=True)
@@ -195,20 +194,15 @@ class StreamStep:
 
 
 def generate_stream(
-    model,
+    model: Model,
     prompts: str | Sequence[str],
     steering=None,
-    *,
     strength: float | None = None,
+    *,
     positions: PositionMode = "all",
-    max_new_tokens: int = 32,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int = 0,
     chat: bool | None = None,
-    use_kv_cache: bool = True,
-    stop_at_eos: bool = True,
+    config: GenerationConfig | None = None,
+    **settings: Any,
 ) -> Iterator[StreamStep]:
     """`generate()` one step at a time: yields a `StreamStep` after every decoding step.
 
@@ -216,27 +210,39 @@ def generate_stream(
     arguments are checked when the first step is requested. Steering hooks that this function
     attaches are removed when the stream ends, raises, or is closed early by its consumer
     (`close()`, or leaving a `for` loop over a generator that is then garbage-collected).
+
+    Args:
+        model: the model.
+        prompts: one prompt or a list.
+        steering (SteeringVector | SteeringVectorSet | Injection | Steerer | list | None): as for
+            `generate()`.
+        strength: as for `generate()`.
+        positions: as for `generate()`.
+        chat: as for `generate()`.
+        config: decoding settings (default `GenerationConfig()`).
+        **settings: `GenerationConfig` field overrides.
+
+    Yields:
+        One `StreamStep` per decoding step.
+
+    Raises:
+        ValueError: as for `generate()`.
     """
-    prompts, use_chat, batch = _prepare(model, prompts, max_new_tokens, temperature, top_k, top_p,
-                                        chat)
-    stop = set(runtime.eos_ids(model)) if stop_at_eos else set()
+    config = resolve_generation(config, settings)
+    prompts, use_chat, batch = _prepare(model, prompts, config, chat)
+    stop = set(runtime.eos_ids(model)) if config.stop_at_eos else set()
     n = len(prompts)
     ids: list[list[int]] = [[] for _ in range(n)]
     shown = [""] * n
     with contextlib.ExitStack() as stack:
-        steerer: Steerer | None
-        if steering is None or isinstance(steering, Steerer):
-            steerer = steering
-        else:
-            steerer = stack.enter_context(steer(model, steering, strength, positions))
-        steps = _decode_steps(model, batch, steerer, max_new_tokens, temperature, top_k, top_p,
-                              seed, use_kv_cache, stop_at_eos)
+        steerer = _steerer(stack, model, steering, strength, positions)
+        steps = _decode_steps(model, batch, steerer, config)
         stack.callback(steps.close)
         for k, (nxt, active) in enumerate(steps):
             new: list[int | None] = []
             finished: list[bool] = []
             deltas: list[str] = []
-            last = k + 1 == max_new_tokens
+            last = k + 1 == config.max_new_tokens
             for i in range(n):
                 if not active[i]:
                     new.append(None)

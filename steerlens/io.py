@@ -15,7 +15,17 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on clean exit it replaces `path` atomically."""
+    """Yield a temp path beside `path`; on clean exit it replaces `path` atomically.
+
+    The temp file is fsynced before the rename, and removed if the block raises, so `path` is never
+    left half-written.
+
+    Args:
+        path: the file to write (its directory is created if missing).
+
+    Yields:
+        The temporary path to write to.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,6 +41,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` atomically (UTF-8).
+
+    Args:
+        path: the file to write.
+        text: the content.
+
+    Returns:
+        The path written.
+    """
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -38,6 +57,15 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically.
+
+    Args:
+        path: the file to write.
+        data: the content.
+
+    Returns:
+        The path written.
+    """
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -15,7 +15,8 @@ returns one direction [d]:
   control every claim should beat.
 
 `build_vector` extracts activations for a ContrastSet at several layers in one pass and applies a
-method per layer, returning a `SteeringVector` with full provenance.
+method (one of the names above, or any callable of the same shape) per layer, returning a
+`SteeringVector` with full provenance.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .backend import runtime
-from .extract import Position, extract, extract_pairs
+from .backend import Model, runtime
+from .extract import ReadAt, extract, extract_pairs, resolve_read_at
 from .pairs import ContrastSet, as_contrast_set
 from .sites import Component
 from .vectors import SteeringVector
@@ -48,7 +49,18 @@ def _check_pair_shapes(pos: Tensor, neg: Tensor) -> None:
 def mean_diff(
     pos: Float[Tensor, "n d"], neg: Float[Tensor, "n d"]
 ) -> Float[Tensor, " d"]:
-    """CAA: the mean of the paired differences."""
+    """CAA: the mean of the paired differences.
+
+    Args:
+        pos: positive activations, one row per pair.
+        neg: negative activations, row-aligned with `pos`.
+
+    Returns:
+        mean(pos - neg) over rows (computed in float64), shape [d].
+
+    Raises:
+        ValueError: if the shapes differ, are not [n, d], or n is 0.
+    """
     _check_pair_shapes(pos, neg)
     return (pos.double() - neg.double()).mean(0).float()
 
@@ -63,7 +75,21 @@ def _scale_like_mean_diff(direction: Tensor, pos: Tensor, neg: Tensor) -> Tensor
 
 
 def pca(pos: Float[Tensor, "n d"], neg: Float[Tensor, "n d"]) -> Float[Tensor, " d"]:
-    """First principal direction of the paired differences (uncentred)."""
+    """First principal direction of the paired differences (uncentred).
+
+    Signed to agree with the mean difference and scaled to the mean difference's projection on it,
+    so its norm is comparable to CAA's.
+
+    Args:
+        pos: positive activations, one row per pair.
+        neg: negative activations, row-aligned with `pos`.
+
+    Returns:
+        The direction, shape [d].
+
+    Raises:
+        ValueError: if the shapes differ, are not [n, d], or n is 0.
+    """
     _check_pair_shapes(pos, neg)
     deltas = pos.double() - neg.double()
     _, _, vh = torch.linalg.svd(deltas, full_matrices=False)
@@ -73,7 +99,22 @@ def pca(pos: Float[Tensor, "n d"], neg: Float[Tensor, "n d"]) -> Float[Tensor, "
 def probe(
     pos: Float[Tensor, "n d"], neg: Float[Tensor, "n d"], C: float = 1.0
 ) -> Float[Tensor, " d"]:
-    """Logistic-regression direction separating positive from negative activations."""
+    """Logistic-regression direction separating positive from negative activations.
+
+    Fits an L2-regularised logistic regression on standardised activations, maps the weights back to
+    the raw activation basis, then signs and scales them like `pca`.
+
+    Args:
+        pos: positive activations, one row per pair.
+        neg: negative activations, row-aligned with `pos`.
+        C: inverse regularisation strength of the logistic regression.
+
+    Returns:
+        The direction, shape [d].
+
+    Raises:
+        ValueError: if the shapes differ or there are fewer than 2 pairs.
+    """
     from sklearn.linear_model import LogisticRegression
 
     _check_pair_shapes(pos, neg)
@@ -91,7 +132,18 @@ def probe(
 def outcome(
     acts: Float[Tensor, "n d"], correct: Bool[Tensor, " n"] | Sequence[bool]
 ) -> Float[Tensor, " d"]:
-    """Mean activation over correct items minus mean over wrong items."""
+    """Mean activation over correct items minus mean over wrong items.
+
+    Args:
+        acts: one activation row per item.
+        correct: one label per row: True where the model got the item right.
+
+    Returns:
+        mean(acts[correct]) - mean(acts[~correct]), shape [d].
+
+    Raises:
+        ValueError: if the shapes do not match or there are no right or no wrong items.
+    """
     correct = torch.as_tensor(correct, dtype=torch.bool)
     if acts.ndim != 2 or correct.shape != (acts.shape[0],):
         raise ValueError(
@@ -111,7 +163,20 @@ def outcome(
 METHODS: dict[str, Method] = {"mean_diff": mean_diff, "pca": pca, "probe": probe}
 
 
-def get_method(name: str) -> Method:
+def get_method(name: str | Method) -> Method:
+    """The method function for a name, or `name` itself when it is a callable.
+
+    Args:
+        name: "mean_diff", "pca", "probe", or any callable (pos [n, d], neg [n, d]) -> [d].
+
+    Returns:
+        The method function.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if callable(name):
+        return name
     if name not in METHODS:
         raise ValueError(
             f"Unknown method {name!r}; valid pair methods are {list(METHODS)} "
@@ -120,65 +185,145 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
+def _method_name(method: str | Method) -> str:
+    if isinstance(method, str):
+        return method
+    name = getattr(method, "__name__", None) or type(method).__name__
+    return f"custom:{name}"
+
+
+def _apply(fn: Method, pos: Tensor, neg: Tensor, layer: int, name: str) -> Tensor:
+    out = fn(pos, neg)
+    if not isinstance(out, Tensor) or out.shape != (pos.shape[1],):
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"Method {name!r} must return a tensor of shape ({pos.shape[1]},) at "
+                         f"layer {layer}; got {got}.")
+    if not torch.isfinite(out).all():
+        raise ValueError(f"Method {name!r} returned a non-finite direction at layer {layer}.")
+    return out.float()
+
+
 def build_vector(
-    model,
+    model: Model,
     pairs: ContrastSet,
     layers: Sequence[int],
     *,
-    method: str = "mean_diff",
+    method: str | Method = "mean_diff",
     component: Component = "resid_pre",
-    position: Position = "last",
+    read_at: ReadAt = "last",
     batch_size: int = 16,
     chat: bool | None = None,
     show_progress: bool = True,
+    position: ReadAt | None = None,
 ) -> SteeringVector:
-    """Extract contrast activations at `layers` in one pass and apply `method` per layer."""
+    """Extract contrast activations at `layers` in one pass and apply `method` per layer.
+
+    Args:
+        model: the model.
+        pairs: a ContrastSet (or anything `as_contrast_set` accepts).
+        layers: layers to build a direction at.
+        method: "mean_diff" (CAA), "pca", "probe", or any callable (pos [n, d], neg [n, d]) -> [d].
+        component: the site read and later steered ("resid_pre" by default).
+        read_at: where activations are read: "last", "first" or "mean" over the completion.
+        batch_size: most texts per forward.
+        chat: chat-template the prompts; None = auto.
+        show_progress: show a progress bar.
+        position: deprecated name of `read_at`.
+
+    Returns:
+        A `SteeringVector` with one direction per layer and provenance metadata.
+
+    Raises:
+        ValueError: for an unknown method, bad pairs or layers, or a method that returns a
+            wrongly shaped or non-finite direction.
+
+    Example:
+        >>> pairs = sl.load_behaviour("sentiment").train
+        >>> vec = sl.build_vector(model, pairs, layers=[6, 10], method="mean_diff")  # doctest: +SKIP
+    """
     fn = get_method(method)
+    name = _method_name(method)
+    read_at = resolve_read_at(read_at, position, "build_vector")
     pairs = as_contrast_set(pairs)
-    acts = extract_pairs(model, pairs, layers, component=component, position=position,
+    acts = extract_pairs(model, pairs, layers, component=component, read_at=read_at,
                          batch_size=batch_size, chat=chat, show_progress=show_progress)
-    dirs = {layer: fn(acts.positive[layer], acts.negative[layer]) for layer in acts.layers}
-    return SteeringVector(dirs, component=component, method=method, position=position,
+    dirs = {layer: _apply(fn, acts.positive[layer], acts.negative[layer], layer, name)
+            for layer in acts.layers}
+    return SteeringVector(dirs, component=component, method=name, read_at=read_at,
                           model_id=runtime.model_id(model), n_pairs=len(pairs),
                           extra={"pairs": pairs.name})
 
 
 def outcome_vector(
-    model,
+    model: Model,
     texts: Sequence[str],
     correct: Sequence[bool],
     layers: Sequence[int],
     *,
     prompts: Sequence[str | None] | None = None,
     component: Component = "resid_pre",
-    position: Position = "last",
+    read_at: ReadAt = "last",
     batch_size: int = 16,
     chat: bool | None = None,
     show_progress: bool = True,
+    position: ReadAt | None = None,
 ) -> SteeringVector:
-    """Correct-minus-wrong direction from texts labelled by whether the model got them right."""
+    """Correct-minus-wrong direction from texts labelled by whether the model got them right.
+
+    Args:
+        model: the model.
+        texts: the texts (e.g. the model's answers).
+        correct: one label per text.
+        layers: layers to build a direction at.
+        prompts: an optional prompt per text.
+        component: the site read.
+        read_at: "last", "first" or "mean".
+        batch_size: most texts per forward.
+        chat: chat-template the prompts; None = auto.
+        show_progress: show a progress bar.
+        position: deprecated name of `read_at`.
+
+    Returns:
+        A `SteeringVector` (method "outcome").
+
+    Raises:
+        ValueError: for mismatched labels, read_at="all", or only right / only wrong items.
+    """
     if len(texts) != len(correct):
         raise ValueError(f"Got {len(texts)} texts but {len(correct)} labels.")
-    if position == "all":
+    read_at = resolve_read_at(read_at, position, "outcome_vector")
+    if read_at == "all":
         raise ValueError("outcome_vector needs one row per text; use 'last', 'first' or 'mean'.")
     acts = extract(model, texts, layers, prompts=prompts, component=component,
-                   position=position, batch_size=batch_size, chat=chat,
+                   read_at=read_at, batch_size=batch_size, chat=chat,
                    show_progress=show_progress)
     dirs = {layer: outcome(acts[layer], correct) for layer in acts.layers}
     n_right = int(sum(bool(c) for c in correct))
-    return SteeringVector(dirs, component=component, method="outcome", position=position,
+    return SteeringVector(dirs, component=component, method="outcome", read_at=read_at,
                           model_id=runtime.model_id(model), n_pairs=len(texts),
                           extra={"n_right": n_right, "n_wrong": len(texts) - n_right})
 
 
 def random_like(vector: SteeringVector, seed: int = 0) -> SteeringVector:
-    """A Gaussian random direction per layer with the same norm as `vector` (a control)."""
+    """A Gaussian random direction per layer with the same norm as `vector` (a control).
+
+    Every effect should be compared with random directions of the same norm: any large vector
+    changes a model's text. The result keeps the vector's component, read_at and provenance and
+    records the seed and the method it was matched to.
+
+    Args:
+        vector: the vector whose layers and per-layer norms to match.
+        seed: seed of the random generator; different seeds give independent controls.
+
+    Returns:
+        A `SteeringVector` with method "random".
+    """
     gen = torch.Generator().manual_seed(int(seed))
     dirs = {}
     for layer, t in vector.directions.items():
         r = torch.randn(t.shape[0], generator=gen, dtype=torch.float64)
         dirs[layer] = (r / r.norm() * t.double().norm()).float()
     return SteeringVector(dirs, component=vector.component, method="random",
-                          position=vector.position, model_id=vector.model_id,
+                          read_at=vector.read_at, model_id=vector.model_id,
                           n_pairs=vector.n_pairs, extra={"seed": int(seed),
                                                          "matched_to": vector.method})

@@ -23,7 +23,13 @@ from .io import atomic_write_text
 
 @dataclass(frozen=True)
 class ContrastPair:
-    """Two completions differing only in the behaviour, with an optional shared prompt."""
+    """Two completions differing only in the behaviour, with an optional shared prompt.
+
+    Attributes:
+        positive: the completion that shows the behaviour.
+        negative: the completion that does not (or shows its opposite).
+        prompt: the shared prompt both completions follow, or None for bare texts.
+    """
 
     positive: str
     negative: str
@@ -38,6 +44,11 @@ class ContrastPair:
             raise ValueError(f"ContrastPair.prompt must be a string or None, got {self.prompt!r}.")
 
     def to_dict(self) -> dict[str, str]:
+        """The pair as a JSON-ready dict (`prompt` only when set).
+
+        Returns:
+            A dict with "positive", "negative" and, when set, "prompt".
+        """
         d = {"positive": self.positive, "negative": self.negative}
         if self.prompt is not None:
             d["prompt"] = self.prompt
@@ -46,7 +57,14 @@ class ContrastPair:
 
 @dataclass(frozen=True)
 class ContrastSet:
-    """An immutable, named collection of contrast pairs."""
+    """An immutable, named collection of contrast pairs.
+
+    Slicing returns a `ContrastSet`; indexing returns a `ContrastPair`.
+
+    Attributes:
+        pairs: the pairs, in order.
+        name: a label carried into results (a behaviour's sets are named "NAME/train", "NAME/test").
+    """
 
     pairs: tuple[ContrastPair, ...]
     name: str = "pairs"
@@ -72,18 +90,49 @@ class ContrastSet:
 
     @property
     def positives(self) -> list[str]:
+        """The positive completions, in order."""
         return [p.positive for p in self.pairs]
 
     @property
     def negatives(self) -> list[str]:
+        """The negative completions, in order."""
         return [p.negative for p in self.pairs]
 
     @property
     def prompts(self) -> list[str | None]:
+        """The shared prompts, in order (None where a pair has none)."""
         return [p.prompt for p in self.pairs]
+
+    def flipped(self) -> ContrastSet:
+        """The same pairs with positive and negative swapped (prompts kept).
+
+        A vector built from the flipped set points the other way (for `mean_diff`, exactly the
+        negation), so it steers towards the opposite behaviour. The name gains "/flipped";
+        flipping twice gives back the original set, name included.
+
+        Returns:
+            A new `ContrastSet`.
+        """
+        pairs = tuple(ContrastPair(p.negative, p.positive, p.prompt) for p in self.pairs)
+        suffix = "/flipped"
+        name = self.name[: -len(suffix)] if self.name.endswith(suffix) else self.name + suffix
+        return ContrastSet(pairs, name)
 
     @classmethod
     def from_dicts(cls, rows: Iterable[dict[str, Any]], name: str = "pairs") -> ContrastSet:
+        """Build a set from dicts with "positive", "negative" and optionally "prompt".
+
+        Args:
+            rows: one dict per pair.
+            name: the set's name.
+
+        Returns:
+            The contrast set.
+
+        Raises:
+            ValueError: naming the first row that lacks "positive" or "negative", or a pair with an
+                empty completion.
+        """
         pairs = []
         for i, row in enumerate(rows):
             missing = {"positive", "negative"} - set(row)
@@ -97,6 +146,19 @@ class ContrastSet:
 
     @classmethod
     def from_jsonl(cls, path: str | Path, name: str | None = None) -> ContrastSet:
+        """Read a JSONL file with one `{"positive", "negative", "prompt"}` object per line.
+
+        Args:
+            path: the file; blank lines are skipped.
+            name: the set's name (default: the file's stem).
+
+        Returns:
+            The contrast set.
+
+        Raises:
+            FileNotFoundError: if the file does not exist.
+            ValueError: naming the line that is not a valid JSON object or lacks a required key.
+        """
         path = Path(path)
         rows = []
         for lineno, line in enumerate(_read_text(path).splitlines(), 1):
@@ -111,6 +173,14 @@ class ContrastSet:
         return cls.from_dicts(rows, name or path.stem)
 
     def to_jsonl(self, path: str | Path) -> Path:
+        """Write the pairs as JSONL (one object per line), atomically.
+
+        Args:
+            path: the file to write.
+
+        Returns:
+            The path written.
+        """
         text = "".join(json.dumps(p.to_dict(), ensure_ascii=False) + "\n" for p in self.pairs)
         return atomic_write_text(Path(path), text)
 
@@ -119,8 +189,23 @@ class ContrastSet:
         cls, path: str | Path, name: str | None = None, strip_paren: bool = True
     ) -> ContrastSet:
         """Read the CAA A/B format: a JSON list of {question, answer_matching_behavior,
-        answer_not_matching_behavior}. With `strip_paren`, "(A)" becomes "(A" so the answer letter
-        is the last token, as in CAA's extraction."""
+        answer_not_matching_behavior}.
+
+        With `strip_paren`, "(A)" becomes "(A" so the answer letter is the last token, as in CAA's
+        extraction.
+
+        Args:
+            path: the JSON file.
+            name: the set's name (default: the file's stem).
+            strip_paren: drop the closing parenthesis of single-letter answers.
+
+        Returns:
+            The contrast set, with the question as each pair's prompt.
+
+        Raises:
+            FileNotFoundError: if the file does not exist.
+            ValueError: if the file is not a JSON list of objects with the three keys.
+        """
         path = Path(path)
         try:
             data = json.loads(_read_text(path))
@@ -138,6 +223,14 @@ class ContrastSet:
         return cls.from_dicts(rows, name or path.stem)
 
     def to_caa_json(self, path: str | Path) -> Path:
+        """Write the pairs in the CAA A/B JSON format, atomically (inverse of `from_caa_json`).
+
+        Args:
+            path: the file to write.
+
+        Returns:
+            The path written.
+        """
         rows = [
             {
                 "question": p.prompt or "",
@@ -171,7 +264,19 @@ def _close_paren(text: str) -> str:
 
 @dataclass(frozen=True)
 class Behaviour:
-    """A shipped behaviour: fixed train/test pairs, evaluation prompts and a scorer spec."""
+    """A shipped behaviour: fixed train/test pairs, evaluation prompts and a scorer spec.
+
+    Attributes:
+        name: the behaviour's name (see `list_behaviours()`).
+        description: one line on what the pairs contrast.
+        train: the pairs to build vectors from.
+        test: held-out pairs, never used for building.
+        eval_prompts: held-out prompts for steered generation and scoring: no train or test
+            pair uses them as its prompt, so an evaluation never sees the vector's own data.
+        scorer: the scorer spec for `steerlens.measures.get_scorer` (e.g. VADER for sentiment).
+        positive_label: what the positive side is called in figures.
+        negative_label: what the negative side is called in figures.
+    """
 
     name: str
     description: str
@@ -188,13 +293,27 @@ def _behaviour_root():
 
 
 def list_behaviours() -> list[str]:
-    """Names of the behaviours shipped with steerlens."""
+    """Names of the behaviours shipped with steerlens.
+
+    Returns:
+        The sorted behaviour names (e.g. "sentiment", "french", "refusal").
+    """
     root = _behaviour_root()
     return sorted(p.name for p in root.iterdir() if p.is_dir() and p.joinpath("meta.json").is_file())
 
 
 def load_behaviour(name: str) -> Behaviour:
-    """Load a shipped behaviour by name (see `list_behaviours()`)."""
+    """Load a shipped behaviour by name (see `list_behaviours()`).
+
+    Args:
+        name: the behaviour's name.
+
+    Returns:
+        The `Behaviour`, with its fixed train/test split and evaluation prompts.
+
+    Raises:
+        ValueError: if `name` is not shipped; the message lists the valid names.
+    """
     valid = list_behaviours()
     if name not in valid:
         raise ValueError(f"Unknown behaviour {name!r}. Valid behaviours are {valid}.")
@@ -219,7 +338,18 @@ def load_behaviour(name: str) -> Behaviour:
 
 
 def as_contrast_set(pairs: ContrastSet | Sequence[ContrastPair] | Sequence[dict]) -> ContrastSet:
-    """Accept a ContrastSet, a list of pairs or a list of dicts."""
+    """Accept a ContrastSet, a list of pairs or a list of dicts.
+
+    Args:
+        pairs: a `ContrastSet` (returned as is), a sequence of `ContrastPair`, or a sequence of
+            dicts with "positive", "negative" and optionally "prompt".
+
+    Returns:
+        The pairs as a `ContrastSet`.
+
+    Raises:
+        ValueError: if the input is empty or its items are not pairs or valid dicts.
+    """
     if isinstance(pairs, ContrastSet):
         return pairs
     items = list(pairs)

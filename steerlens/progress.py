@@ -9,7 +9,17 @@ T = TypeVar("T")
 
 
 def progress(it: Iterable[T], desc: str = "", enabled: bool = True, total: int | None = None):
-    """Wrap an iterable in a tqdm bar when `enabled`."""
+    """Wrap an iterable in a tqdm bar when `enabled`.
+
+    Args:
+        it: the iterable.
+        desc: the bar's label.
+        enabled: show a bar; False returns `it` unchanged.
+        total: the number of items, when `it` has no length.
+
+    Returns:
+        (Iterable[T]): `it`, or a tqdm iterator over it.
+    """
     if not enabled:
         return it
     from tqdm.auto import tqdm

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .backend import runtime
+from .backend import Model, runtime
 
 # One of COMPONENTS. Typed as str (not Literal) so a wrong value reaches our ValueError, which
 # lists the valid values, rather than a type-checker error.
@@ -19,7 +19,13 @@ COMPONENTS: tuple[str, ...] = runtime.COMPONENTS
 
 @dataclass(frozen=True, order=True)
 class Site:
-    """A layer and a component of the residual computation."""
+    """A layer and a component of the residual computation.
+
+    Attributes:
+        layer: the TransformerLens block index (>= 0).
+        component: one of `COMPONENTS`: "resid_pre" (entering the block), "resid_mid",
+            "resid_post" (leaving it), "attn_out" or "mlp_out".
+    """
 
     layer: int
     component: Component = "resid_pre"
@@ -34,13 +40,33 @@ class Site:
                 f"Unknown component {self.component!r}; valid components are {list(COMPONENTS)}."
             )
 
-    def validate(self, model) -> Site:
-        """Check the layer exists in `model`; return self for chaining."""
+    def validate(self, model: Model) -> Site:
+        """Check the layer exists in `model`; return self for chaining.
+
+        Args:
+            model (Model): the model to check against.
+
+        Returns:
+            The site itself.
+
+        Raises:
+            ValueError: if the layer is out of the model's range.
+        """
         check_layer(model, self.layer)
         return self
 
-    def hook_name(self, model=None) -> str:
-        """The backend hook name (validated against `model` when one is given)."""
+    def hook_name(self, model: Model=None) -> str:
+        """The backend hook name (validated against `model` when one is given).
+
+        Args:
+            model (Model | None): when given, the layer is checked against it first.
+
+        Returns:
+            The TransformerLens hook name, e.g. "blocks.12.hook_resid_pre".
+
+        Raises:
+            ValueError: if `model` is given and the layer is out of range.
+        """
         if model is not None:
             self.validate(model)
         return runtime.hook_name(self.layer, self.component)
@@ -49,8 +75,19 @@ class Site:
         return f"{self.component}@{self.layer}"
 
 
-def check_layer(model, layer: int) -> int:
-    """Raise a ValueError naming the valid range if `layer` is not a layer of `model`."""
+def check_layer(model: Model, layer: int) -> int:
+    """Raise a ValueError naming the valid range if `layer` is not a layer of `model`.
+
+    Args:
+        model (Model): the model.
+        layer: the layer index to check.
+
+    Returns:
+        The layer, unchanged.
+
+    Raises:
+        ValueError: if `layer` is not an int in 0..n_layers-1.
+    """
     n = runtime.n_layers(model)
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
         raise ValueError(f"Layer {layer!r} is out of range: this model has layers 0..{n - 1}.")
@@ -58,5 +95,13 @@ def check_layer(model, layer: int) -> int:
 
 
 def sites(layers, component: Component = "resid_pre") -> list[Site]:
-    """Sites for several layers at one component."""
+    """Sites for several layers at one component.
+
+    Args:
+        layers (Iterable[int]): the layers.
+        component: the component shared by every site.
+
+    Returns:
+        One `Site` per layer, in the given order.
+    """
     return [Site(int(layer), component) for layer in layers]

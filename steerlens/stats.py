@@ -4,7 +4,8 @@ Every number steerlens reports should carry its n and an interval, and every eff
 against random directions of the same norm. This module holds the pieces:
 
 - `bootstrap_ci`: percentile bootstrap interval (Efron & Tibshirani 1993) for any statistic, with
-  the bootstrap standard error; `proportion_ci` is the Wilson score interval for a rate.
+  the bootstrap standard error; `proportion_ci` is the Wilson score interval for a rate;
+  `ratio_ci` the interval of a ratio of means over paired units (e.g. mid / late layer KL).
 - `mcnemar` / `sign_test`: paired tests for "did steering change accuracy / scores", using the
   exact two-sided binomial test on the discordant pairs (McNemar's chi-square with continuity
   correction is available for large counts).
@@ -79,7 +80,15 @@ def _check_count(value: int | np.integer, name: str, minimum: int = 1) -> int:
 
 
 def binom_two_sided(k: int, n: int) -> float:
-    """Exact two-sided binomial p-value for k successes in n trials at p = 1/2."""
+    """Exact two-sided binomial p-value for k successes in n trials at p = 1/2.
+
+    Args:
+        k: number of successes.
+        n: number of trials (0 gives p = 1).
+
+    Returns:
+        The two-sided p-value, capped at 1.
+    """
     if n == 0:
         return 1.0
     k = min(k, n - k)
@@ -128,7 +137,34 @@ def bootstrap_ci(
 ) -> CI:
     """Percentile bootstrap CI of `stat(values)`; `se` is the SD of the bootstrap statistics.
 
-    With n < 2 the interval is undefined and low/high/se are NaN.
+    Resamples `values` with replacement `n_boot` times (seeded), so the same call always gives the
+    same interval. With n < 2 the interval is undefined and low/high/se are NaN.
+
+    Args:
+        values (Sequence[float]): one number per unit (prompt, item); one-dimensional.
+        stat: the statistic; called as `stat(samples, axis=1)` when it accepts `axis` (vectorised),
+            otherwise once per resample.
+        n_boot: number of bootstrap resamples.
+        ci: confidence level in (0, 1).
+        seed: seed of the resampling generator.
+        nan_policy: "raise" on non-finite values, or "omit" to drop them first.
+
+    Returns:
+        A `CI` with the estimate `stat(values)`, the interval, n and the bootstrap SE.
+
+    Raises:
+        ValueError: if `values` is empty, not one-dimensional or holds non-finite values (with
+            nan_policy="raise"), or if `n_boot` or `ci` is invalid.
+
+    Example:
+        ```python
+        from steerlens.stats import bootstrap_ci
+
+        shifts = [0.4, -0.1, 0.7, 0.2, 0.5, 0.3]   # steered - unsteered score, per prompt
+        ci = bootstrap_ci(shifts)
+        print(ci)              # 0.3333 [0.1333, 0.5333] (95% CI, n=6)
+        ci.low > 0             # True: the shift's CI excludes 0
+        ```
     """
     arr = _as_1d(values, nan_policy=nan_policy)
     _check_count(n_boot, "n_boot")
@@ -150,8 +186,67 @@ def bootstrap_ci(
     return CI(estimate, float(low), float(high), n, float(boots.std(ddof=1)), level)
 
 
+def ratio_ci(num, den, n_boot: int = 10_000, ci: float = 0.95, seed: int = 0) -> CI:
+    """Ratio of means mean(num) / mean(den) over paired units, with a percentile bootstrap CI.
+
+    The pairs (num[i], den[i]) are resampled together (e.g. one prompt's KL in mid layers and in
+    late layers), so the interval keeps their correlation; this is `bootstrap_ci` over the pair
+    indices with the same seeded resampling.
+
+    Args:
+        num (Sequence[float]): numerator values, one per unit; one-dimensional.
+        den (Sequence[float]): denominator values for the same units, in the same order.
+        n_boot: number of bootstrap resamples.
+        ci: confidence level in (0, 1).
+        seed: seed of the resampling generator.
+
+    Returns:
+        A `CI` with the estimate mean(num) / mean(den), the percentile interval of the resampled
+        ratios, n = the number of pairs and the bootstrap SE.
+
+    Raises:
+        ValueError: if `num` and `den` differ in length, are empty, not one-dimensional or hold
+            non-finite values, if mean(den) is 0, or if `n_boot` or `ci` is invalid.
+
+    Example:
+        ```python
+        from steerlens.stats import ratio_ci
+
+        mid = [0.9, 1.4, 0.7, 1.1]    # per prompt: mean KL over mid layers
+        late = [0.3, 0.5, 0.2, 0.4]   # the same prompts, late layers
+        ratio_ci(mid, late).estimate  # 2.93 = mean(mid) / mean(late)
+        ```
+    """
+    a = _as_1d(num, "num")
+    b = _as_1d(den, "den")
+    if a.size != b.size:
+        raise ValueError(f"num and den must be paired (same length), got {a.size} and {b.size}.")
+    if a.size and b.mean() == 0:
+        raise ValueError("mean(den) is 0, so the ratio of means is undefined.")
+
+    def stat(ix, axis=None):
+        i = ix.astype(int)
+        if axis is None:
+            return float(a[i].mean() / b[i].mean())
+        return a[i].mean(axis) / b[i].mean(axis)
+
+    return bootstrap_ci(np.arange(a.size, dtype=float), stat=stat, n_boot=n_boot, ci=ci, seed=seed)
+
+
 def sem(values, nan_policy: Literal["raise", "omit"] = "raise") -> float:
-    """Standard error of the mean, SD (ddof=1) / sqrt(n); NaN for n < 2."""
+    """Standard error of the mean, SD (ddof=1) / sqrt(n); NaN for n < 2.
+
+    Args:
+        values (Sequence[float]): the sample, one-dimensional.
+        nan_policy: "raise" on non-finite values, or "omit" to drop them first.
+
+    Returns:
+        The standard error (NaN when fewer than 2 values remain).
+
+    Raises:
+        ValueError: if `values` is not one-dimensional or holds non-finite values with
+            nan_policy="raise".
+    """
     arr = _as_1d(values, nan_policy=nan_policy)
     if arr.size < 2:
         return math.nan
@@ -159,7 +254,19 @@ def sem(values, nan_policy: Literal["raise", "omit"] = "raise") -> float:
 
 
 def proportion_ci(successes: int | np.integer, n: int | np.integer, ci: float = 0.95) -> CI:
-    """Wilson score interval for a proportion (good coverage even at 0/n or n/n)."""
+    """Wilson score interval for a proportion (good coverage even at 0/n or n/n).
+
+    Args:
+        successes: number of successes, an int in 0..n.
+        n: number of trials (>= 1).
+        ci: confidence level in (0, 1).
+
+    Returns:
+        A `CI` with the observed proportion, the Wilson interval and the binomial SE.
+
+    Raises:
+        ValueError: if `n` < 1, `successes` is outside 0..n, or `ci` is outside (0, 1).
+    """
     n = _check_count(n, "n")
     if (isinstance(successes, bool) or not isinstance(successes, numbers.Integral)
             or not 0 <= successes <= n):
@@ -194,6 +301,7 @@ class McNemarResult:
 
     @property
     def n_discordant(self) -> int:
+        """Number of discordant pairs, b + c (the only pairs the test uses)."""
         return self.b + self.c
 
 
@@ -204,6 +312,17 @@ def mcnemar(
 
     "exact": two-sided binomial test of c out of b + c at 1/2 (`statistic` = min(b, c)).
     "chi2": (|b - c| - 1)^2 / (b + c) with 1 degree of freedom. "auto": exact when b + c < 25.
+
+    Args:
+        before (Sequence[bool]): correct (True) or wrong per item without the intervention.
+        after (Sequence[bool]): the same items with the intervention, in the same order.
+        method: "exact", "chi2" or "auto".
+
+    Returns:
+        A `McNemarResult` with b, c, n, the statistic and the p-value.
+
+    Raises:
+        ValueError: if the inputs are not paired boolean sequences or `method` is unknown.
     """
     table = transitions(before, after)
     if method not in ("exact", "chi2", "auto"):
@@ -230,11 +349,24 @@ class SignTestResult:
 
     @property
     def n(self) -> int:
+        """Number of pairs, ties included."""
         return self.n_pos + self.n_neg + self.n_ties
 
 
 def sign_test(x, y=None) -> SignTestResult:
-    """Exact two-sided sign test of paired differences x - y (or of x itself when y is None)."""
+    """Exact two-sided sign test of paired differences x - y (or of x itself when y is None).
+
+    Args:
+        x (Sequence[float]): values (or the first member of each pair).
+        y (Sequence[float] | None): the second member of each pair, or None to test the signs of x.
+
+    Returns:
+        A `SignTestResult` with the positive, negative and tied counts and the p-value (ties
+        dropped).
+
+    Raises:
+        ValueError: if x and y differ in length or hold non-finite values.
+    """
     x = _as_1d(x, "x")
     if y is not None:
         y = _as_1d(y, "y")
@@ -252,7 +384,18 @@ def cohens_d(x, y=None, paired: bool = False) -> float:
       ((n1-1) s1^2 + (n2-1) s2^2) / (n1 + n2 - 2);
     - `paired=True`: d_z = mean(x - y) / SD(x - y);
     - `y=None`: one-sample d = mean(x) / SD(x).
-    SDs use ddof=1. Returns NaN when the SD is zero.
+    SDs use ddof=1.
+
+    Args:
+        x (Sequence[float]): the first group (or the paired / one-sample values).
+        y (Sequence[float] | None): the second group, or None for a one-sample d.
+        paired: treat x and y as pairs (d_z) instead of independent groups.
+
+    Returns:
+        The effect size; NaN when the SD is zero.
+
+    Raises:
+        ValueError: if a group has fewer than 2 values or paired inputs differ in length.
     """
     x = _as_1d(x, "x")
     if y is None or paired:
@@ -286,6 +429,7 @@ class TransitionTable:
 
     @property
     def n(self) -> int:
+        """Number of paired items."""
         return self.became_correct + self.became_wrong + self.stayed_correct + self.stayed_wrong
 
     @property
@@ -295,20 +439,38 @@ class TransitionTable:
 
     @property
     def accuracy_before(self) -> float:
+        """Fraction correct before the intervention."""
         return (self.stayed_correct + self.became_wrong) / self.n
 
     @property
     def accuracy_after(self) -> float:
+        """Fraction correct after the intervention."""
         return (self.stayed_correct + self.became_correct) / self.n
 
     def as_dict(self) -> dict[str, int]:
+        """The four counts and n as a plain dict (for JSON).
+
+        Returns:
+            A dict with became_correct, became_wrong, stayed_correct, stayed_wrong and n.
+        """
         return {"became_correct": self.became_correct, "became_wrong": self.became_wrong,
                 "stayed_correct": self.stayed_correct, "stayed_wrong": self.stayed_wrong,
                 "n": self.n}
 
 
 def transitions(before, after) -> TransitionTable:
-    """Count became-correct / became-wrong / stayed-correct / stayed-wrong over paired items."""
+    """Count became-correct / became-wrong / stayed-correct / stayed-wrong over paired items.
+
+    Args:
+        before (Sequence[bool]): correct (True) or wrong per item without the intervention.
+        after (Sequence[bool]): the same items with the intervention, in the same order.
+
+    Returns:
+        The `TransitionTable` of the four counts.
+
+    Raises:
+        ValueError: if the inputs are empty, differ in length or are not booleans (or 0/1).
+    """
     b, a = _as_bools(before, "before"), _as_bools(after, "after")
     if b.shape != a.shape:
         raise ValueError(f"before and after must be paired (same length), got {b.size} and {a.size}.")
@@ -340,6 +502,7 @@ class RandomControlResult:
 
     @property
     def n_controls(self) -> int:
+        """Number of random-direction controls."""
         return len(self.controls)
 
 
@@ -356,6 +519,19 @@ def compare_to_random(
     effect (on |effect| for "two-sided"; above, for "less"). `beats_all` is True when the real effect
     is more extreme than every control. With k controls the smallest possible p is 1/(k+1), so
     19 controls are needed to reach p = 0.05.
+
+    Args:
+        real (Sequence[float]): the real vector's per-unit effects (e.g. one shift per prompt).
+        random_controls: one sequence of per-unit effects per random direction.
+        stat: reduces each sequence to one number (default: the mean).
+        alternative: "greater" (real is larger), "less" or "two-sided" (on |effect|).
+
+    Returns:
+        A `RandomControlResult` with both statistics, the empirical p-value and the percentile.
+
+    Raises:
+        ValueError: if `alternative` is unknown, `real` or a control is empty, or there are no
+            controls.
     """
     if alternative not in ("greater", "less", "two-sided"):
         raise ValueError(
@@ -430,6 +606,22 @@ def correlate(
     CI: percentile bootstrap over resampled pairs (Spearman re-ranks each resample; resamples
     where one side is constant are dropped). p: two-sided permutation test,
     (1 + #|r_perm| >= |r|) / (1 + n_perm), permuting y. NaN r (constant input) gives NaN CI/p.
+
+    Args:
+        x (Sequence[float]): the first variable, one value per unit (e.g. per layer).
+        y (Sequence[float]): the second variable, paired with x.
+        method: "pearson" or "spearman".
+        n_boot: number of bootstrap resamples for the CI.
+        n_perm: number of permutations for the p-value.
+        seed: seed for resampling and permutations.
+        ci: confidence level in (0, 1).
+
+    Returns:
+        A `CorrelationResult` with r, its CI, the permutation p-value, n and the method.
+
+    Raises:
+        ValueError: if `method` is unknown, x and y differ in length, there are fewer than 3
+            pairs, or a count or level is invalid.
     """
     if method not in ("pearson", "spearman"):
         raise ValueError(f"Unknown method {method!r}; valid methods are ['pearson', 'spearman'].")

@@ -13,43 +13,59 @@ with `start_step`/`stop_step`: the injection is active at positions whose genera
 lies in [start, stop), where prompt positions have k = 0 and the position holding the k-th
 generated token has index k. Defining schedules on positions rather than on decoding steps makes
 cached and uncached generation produce the same tokens.
+
+Every caller that runs a steered forward binds the steerer to the batch's layout with one context
+manager, `with steerer.bound(batch, offset):`, and `steered_forward` is the one steered forward
+pass. Vectors can be named (a `SteeringVectorSet` or a dict name -> vector), and then
+`steer(vset, strengths={"refusal": 0.0, ...})` and `handle.set_strength("refusal", s)` address them
+by name; a per-row sequence of strengths steers each batch row with its own strength.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .backend import runtime
-from .vectors import SteeringVector
+from .backend import Model, runtime
+from .config import check_position_mode
+from .vectors import SteeringVector, SteeringVectorSet
 
 PositionMode = str  # one of POSITION_MODES, validated with a ValueError
-POSITION_MODES: tuple[str, ...] = ("all", "prompt", "generated", "first", "last")
+StrengthValue = float | Sequence[float] | Tensor  # one strength, or one per batch row
 
 
 @dataclass(frozen=True)
 class Injection:
-    """One vector to add: strength, position mode and an optional schedule window."""
+    """One vector to add: strength, position mode, an optional schedule window and a name.
+
+    Attributes:
+        vector: the SteeringVector to add.
+        strength: multiplier on the vector (finite).
+        positions: where the vector is written, one of `POSITION_MODES`.
+        start_step: first generated-token index at which it is active (0: from the prompt on).
+        stop_step: generated-token index at which it stops (None: never).
+        name: a label for `Steerer.set_strength(name, ...)` (None: address it by index).
+    """
 
     vector: SteeringVector
     strength: float = 1.0
     positions: PositionMode = "all"
     start_step: int = 0
     stop_step: int | None = None
+    name: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.vector, SteeringVector):
             raise ValueError(f"Injection.vector must be a SteeringVector, got {type(self.vector)}.")
         check_strength(self.strength)
-        if self.positions not in POSITION_MODES:
-            raise ValueError(
-                f"Unknown positions {self.positions!r}; valid modes are {list(POSITION_MODES)}."
-            )
+        check_position_mode(self.positions)
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
+            raise ValueError(f"Injection.name must be a non-empty string or None, got {self.name!r}.")
         if self.start_step < 0 or (self.stop_step is not None and self.stop_step <= self.start_step):
             raise ValueError(
                 f"Schedule window [{self.start_step}, {self.stop_step}) is empty or negative."
@@ -57,10 +73,24 @@ class Injection:
 
     @property
     def scheduled(self) -> bool:
+        """Whether a schedule window restricts when this injection is active."""
         return self.start_step > 0 or self.stop_step is not None
 
 
 def check_strength(strength: float) -> float:
+    """Return `strength` as a float if it is finite.
+
+    Args:
+        strength: a steering strength.
+
+    Returns:
+        The strength as a Python float.
+
+    Raises:
+        ValueError: if it is not a finite number.
+    """
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+        raise ValueError(f"Steering strength must be a finite number, got {strength!r}.")
     s = float(strength)
     if not math.isfinite(s):
         raise ValueError(f"Steering strength must be a finite number, got {strength!r}.")
@@ -72,8 +102,25 @@ def schedule(
     strength: float = 1.0,
     positions: PositionMode = "all",
 ) -> list[Injection]:
-    """Sequential switching: [(0, vec_a), (10, vec_b), (20, None)] uses vec_a for the first 10
-    generated tokens, vec_b for the next 10, then nothing."""
+    """Sequential switching between vectors as generation proceeds.
+
+    `[(0, vec_a), (10, vec_b), (20, None)]` uses vec_a for the first 10 generated tokens (and the
+    prompt), vec_b for the next 10, then nothing. Defined on positions, so it is cache-exact.
+
+    Args:
+        steps: (first generated-token index, vector or None) pairs, strictly increasing.
+        strength: strength of every scheduled vector.
+        positions: where the vectors are written.
+
+    Returns:
+        Injections to pass to `steer()` or `generate()`.
+
+    Raises:
+        ValueError: for an empty schedule or steps that are not strictly increasing and >= 0.
+
+    Example:
+        >>> with steer(model, schedule([(0, formal), (10, None)]), ...) ...  # doctest: +SKIP
+    """
     if not steps:
         raise ValueError("A schedule needs at least one (step, vector) entry.")
     starts = [int(s) for s, _ in steps]
@@ -90,7 +137,7 @@ def schedule(
 class PositionContext:
     """What the hooks need to place positions: the forward's offset and the prompt layout.
 
-    Set by `forward`/`generate`; with nothing bound, the whole current input counts as prompt,
+    Bound by `Steerer.bound`; with nothing bound, the whole current input counts as prompt,
     "first" is position 0 and "last" is the final position of the input.
     """
 
@@ -100,6 +147,12 @@ class PositionContext:
         self.first: Tensor | None = None
 
     def bind(self, batch: runtime.TokenBatch | None, offset: int = 0) -> None:
+        """Set (or with None, clear) the layout; prefer `Steerer.bound`, which also clears it.
+
+        Args:
+            batch: the prompt batch being run, or None to unbind.
+            offset: absolute position of the forward's first token (KV-cached decoding).
+        """
         if batch is None:
             self.prompt_width, self.first = None, None
         else:
@@ -141,42 +194,112 @@ def _window(inj: Injection, pos: Tensor, width: int) -> Tensor:
 
 
 class Steerer:
-    """Handle returned by `steer()`: live strengths and the position context."""
+    """Handle returned by `steer()`: live (named) strengths and the position context."""
 
-    def __init__(self, model, injections: Sequence[Injection]) -> None:
+    def __init__(self, model: Model, injections: Sequence[Injection]) -> None:
         if not injections:
             raise ValueError("steer() needs at least one vector or Injection.")
         for inj in injections:
             inj.vector.check_model(model)
+        names = [inj.name for inj in injections if inj.name is not None]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"Injection names must be unique; repeated: {dup}.")
         self.model = model
         self.injections = tuple(injections)
         self.strengths = torch.tensor([float(i.strength) for i in injections], dtype=torch.float64)
         self.context = PositionContext()
         dev = runtime.model_device(model)
-        dtype = next(model.parameters()).dtype
+        dtype = runtime.model_dtype(model)
         self._row_strengths: dict[int, Tensor] = {}
         self._dirs = [{lay: inj.vector[lay].to(dev, dtype) for lay in inj.vector.layers}
                       for inj in injections]
 
-    def set_strength(self, index: int, strength: float | Sequence[float] | Tensor) -> None:
+    @property
+    def names(self) -> list[str | None]:
+        """Each injection's name (None where unnamed), in order."""
+        return [inj.name for inj in self.injections]
+
+    @property
+    def layers(self) -> list[int]:
+        """Sorted layers any injection writes to."""
+        return sorted({layer for inj in self.injections for layer in inj.vector.layers})
+
+    def index(self, key: int | str) -> int:
+        """The position of an injection given its index or name.
+
+        Args:
+            key: an index in range, or an injection name.
+
+        Returns:
+            The index.
+
+        Raises:
+            ValueError: for an index out of range or an unknown name (the message lists names).
+        """
+        if isinstance(key, str):
+            if key not in self.names:
+                valid = [n for n in self.names if n is not None]
+                raise ValueError(f"No injection named {key!r}; valid names are {valid}.")
+            return self.names.index(key)
+        if isinstance(key, bool) or not isinstance(key, int) or not 0 <= key < len(self.injections):
+            raise ValueError(f"Injection index {key!r} out of range 0..{len(self.injections) - 1}.")
+        return key
+
+    def set_strength(self, key: int | str, strength: StrengthValue) -> None:
         """Change an injection's strength; takes effect at the next forward.
 
-        A 1-D sequence gives one strength per batch row, which is how sweeps run several
-        strengths in one forward (the batch must then have exactly that many rows).
+        A 1-D sequence gives one strength per batch row, which is how sweeps and the arena run
+        several strengths in one forward (the batch must then have exactly that many rows).
+
+        Args:
+            key: the injection's index or name.
+            strength: one finite strength, or one per batch row.
+
+        Raises:
+            ValueError: for an unknown key, a non-finite strength or an empty per-row sequence.
         """
-        if not 0 <= index < len(self.injections):
-            raise ValueError(f"Injection index {index} out of range 0..{len(self.injections) - 1}.")
-        if isinstance(strength, (int, float)):
+        index = self.index(key)
+        if isinstance(strength, (int, float)) and not isinstance(strength, bool):
             self.strengths[index] = check_strength(strength)
             self._row_strengths.pop(index, None)
             return
-        rows = torch.as_tensor(strength, dtype=torch.float64).flatten()
+        try:
+            rows = torch.as_tensor(strength, dtype=torch.float64).flatten()
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"A strength must be a number or a sequence of numbers, got "
+                             f"{strength!r}.") from err
         if rows.numel() == 0 or not torch.isfinite(rows).all():
             raise ValueError("Per-row strengths must be a non-empty sequence of finite numbers.")
         self.strengths[index] = 1.0
         self._row_strengths[index] = rows
 
+    @contextlib.contextmanager
+    def bound(self, batch: runtime.TokenBatch | None, offset: int = 0) -> Iterator[Steerer]:
+        """Bind position modes to a batch's layout for the body of the block.
+
+        Every steered forward runs inside this (see `steered_forward`); the binding is cleared on
+        every exit path, so a later forward never sees a stale layout.
+
+        Args:
+            batch: the prompt batch (its width is the prompt boundary; its spans give "first").
+            offset: absolute position of the first token fed (the KV-cache length when decoding).
+
+        Yields:
+            This steerer.
+        """
+        self.context.bind(batch, offset)
+        try:
+            yield self
+        finally:
+            self.context.bind(None)
+
     def hooks(self) -> list[tuple[str, object]]:
+        """(hook name, hook function) pairs to attach, one per steered site.
+
+        Returns:
+            The pairs, for `runtime.attached`; each hook adds every injection at its site.
+        """
         by_name: dict[str, list[tuple[int, int]]] = {}
         for i, inj in enumerate(self.injections):
             for layer in inj.vector.layers:
@@ -207,18 +330,41 @@ class Steerer:
         return hook
 
 
+def _named(vectors) -> Mapping[str, SteeringVector] | None:
+    if isinstance(vectors, SteeringVectorSet):
+        return dict(vectors.items())
+    if isinstance(vectors, Mapping):
+        return dict(vectors)
+    return None
+
+
 def _as_injections(vectors, strength: float | None, positions: PositionMode) -> list[Injection]:
+    default = 1.0 if strength is None else strength
+    named = _named(vectors)
+    if named is not None:
+        out = []
+        for name, vec in named.items():
+            if not isinstance(name, str) or not isinstance(vec, SteeringVector):
+                raise ValueError("A dict of vectors must map names (str) to SteeringVectors; got "
+                                 f"{type(name).__name__} -> {type(vec).__name__}.")
+            out.append(Injection(vec, default, positions, name=name))
+        return out
     if isinstance(vectors, SteeringVector):
-        return [Injection(vectors, 1.0 if strength is None else strength, positions)]
+        return [Injection(vectors, default, positions)]
     if isinstance(vectors, Injection):
         return [vectors]
-    items = list(vectors)
+    if isinstance(vectors, (str, bytes)) or not isinstance(vectors, Sequence):
+        raise ValueError(
+            "steer() takes a SteeringVector, an Injection, a SteeringVectorSet or dict name -> "
+            f"vector, or a list of vectors, Injections or (vector, strength) pairs; got "
+            f"{type(vectors).__name__}."
+        )
     out = []
-    for item in items:
+    for item in vectors:
         if isinstance(item, Injection):
             out.append(item)
         elif isinstance(item, SteeringVector):
-            out.append(Injection(item, 1.0 if strength is None else strength, positions))
+            out.append(Injection(item, default, positions))
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], SteeringVector):
             out.append(Injection(item[0], item[1], positions))
         else:
@@ -231,27 +377,83 @@ def _as_injections(vectors, strength: float | None, positions: PositionMode) -> 
 
 @contextlib.contextmanager
 def steer(
-    model,
+    model: Model,
     vectors,
     strength: float | None = None,
     positions: PositionMode = "all",
+    *,
+    strengths: Mapping[str, StrengthValue] | None = None,
 ) -> Iterator[Steerer]:
     """Add steering vectors to `model` inside the block; hooks are removed on every exit.
 
-    `vectors`: a SteeringVector (with `strength`), an Injection, or a list of vectors, Injections
-    or (vector, strength) pairs.
+    Args:
+        model: the model to steer.
+        vectors (SteeringVector | Injection | SteeringVectorSet | Mapping | list): a SteeringVector; an
+            Injection; a SteeringVectorSet or dict name -> vector (named injections); or a list of
+            vectors, Injections or (vector, strength) pairs.
+        strength: strength for vectors given without one (default 1.0).
+        positions: where the vectors are written (for vectors given without an Injection).
+        strengths: per-name strengths for named vectors; a value may be one number or one per
+            batch row. Names left out use `strength`.
+
+    Yields:
+        The `Steerer`, whose `set_strength(index_or_name, value)` changes strengths live.
+
+    Raises:
+        ValueError: for an unsupported `vectors`, a vector built for another model, a non-finite
+            strength, or a name in `strengths` that is not among the vectors.
+
+    Example:
+        >>> with sl.steer(model, vec.layer(10), strength=4.0) as s:  # doctest: +SKIP
+        ...     logits = model("Tell me about your weekend.")
+        >>> vset = sl.SteeringVectorSet({"formal": f, "happy": h})  # doctest: +SKIP
+        >>> with sl.steer(model, vset, strengths={"formal": 2.0, "happy": 0.0}) as s:  # doctest: +SKIP
+        ...     s.set_strength("happy", [0.0, 4.0])                  # per batch row
     """
     steerer = Steerer(model, _as_injections(vectors, strength, positions))
+    if strengths is not None:
+        if not isinstance(strengths, Mapping):
+            raise ValueError(f"strengths must be a dict name -> strength, got "
+                             f"{type(strengths).__name__}.")
+        for name, value in strengths.items():
+            steerer.set_strength(name, value)
     with runtime.attached(model, steerer.hooks()):
         yield steerer
 
 
-def steered_forward(model, batch: runtime.TokenBatch, steerer: Steerer | None = None) -> Tensor:
-    """Logits for a TokenBatch, with `steerer`'s positions bound to the batch's layout."""
-    if steerer is not None:
-        steerer.context.bind(batch)
-    try:
-        return runtime.forward(model, batch)
-    finally:
-        if steerer is not None:
-            steerer.context.bind(None)
+def steered_forward(
+    model: Model,
+    batch: runtime.TokenBatch,
+    steerer: Steerer | None = None,
+    *,
+    feed: runtime.TokenBatch | None = None,
+    offset: int = 0,
+    kv_cache=None,
+    stop_at_layer: int | None = None,
+    return_type: str | None = "logits",
+) -> Tensor:
+    """The one steered forward pass: `runtime.forward` with `steerer` bound to the batch.
+
+    Args:
+        model: the model (steering hooks already attached by an enclosing `steer()`).
+        batch: the prompt batch; its layout defines "prompt", "first" and "last".
+        steerer: the active steerer, or None for an unsteered pass.
+        feed: the tokens to run when they differ from `batch` (one new token per row while
+            decoding with a KV cache); default `batch`.
+        offset: absolute position of the first token fed (non-zero when decoding with a cache).
+        kv_cache (TransformerLensKeyValueCache | None): a KV cache from `runtime.new_kv_cache`,
+            or None.
+        stop_at_layer: stop before this block and return its input residual (with
+            `return_type=None`).
+        return_type: "logits" or None (the residual at `stop_at_layer`).
+
+    Returns:
+        Logits [batch, pos, d_vocab], or the residual stream when `return_type` is None.
+    """
+    feed = batch if feed is None else feed
+    if steerer is None:
+        return runtime.forward(model, feed, kv_cache=kv_cache, stop_at_layer=stop_at_layer,
+                               return_type=return_type)
+    with steerer.bound(batch, offset):
+        return runtime.forward(model, feed, kv_cache=kv_cache, stop_at_layer=stop_at_layer,
+                               return_type=return_type)

@@ -23,8 +23,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from . import __version__
-from .backend import runtime
+from ._version import __version__
+from .backend import Model, runtime
 from .io import atomic_path, atomic_write_text
 from .sites import COMPONENTS, Site, check_layer
 
@@ -39,12 +39,27 @@ class VectorFileError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class SteeringVector:
-    """Per-layer steering directions at one component, with provenance metadata."""
+    """Per-layer steering directions at one component, with provenance metadata.
+
+    Immutable: directions are copied to float32 CPU tensors on construction, and every operation
+    (`layer`, `normalized`, `*`, `+`, `-`) returns a new vector. Arithmetic is layer-wise; adding
+    vectors with different layers fills the missing layers with zeros.
+
+    Attributes:
+        directions: layer -> direction of shape [d_model], sorted by layer, read-only.
+        component: the site component every direction belongs to (e.g. "resid_pre").
+        method: how the vector was built ("mean_diff", "pca", "random", ...).
+        read_at: where the activations it came from were read ("last", "first", "mean", "all").
+        model_id: the model it was built on.
+        n_pairs: number of contrast pairs used (0 when not built from pairs).
+        extra: free-form provenance (seeds, settings).
+        version: the steerlens version that built it.
+    """
 
     directions: Mapping[int, Float[Tensor, " d_model"]]
     component: str = "resid_pre"
     method: str = "custom"
-    position: str = "last"
+    read_at: str = "last"
     model_id: str = "unknown"
     n_pairs: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -76,17 +91,25 @@ class SteeringVector:
     # ------------------------------------------------------------------ basic properties
     @property
     def layers(self) -> list[int]:
+        """The layers this vector has a direction for, ascending."""
         return list(self.directions)
 
     @property
     def d_model(self) -> int:
+        """The width of every direction (the model's d_model)."""
         return next(iter(self.directions.values())).shape[0]
 
     @property
     def norms(self) -> dict[int, float]:
+        """L2 norm of the direction at each layer."""
         return {layer: float(t.norm()) for layer, t in self.directions.items()}
 
     def sites(self) -> list[Site]:
+        """The (layer, component) sites this vector writes to.
+
+        Returns:
+            One `Site` per layer, in layer order.
+        """
         return [Site(layer, self.component) for layer in self.layers]  # type: ignore[arg-type]
 
     def __getitem__(self, layer: int) -> Tensor:
@@ -97,10 +120,31 @@ class SteeringVector:
         return self.directions[layer]
 
     def layer(self, layer: int) -> SteeringVector:
-        """The same vector restricted to one layer."""
+        """The same vector restricted to one layer.
+
+        Args:
+            layer: the layer to keep.
+
+        Returns:
+            A new single-layer vector with the same metadata.
+
+        Raises:
+            ValueError: if the vector has no direction for `layer`.
+        """
         return self.select([layer])
 
     def select(self, layers) -> SteeringVector:
+        """The same vector restricted to some of its layers.
+
+        Args:
+            layers (Iterable[int]): the layers to keep, each one the vector has.
+
+        Returns:
+            A new vector with only those layers and the same metadata.
+
+        Raises:
+            ValueError: listing the requested layers the vector was not built for.
+        """
         missing = [lay for lay in layers if lay not in self.directions]
         if missing:
             raise ValueError(
@@ -109,13 +153,30 @@ class SteeringVector:
         return replace(self, directions={lay: self.directions[lay] for lay in layers})
 
     def normalized(self, norm: float = 1.0) -> SteeringVector:
-        """Every layer rescaled to the given L2 norm."""
+        """Every layer rescaled to the given L2 norm.
+
+        Args:
+            norm: the target L2 norm of each layer's direction.
+
+        Returns:
+            A new vector; its method is tagged "|normalized".
+
+        Raises:
+            ValueError: if `norm` is not finite.
+        """
         if not math.isfinite(norm):
             raise ValueError(f"norm must be finite, got {norm}.")
         return self._map(lambda t: t * (norm / t.norm().clamp_min(1e-12)), "normalized")
 
     def cosine(self, other: SteeringVector) -> dict[int, float]:
-        """Per-layer cosine similarity with another vector (shared layers)."""
+        """Per-layer cosine similarity with another vector (shared layers).
+
+        Args:
+            other: the vector to compare with.
+
+        Returns:
+            layer -> cosine similarity, for the layers both vectors have.
+        """
         shared = [lay for lay in self.layers if lay in other.directions]
         return {
             lay: float(torch.nn.functional.cosine_similarity(self[lay], other[lay], dim=0))
@@ -163,6 +224,15 @@ class SteeringVector:
         return self + (-other)
 
     def allclose(self, other: SteeringVector, atol: float = 1e-6) -> bool:
+        """Whether two vectors have the same layers and element-wise close directions.
+
+        Args:
+            other: the vector to compare with.
+            atol: absolute tolerance per element.
+
+        Returns:
+            True when the layers match and every direction is within `atol`.
+        """
         return self.layers == other.layers and all(
             torch.allclose(self[lay], other[lay], atol=atol) for lay in self.layers
         )
@@ -173,8 +243,18 @@ class SteeringVector:
                 f"d_model={self.d_model}, model={self.model_id!r}, n_pairs={self.n_pairs})")
 
     # ------------------------------------------------------------------ checking against a model
-    def check_model(self, model) -> SteeringVector:
-        """Raise a ValueError if the vector does not fit `model` (d_model, layers)."""
+    def check_model(self, model: Model) -> SteeringVector:
+        """Raise a ValueError if the vector does not fit `model` (d_model, layers).
+
+        Args:
+            model (Model): the model the vector is about to be used with.
+
+        Returns:
+            The vector itself, for chaining.
+
+        Raises:
+            ValueError: if d_model differs or a layer is out of the model's range.
+        """
         dm = runtime.d_model(model)
         if dm != self.d_model:
             raise ValueError(
@@ -187,6 +267,12 @@ class SteeringVector:
 
     # ------------------------------------------------------------------ I/O
     def metadata(self) -> dict[str, Any]:
+        """The JSON metadata written next to the tensors by `save`.
+
+        Returns:
+            A JSON-serialisable dict: format and library version, model id, d_model, component,
+            layers, sites, method, read_at, n_pairs, per-layer norms and `extra`.
+        """
         return {
             "format": FORMAT_VERSION,
             "library": "steerlens",
@@ -197,14 +283,33 @@ class SteeringVector:
             "layers": self.layers,
             "sites": [str(s) for s in self.sites()],
             "method": self.method,
-            "position": self.position,
+            "read_at": self.read_at,
             "n_pairs": self.n_pairs,
             "norms": {str(k): v for k, v in self.norms.items()},
             "extra": dict(self.extra),
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Write `vector.safetensors` + `vector.json` into `directory` (each atomically)."""
+        """Write `vector.safetensors` + `vector.json` into `directory` (each atomically).
+
+        The tensors file holds one float32 tensor per layer (key `layer.{i}`); the JSON file holds
+        `metadata()`. No pickle is involved, so loading a vector never runs code.
+
+        Args:
+            directory: the directory to write into (created if missing).
+
+        Returns:
+            The directory, as a Path.
+
+        Example:
+            ```python
+            import torch
+            from steerlens.vectors import SteeringVector
+
+            vec = SteeringVector({6: torch.randn(576)}, model_id="smollm2-135m-instruct")
+            path = vec.save("vectors/mine")   # writes vector.safetensors + vector.json there
+            ```
+        """
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -216,8 +321,30 @@ class SteeringVector:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, model=None) -> SteeringVector:
-        """Load a saved vector (no pickle); with `model`, check it fits that model."""
+    def load(cls, directory: str | Path, model: Model | None = None) -> SteeringVector:
+        """Load a saved vector (no pickle); with `model`, check it fits that model.
+
+        Args:
+            directory: the directory `save` wrote (or either file in it).
+            model (Model | None): when given, the vector's d_model and layers are checked against it.
+
+        Returns:
+            The loaded vector, metadata included.
+
+        Raises:
+            VectorFileError: if a file is missing, corrupt, truncated or inconsistent with the metadata.
+            ValueError: if `model` is given and the vector does not fit it.
+
+        Example:
+            ```python
+            import steerlens as sl
+            from steerlens.vectors import SteeringVector
+
+            model = sl.load_model()
+            vec = SteeringVector.load("vectors/mine", model=model)   # checks d_model and layers
+            print(vec.layers, vec.norms)
+            ```
+        """
         directory = Path(directory)
         if directory.is_file():
             directory = directory.parent
@@ -249,7 +376,7 @@ class SteeringVector:
                 directions=dirs,
                 component=meta.get("component", "resid_pre"),
                 method=meta.get("method", "custom"),
-                position=meta.get("position", "last"),
+                read_at=meta.get("read_at", meta.get("position", "last")),
                 model_id=meta.get("model_id", "unknown"),
                 n_pairs=int(meta.get("n_pairs", 0)),
                 extra=meta.get("extra", {}),
@@ -281,7 +408,13 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
 
 @dataclass(frozen=True)
 class SteeringVectorSet:
-    """A named, immutable collection of steering vectors (e.g. one per behaviour or method)."""
+    """A named, immutable collection of steering vectors (e.g. one per behaviour or method).
+
+    Pass one to `steer` or `sweep` to address vectors by name (`strengths={"refusal": 0.0, ...}`).
+
+    Attributes:
+        vectors: name -> SteeringVector, read-only.
+    """
 
     vectors: Mapping[str, SteeringVector]
 
@@ -305,12 +438,36 @@ class SteeringVectorSet:
         return len(self.vectors)
 
     def items(self):
+        """The (name, vector) pairs, in insertion order.
+
+        Returns:
+            (ItemsView[str, SteeringVector]): A view of the (name, vector) pairs.
+        """
         return self.vectors.items()
 
     def map(self, fn) -> SteeringVectorSet:
+        """Apply a function to every vector, keeping the names.
+
+        Args:
+            fn (Callable[[SteeringVector], SteeringVector]): maps one vector to another.
+
+        Returns:
+            A new set with `fn(vector)` under each name.
+        """
         return SteeringVectorSet({k: fn(v) for k, v in self.vectors.items()})
 
     def save(self, directory: str | Path) -> Path:
+        """Save each vector to `directory/NAME/` and the list of names to `directory/set.json`.
+
+        Args:
+            directory: the directory to write into (created if missing).
+
+        Returns:
+            The directory, as a Path.
+
+        Raises:
+            ValueError: if a name cannot be used as a directory name (empty, with "/", or hidden).
+        """
         directory = Path(directory)
         for name, vec in self.vectors.items():
             if not name or "/" in name or name.startswith("."):
@@ -320,7 +477,19 @@ class SteeringVectorSet:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, model=None) -> SteeringVectorSet:
+    def load(cls, directory: str | Path, model: Model | None = None) -> SteeringVectorSet:
+        """Load a set written by `SteeringVectorSet.save`.
+
+        Args:
+            directory: the directory `save` wrote.
+            model (Model | None): when given, every vector is checked against it.
+
+        Returns:
+            The loaded set, in the saved order.
+
+        Raises:
+            VectorFileError: if `set.json` or a vector's files are missing or corrupt.
+        """
         directory = Path(directory)
         index = directory / "set.json"
         if not index.exists():

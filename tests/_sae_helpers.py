@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import torch
-from sae_lens import StandardSAE, StandardSAEConfig
-from sae_lens.saes.sae import SAEMetadata
+from steerlens.sae import random_sae
 
 HOOK = "blocks.1.hook_resid_pre"
 
 
 def make_sae(d_in: int = 64, d_sae: int = 256, hook: str | None = HOOK, seed: int = 0,
-             biases: bool = True) -> StandardSAE:
-    """A StandardSAE with seeded random weights (and random biases unless `biases=False`)."""
-    meta = SAEMetadata(hook_name=hook) if hook is not None else SAEMetadata()
-    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        w_dec = torch.randn(d_sae, d_in, generator=g)
-        sae.W_dec.copy_(w_dec / w_dec.norm(dim=-1, keepdim=True))
-        sae.W_enc.copy_(sae.W_dec.T + 0.1 * torch.randn(d_in, d_sae, generator=g))
-        if biases:
-            sae.b_enc.copy_(0.1 * torch.randn(d_sae, generator=g))
-            sae.b_dec.copy_(0.1 * torch.randn(d_in, generator=g))
-    return sae
+             biases: bool = True):
+    """`steerlens.sae.random_sae` with unit-norm decoder rows, an encoder perturbed away from the
+    decoder's transpose, and random biases unless `biases=False`."""
+    return random_sae(d_in, d_sae, hook_name=hook, seed=seed, init="unit", encoder_noise=0.1,
+                      bias_scale=0.1 if biases else 0.0)
 
 
 def np_encode(sae, x):

@@ -78,9 +78,9 @@ def test_stream_matches_generate(tiny, sentiment, temperature):
     vec = build_vector(tiny, sentiment.train, [1], show_progress=False)
     prompts = ["Hello", "Tell me about cats please"]
     kw = dict(max_new_tokens=10, temperature=temperature, seed=3)
-    for steering in (None, vec):
-        ref = generate(tiny, prompts, steering, strength=4.0, **kw)
-        steps = list(generate_stream(tiny, prompts, steering, strength=4.0, **kw))
+    for steering, strength in ((None, None), (vec, 4.0)):
+        ref = generate(tiny, prompts, steering, strength, **kw)
+        steps = list(generate_stream(tiny, prompts, steering, strength, **kw))
         assert steps[-1].texts == ref.texts
         assert steps[-1].token_ids == ref.tokens
         assert [s.step for s in steps] == list(range(len(steps)))
@@ -171,6 +171,7 @@ def test_generate_streams_rows_kl_and_lens(server, tiny, sentiment):
     lens = by_type(events, "lens")[0]
     vals = [t["value"] for t in lens["promoted"]]
     assert vals == sorted(vals, reverse=True) and len(vals) == 12
+    # float32 norm of the same 64-vector, maybe summed in another order: ~1e-7 relative
     assert by_type(events, "vector")[0]["norm"] == pytest.approx(float(vec[1].norm()), rel=1e-5)
     # per-token KL against an independent computation: two full forwards + scipy entropy
     kl = {e["row"]: e for e in by_type(events, "kl")}
@@ -184,6 +185,8 @@ def test_generate_streams_rows_kl_and_lens(server, tiny, sentiment):
     head = len(runtime.prompt_ids(tiny, PROMPT, True))
     want = [entropy(base[t], steered[t], base=2) for t in range(head - 1, batch.tokens.shape[1] - 1)]
     assert len(row["tokens"]) == len(row["bits"]) == len(want)
+    # KV-cached float32 decode vs two full forwards: logits ~1e-6 relative; a KL between close
+    # distributions amplifies that to ~1e-5 relative (rtol 1e-4), atol for KLs near 0
     np.testing.assert_allclose(row["bits"], want, rtol=1e-4, atol=1e-7)
     assert row["mean"] == pytest.approx(float(np.mean(want)), rel=1e-4)
     assert max(want) > 0
@@ -297,7 +300,9 @@ def test_concurrent_requests_are_isolated(server, arena, tiny):
         status, events = results[i]
         assert status == 200 and events[0]["type"] == "queued"
         assert events[-1]["texts"] == alone[i][-1]["texts"]
-        assert by_type(events, "kl")[0]["bits"] == by_type(alone[i], "kl")[0]["bits"]
+        # mixed-up vectors would move KL by O(1); float32-path tolerance loses nothing
+        np.testing.assert_allclose(by_type(events, "kl")[0]["bits"],
+                                   by_type(alone[i], "kl")[0]["bits"], rtol=1e-5, atol=1e-7)
     assert alone[0][-1]["texts"][1] != alone[1][-1]["texts"][1]
     assert hooks(tiny) == 0
 
@@ -308,4 +313,4 @@ def test_behaviour_vector_cache_is_read_only(arena, tiny):
     cached = arena._vectors[("sentiment", 1)]
     fresh = build_vector(tiny, load_behaviour("sentiment").train, [1], show_progress=False)
     assert cached.layers == [1]
-    torch.testing.assert_close(cached[1], fresh[1], rtol=0, atol=0)
+    torch.testing.assert_close(cached[1], fresh[1], rtol=0, atol=0)  # same inputs, same ops

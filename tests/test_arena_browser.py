@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 
+import _browser as browser
 import pytest
 
-from steerlens.arena import browser
 from steerlens.arena.engine import Arena
 from steerlens.arena.server import make_server, start_in_thread
 

@@ -28,12 +28,12 @@ def test_extract_then_generate_json(tmp_path, pairs_file, capsys):
     assert vec.layers == [0, 1] and vec.n_pairs == 8 and vec.model_id == "tiny-random"
     capsys.readouterr()
     rc = main(["generate", "--model", "tiny-random", "--device", "cpu", "--vector", str(out),
-               "--layer", "1", "--alpha", "4", "--prompt", "Hello", "--max-new-tokens", "6",
+               "--layer", "1", "--strength", "4", "--prompt", "Hello", "--max-new-tokens", "6",
                "--seed", "0", "--json"])
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) >= {"baseline", "steered", "prompt", "layer", "alpha"}
-    assert data["layer"] == 1 and data["alpha"] == 4.0
+    assert set(data) >= {"baseline", "steered", "prompt", "layer", "strength"}
+    assert data["layer"] == 1 and data["strength"] == 4.0
 
 
 def test_extract_from_behaviour_and_caa(tmp_path, capsys):

@@ -34,7 +34,7 @@ def _reference(model, text, prompt, layer, component, position, chat=False):
 @pytest.mark.parametrize("with_prompt", [False, True])
 def test_extract_matches_unbatched(tiny, position, with_prompt):
     prompts = PROMPTS if with_prompt else None
-    acts = extract(tiny, TEXTS, [0, 1], prompts=prompts, position=position, batch_size=3,
+    acts = extract(tiny, TEXTS, [0, 1], prompts=prompts, read_at=position, batch_size=3,
                    chat=False, show_progress=False)
     for layer in (0, 1):
         refs = [_reference(tiny, t, p, layer, "resid_pre", position)
@@ -44,6 +44,8 @@ def test_extract_matches_unbatched(tiny, position, with_prompt):
             assert acts.row_index.tolist() == sum(([i] * len(r) for i, r in enumerate(refs)), [])
         else:
             ref = torch.stack(refs)
+        # batched, padded float32 forward vs one text at a time: summation order differs
+        # (~1e-6 relative); residual entries are O(1), so 1e-5 both ways
         torch.testing.assert_close(acts[layer], ref, atol=1e-5, rtol=1e-5)
 
 
@@ -52,7 +54,7 @@ def test_extract_components_and_chat(tiny):
                    show_progress=False)
     refs = torch.stack([_reference(tiny, t, p, 1, "mlp_out", "last", chat=True)
                         for t, p in zip(TEXTS[:2], PROMPTS[:2])])
-    torch.testing.assert_close(acts[1], refs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(acts[1], refs, atol=1e-5, rtol=1e-5)  # batched vs unbatched float32
 
 
 def test_mean_diff_equals_hand_written_cache_mean(tiny):
@@ -66,13 +68,14 @@ def test_mean_diff_equals_hand_written_cache_mean(tiny):
                            for p in pairs])
         neg = torch.stack([_reference(tiny, p.negative, p.prompt, layer, "resid_pre", "last", True)
                            for p in pairs])
+        # batched float32 activations, then a mean: same float32 path tolerance as above
         torch.testing.assert_close(vec[layer], (pos - neg).mean(0), atol=1e-5, rtol=1e-5)
     assert vec.n_pairs == 3 and vec.method == "mean_diff" and vec.model_id == "tiny-random"
 
 
 def test_extract_bad_input(tiny):
-    with pytest.raises(ValueError, match="valid positions are"):
-        extract(tiny, TEXTS, [0], position="middle", show_progress=False)
+    with pytest.raises(ValueError, match="valid values are"):
+        extract(tiny, TEXTS, [0], read_at="middle", show_progress=False)
     with pytest.raises(ValueError, match=r"layers 0\.\.1"):
         extract(tiny, TEXTS, [5], show_progress=False)
     with pytest.raises(ValueError, match="at least one text"):
@@ -80,7 +83,7 @@ def test_extract_bad_input(tiny):
     with pytest.raises(ValueError, match="at least one layer"):
         extract(tiny, TEXTS, [], show_progress=False)
     with pytest.raises(ValueError, match="cannot be aligned"):
-        extract_pairs(tiny, ContrastSet((ContrastPair("a", "b"),)), [0], position="all")
+        extract_pairs(tiny, ContrastSet((ContrastPair("a", "b"),)), [0], read_at="all")
     with pytest.raises(ValueError, match="context length"):
         extract(tiny, ["x" * 400], [0], show_progress=False)
     with pytest.raises(ValueError, match="texts but"):

@@ -85,7 +85,7 @@ def test_generate_bad_input(tiny):
         generate(tiny, "x", max_new_tokens=0)
     with pytest.raises(ValueError, match="temperature"):
         generate(tiny, "x", temperature=-1.0)
-    with pytest.raises(ValueError, match="at least one prompt"):
+    with pytest.raises(ValueError, match="at least one of prompts"):
         generate(tiny, [])
     with pytest.raises(ValueError, match="context length"):
         generate(tiny, "x" * 250, max_new_tokens=20, chat=False)

@@ -24,6 +24,7 @@ def vec():
 
 
 def test_distinct_helpers_by_hand():
+    # ratios of integer counts: exact but for the division's rounding (approx's default rel 1e-6)
     assert distinct_fraction(["a", "a", "b"]) == pytest.approx(2 / 3)
     assert distinct_fraction(["x"] * 5) == pytest.approx(0.2)
     # bigrams (1,2),(2,3),(1,2),(2,4): 3 distinct of 4
@@ -45,7 +46,7 @@ def test_sampling_diversity_reproduces_generate_batches(tiny, vec):
                   seed=8, chat=True)
     assert res.samples == (g0.texts[:4], g0.texts[4:], g1.texts)
     assert res.distinct_fraction == tuple(len(set(s)) / 4 for s in res.samples)
-    assert res.distinct_n[2] == pytest.approx(distinct_ngrams(g1.tokens, 2))
+    assert res.distinct_n[2] == pytest.approx(distinct_ngrams(g1.tokens, 2))  # count ratio
     assert res.n == 3 and res.k == 4 and res.steered
     again = sampling_diversity(tiny, prompts, vec, 1.0, k=4, max_new_tokens=5, seed=7, batch_size=8,
                                chat=True)

@@ -22,8 +22,6 @@ from steerlens.sae.decompose import (
     overlap_table,
 )
 from steerlens.sae.features import feature_contexts
-from steerlens.sae.site import sae_site
-from steerlens.sites import Site
 from steerlens.vectors import SteeringVector
 
 DOMAIN = ["zzz zoo zip zap zen", "the zebra zigzags in a zone", "zany zealots zoom by",
@@ -50,23 +48,12 @@ def sae():
     return make_sae()
 
 
-def test_site_resolution_and_bad_saes(tiny, sae):
-    assert sae_site(tiny, sae) == Site(1, "resid_pre")
-    with pytest.raises(ValueError, match="d_in is 32 but site resid_pre@1 .* has width 64"):
-        sae_site(tiny, make_sae(d_in=32))
-    with pytest.raises(ValueError, match="does not exist in the model.*blocks.<0..1>"):
-        sae_site(tiny, make_sae(hook="blocks.7.hook_resid_pre"))
-    with pytest.raises(ValueError, match="not a residual-stream site"):
-        sae_site(tiny, make_sae(hook="blocks.1.attn.hook_q"))
-    with pytest.raises(ValueError, match="names no hook"):
-        sae_site(tiny, make_sae(hook=None))
-
-
 def test_encodings_match_numpy(tiny, sae):
     v = torch.randn(64, generator=torch.Generator().manual_seed(3))
     vn = v.double().numpy()
     w_enc = sae.W_enc.detach().double().numpy()
     w_dec = sae.W_dec.detach().double().numpy()
+    # float32 encoder (64-term dot products of O(1) entries) vs float64 numpy: ~1e-6
     np.testing.assert_allclose(encode_direction(sae, v, "encoder").numpy(), vn @ w_enc,
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(encode_direction(sae, v, "raw").numpy(), np_encode(sae, vn[None])[0],
@@ -85,11 +72,13 @@ def test_diffusion_and_participation_against_numpy(tiny, sae):
     d = decompose(tiny, sae, vec, encoding="encoder")
     vals = v.double().numpy() @ sae.W_enc.detach().double().numpy()
     thr = 0.1 * np.abs(vals).max()
+    # float32 encoding vs float64 numpy (~1e-6 relative); counts above the threshold agree
+    # unless a value sits within 1e-6 of it (not for this seed); the count ratio is then exact
     assert d.threshold == pytest.approx(thr, rel=1e-5)
     assert d.n_active == int((np.abs(vals) > thr).sum())
     assert d.diffusion == pytest.approx((np.abs(vals) > thr).mean())
     pr = (vals ** 2).sum() ** 2 / (vals ** 4).sum() / vals.size
-    assert d.participation == pytest.approx(pr, rel=1e-4)
+    assert d.participation == pytest.approx(pr, rel=1e-4)  # 4th powers: 4x the relative error
     assert d.relative_threshold == 0.1 and d.hook_name == HOOK
     # absolute threshold; top-k in each sign order
     raw = decompose(tiny, sae, vec, encoding="raw", threshold=0.0, relative=False)
@@ -112,12 +101,14 @@ def test_decompose_pairs_matches_hand_loop(tiny, sae):
     pairs = ContrastSet((ContrastPair("I love this so much", "I hate this so much", "Say it"),
                          ContrastPair("what a joy", "what a pain", "Again"),
                          ContrastPair("bright and warm", "dark and cold", "Once more")), "toy")
-    d = decompose_pairs(tiny, sae, pairs, position="last", chat=False)
+    # batched float32 activations + float32 encoder vs per-text activations + float64 encoder;
+    # SAE codes are O(1): 1e-4 leaves room for the ReLU-free encoder sums
+    d = decompose_pairs(tiny, sae, pairs, read_at="last", chat=False)
     pos = np.stack([np_encode(sae, _hand_acts(tiny, p.positive, p.prompt)[-1:])[0] for p in pairs])
     neg = np.stack([np_encode(sae, _hand_acts(tiny, p.negative, p.prompt)[-1:])[0] for p in pairs])
     np.testing.assert_allclose(d.values.numpy(), pos.mean(0) - neg.mean(0), rtol=1e-4, atol=1e-4)
     assert d.encoding == "pairs" and d.label == "toy"
-    dm = decompose_pairs(tiny, sae, pairs, position="mean", chat=False)
+    dm = decompose_pairs(tiny, sae, pairs, read_at="mean", chat=False)
     pos = np.stack([np_encode(sae, _hand_acts(tiny, p.positive, p.prompt)).mean(0) for p in pairs])
     neg = np.stack([np_encode(sae, _hand_acts(tiny, p.negative, p.prompt)).mean(0) for p in pairs])
     np.testing.assert_allclose(dm.values.numpy(), pos.mean(0) - neg.mean(0), rtol=1e-4, atol=1e-4)
@@ -127,11 +118,12 @@ def test_domain_features_match_hand_means(tiny, sae):
     dom = domain_features(tiny, sae, DOMAIN[:3], NEUTRAL[:2], batch_size=2)
     hand_d = np.mean([np_encode(sae, _hand_acts(tiny, t)).mean(0) for t in DOMAIN[:3]], axis=0)
     hand_n = np.mean([np_encode(sae, _hand_acts(tiny, t)).mean(0) for t in NEUTRAL[:2]], axis=0)
-    np.testing.assert_allclose(dom.scores.numpy(), hand_d - hand_n, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dom.scores.numpy(), hand_d - hand_n, rtol=1e-4, atol=1e-4)  # as above
     assert (dom.n_domain, dom.n_neutral) == (3, 2)
     assert list(dom.top(4)) == list(np.argsort(-(hand_d - hand_n), kind="stable")[:4])
     sel = dom.selection(4)
-    assert sel.rule == "activation_diff" and sel.scores[0] == pytest.approx(float(dom.scores.max()))
+    # the selection copies the score (float32 -> float): exact
+    assert sel.rule == "activation_diff" and sel.scores[0] == float(dom.scores.max())
     with pytest.raises(ValueError, match="at least one domain text"):
         domain_features(tiny, sae, [], NEUTRAL)
 
@@ -166,7 +158,7 @@ def test_overlap_table_counts():
     t = overlap_table({"v": d1, "s": sel}, {"dom": dom, "ids": [0, 1, 7]}, k=3)
     # v top3 = {0,1,2}; s top3 = {7,6,0}; dom top3 = {5,4,3}; ids = {0,1,7}
     assert t.counts == ((0, 2), (0, 2))
-    assert t.expected_random == pytest.approx(9 / 8)
+    assert t.expected_random == pytest.approx(9 / 8, rel=1e-12)  # k * k / d_sae in float64
     df = t.frame()
     assert len(df) == 4 and set(df["overlap"]) == {0, 2}
     with pytest.raises(ValueError, match="1..8"):
@@ -182,6 +174,8 @@ def test_feature_contexts_match_hand_activations(tiny, sae):
     feats = [3, 40, 200]
     fc = feature_contexts(tiny, sae, texts, feats, k=4, window=2, batch_size=5)
     hand = [np_encode(sae, _hand_acts(tiny, t)) for t in texts]
+    # batched float32 activations + encoder vs per-text float64 encoding: rel 1e-4, abs 1e-5 on
+    # O(1) codes; copied values (example centre = its activation) compare with approx's default
     for j, f in enumerate(feats):
         col = [h[:, f] for h in hand]
         flat = np.concatenate(col)
@@ -223,7 +217,7 @@ def test_sae_figures_render(tiny, sae, tmp_path):
     fig = decomposition_bar(d, k=5)
     assert len(fig.data[0].x) >= 5
     fig = diffusion_bar({"a": d, "b": decompose(tiny, sae, -v)})
-    assert fig.data[0].y[0] == pytest.approx(d.diffusion)
+    assert fig.data[0].y[0] == d.diffusion  # the figure copies the number
     dom = domain_features(tiny, sae, DOMAIN[:2], NEUTRAL[:2])
     t = overlap_table({"a": d}, {"dom": dom}, k=10)
     fig = overlap_heatmap(t)

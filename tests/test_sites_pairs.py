@@ -41,6 +41,15 @@ def test_pair_validation():
         ContrastSet(())
 
 
+def test_flipped_swaps_positive_and_negative():
+    cs = ContrastSet((ContrastPair("good", "bad", "How?"), ContrastPair("yes", "no")), "x/train")
+    f = cs.flipped()
+    assert f.positives == cs.negatives and f.negatives == cs.positives
+    assert f.prompts == cs.prompts and f.name == "x/train/flipped"
+    assert f.flipped() == cs  # flipping twice is the identity, name included
+    assert cs.positives == ["good", "yes"]  # the original is untouched
+
+
 def test_jsonl_round_trip(tmp_path):
     cs = ContrastSet((ContrastPair("good", "bad", "How?"), ContrastPair("yes", "no")), "x")
     path = cs.to_jsonl(tmp_path / "p.jsonl")
@@ -91,6 +100,9 @@ def test_shipped_behaviours():
         assert not train_prompts & {p.prompt for p in b.test}, name
         assert all(p.positive != p.negative for p in b.train)
         assert len(b.eval_prompts) >= 10 and b.scorer.get("kind")
+        # eval prompts are held out: no train or test pair is built on them
+        assert not set(b.eval_prompts) & (train_prompts | {p.prompt for p in b.test}), name
+        assert len(set(b.eval_prompts)) == len(b.eval_prompts), name
     with pytest.raises(ValueError, match="Valid behaviours are"):
         load_behaviour("nope")
 

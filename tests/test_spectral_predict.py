@@ -21,6 +21,7 @@ def test_correlations_match_scipy_and_layers_align():
     pred = predict_steering(t, effect, n_boot=200, n_perm=200)
     assert pred.layers == t.layers and pred.n == 6
     y = np.array([effect[layer] for layer in t.layers])
+    # float64 correlations of the same numbers as scipy: rounding only
     assert pred.min_pearson.r == pytest.approx(stats.pearsonr(t.min_gap, y)[0], abs=1e-12)
     assert pred.min_spearman.r == pytest.approx(stats.spearmanr(t.min_gap, y)[0], abs=1e-12)
     assert pred.mean_pearson.r == pytest.approx(stats.pearsonr(t.mean_gap, y)[0], abs=1e-12)
@@ -38,8 +39,9 @@ def test_perfectly_monotone_effect_is_found():
     t = table()
     pred = predict_steering(t, dict(zip(t.layers, 3.0 * t.min_gap + 1.0)), threshold=0.0,
                             n_boot=200, n_perm=500)
-    assert pred.min_pearson.r == pytest.approx(1.0)
-    assert pred.min_spearman.r == pytest.approx(1.0)
+    # an exactly linear effect: r = 1 up to float64 rounding
+    assert pred.min_pearson.r == pytest.approx(1.0, abs=1e-12)
+    assert pred.min_spearman.r == pytest.approx(1.0, abs=1e-12)
     assert pred.min_pearson.p_perm < 0.01
     assert pred.predicted_layer == pred.best_layer and pred.rank_of_best == 1
 
@@ -51,7 +53,7 @@ def test_layer_effect_dataframe_input_drops_random_rows():
     rows += [{"vector": "random:0", "is_random": True, "layer": layer, "effect": -1.0}
              for layer in t.layers]
     pred = predict_steering(t, pd.DataFrame(rows), n_boot=100, n_perm=100)
-    np.testing.assert_array_equal(pred.effect, np.array(t.layers, float))
+    np.testing.assert_array_equal(pred.effect, np.array(t.layers, float))  # copied, exact
 
 
 def test_prediction_bad_input():

@@ -52,6 +52,7 @@ def test_rescale_spectrum_matches_formula(alpha, band, k):
     elif band == "tail":
         f[:-k] = 1
     assert n_clamped == int((f < 0.01).sum())
+    # the same float64 formula on the same (float32-exact) singular values: rounding only
     np.testing.assert_allclose(new.numpy(), sn * np.maximum(f, 0.01), rtol=1e-12)
     assert (new > 0).all()
     zero, f0, c0 = rescale_spectrum(s, 0.0, band, k)
@@ -65,6 +66,8 @@ def test_edit_sets_singular_values_and_restores_bit_exactly(tiny):
         for layer, alpha, band, k in ((0, 0.4, "all", None), (1, -0.3, "top", 4)):
             w = runtime.mlp_out_weight(tiny, layer).detach().double().numpy()
             ref = numpy_edit(before_w[layer].numpy(), alpha, band, k)
+            # the edited weight is stored in float32 (entries O(0.1-1)): ~1e-7 absolute, plus
+            # torch-vs-numpy SVD rounding; singular values re-derived from float32: 1e-4
             np.testing.assert_allclose(w, ref, atol=1e-5)
             # s_after is aligned with s_before (same singular vectors), so compare sorted
             np.testing.assert_allclose(np.linalg.svd(w, compute_uv=False),
@@ -177,11 +180,13 @@ def test_smollm2_w_out_is_gguf_down_proj_transposed(smol):
     down = dequantize(t.data, t.tensor_type).astype(np.float64)  # HF layout [d_model, d_mlp]
     assert down.shape == (576, 1536)
     w_out = runtime.mlp_out_weight(smol, layer).detach().double().numpy()  # [d_mlp, d_model]
+    # the same float32 numbers transposed, float64 SVDs of each: rounding only
     np.testing.assert_allclose(np.linalg.svd(down, compute_uv=False),
                                np.linalg.svd(w_out, compute_uv=False), rtol=1e-9)
     before = runtime.mlp_out_weight(smol, layer).detach().clone()
     with spectral_steering(smol, SpectralEdit(layer, -0.2)) as res:  # HYBRID's layer-15 edit
         edited = runtime.mlp_out_weight(smol, layer).detach().double().numpy()
+        # stored back as float32 (entries up to ~1): float32 rounding + SVD rounding
         np.testing.assert_allclose(edited, numpy_edit(down, -0.2).T, atol=2e-5)
         assert res[layer].n_clamped == int((1 - 0.2 * (lambda s: (s - s.mean()) / s.std())(
             np.linalg.svd(down, compute_uv=False)) < 0.01).sum())

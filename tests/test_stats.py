@@ -15,6 +15,7 @@ from steerlens.stats import (
     correlate,
     mcnemar,
     proportion_ci,
+    ratio_ci,
     sem,
     sign_test,
     transitions,
@@ -23,6 +24,9 @@ from steerlens.stats import (
 # Bad input raises ValueError; under pytest's --jaxtyping-packages hook, beartype rejects ill-typed
 # arguments first with a TypeError (jaxtyping.TypeCheckError) that also names the valid options.
 BAD_INPUT = (ValueError, TypeError)
+# Tolerances: everything here is float64 from the same data scipy gets. The same formula as
+# scipy's: approx (rel 1e-6) or tighter; our bootstrap vs scipy's (different resamples): Monte
+# Carlo error, a few % of the CI width / SE.
 RNG = np.random.default_rng(0)
 X = RNG.normal(1.0, 2.0, size=60)
 
@@ -56,6 +60,38 @@ def test_bootstrap_ci_edge_cases():
     assert bootstrap_ci([1.0, float("nan"), 3.0], nan_policy="omit", n_boot=100).n == 2
     with pytest.raises(ValueError, match="ci must be"):
         bootstrap_ci(X, ci=95.0)
+
+
+def test_ratio_ci_agrees_with_scipy_paired_bootstrap():
+    rng = np.random.default_rng(4)
+    den = rng.gamma(2.0, size=40)
+    num = 3.0 * den + rng.normal(0, 0.5, size=40)  # correlated pairs: pairing narrows the CI
+    ours = ratio_ci(num, den, n_boot=20_000, seed=1)
+    ref = sp.bootstrap((num, den), lambda a, b, axis=-1: a.mean(axis) / b.mean(axis),
+                       paired=True, vectorized=True, n_resamples=20_000, method="percentile",
+                       random_state=np.random.default_rng(2))
+    width = ours.high - ours.low
+    assert ours.estimate == pytest.approx(num.mean() / den.mean(), rel=1e-12)
+    assert ours.low == pytest.approx(ref.confidence_interval.low, abs=0.03 * width)
+    assert ours.high == pytest.approx(ref.confidence_interval.high, abs=0.03 * width)
+    assert ours.se == pytest.approx(ref.standard_error, rel=0.03)
+    assert ours.n == 40 and ours.low < ours.estimate < ours.high
+    # resampling num and den independently would ignore the pairing and widen the interval
+    rs = np.random.default_rng(3)
+    unpaired = (num[rs.integers(0, 40, (20_000, 40))].mean(1)
+                / den[rs.integers(0, 40, (20_000, 40))].mean(1))
+    assert width < 0.5 * np.subtract(*np.quantile(unpaired, [0.975, 0.025]))
+
+
+def test_ratio_ci_bad_input():
+    with pytest.raises(BAD_INPUT, match="paired"):
+        ratio_ci([1.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(BAD_INPUT, match="mean\\(den\\) is 0"):
+        ratio_ci([1.0, 2.0], [1.0, -1.0])
+    with pytest.raises(BAD_INPUT, match="non-finite"):
+        ratio_ci([1.0, float("nan")], [1.0, 2.0])
+    one = ratio_ci([2.0], [4.0])
+    assert one.estimate == 0.5 and math.isnan(one.low)
 
 
 def test_sem_matches_scipy():

@@ -32,7 +32,10 @@ def vec():
 
 def plain_kl(model, vector, layer, strength, prompts, positions="all", chat=False):
     """Independent loop: one prompt at a time (no padding), full forward + full unembed with the
-    hook from steerlens.steer, softmax and KL in bits from scipy."""
+    hook from steerlens.steer, softmax and KL in bits from scipy.
+
+    Against the sweep (padded batches, reused prefix, strengths batched, last-position unembed):
+    float32 logits agree to ~1e-6 relative, KLs of up to a few bits to ~1e-5; atol 1e-4 bits."""
     out = []
     for prompt in prompts:
         batch = runtime.encode_prompts(model, [prompt], chat=chat)
@@ -46,7 +49,7 @@ def plain_kl(model, vector, layer, strength, prompts, positions="all", chat=Fals
 
 @pytest.mark.parametrize("positions", ["all", "last", "first"])
 def test_kl_matches_plain_loop(tiny, vec, positions):
-    res = sweep(tiny, vec, [0, 1], STRENGTHS, PROMPTS, positions=positions, chat=False,
+    res = sweep(tiny, PROMPTS, vec, layers=[0, 1], strengths=STRENGTHS, positions=positions, chat=False,
                 batch_size=5, show_progress=False)
     t = res.table
     assert len(t) == 2 * len(STRENGTHS) * len(PROMPTS) == res.n_cells
@@ -62,7 +65,7 @@ def test_kl_matches_plain_loop(tiny, vec, positions):
 @pytest.mark.parametrize("component", ["resid_post", "mlp_out", "attn_out"])
 def test_kl_matches_plain_loop_other_components(tiny, vec, component):
     v = SteeringVector(dict(vec.directions), component=component)
-    res = sweep(tiny, v, [0, 1], [-3.0, 4.0], PROMPTS, chat=False, show_progress=False)
+    res = sweep(tiny, PROMPTS, v, layers=[0, 1], strengths=[-3.0, 4.0], chat=False, show_progress=False)
     t = res.table
     for layer in (0, 1):
         for s in (-3.0, 4.0):
@@ -72,11 +75,11 @@ def test_kl_matches_plain_loop_other_components(tiny, vec, component):
 
 
 def test_forward_count_is_minimal(tiny, vec):
-    res = sweep(tiny, vec, [0, 1], STRENGTHS, PROMPTS, chat=False, batch_size=64,
+    res = sweep(tiny, PROMPTS, vec, layers=[0, 1], strengths=STRENGTHS, chat=False, batch_size=64,
                 show_progress=False)
     # one unsteered forward for the prompt chunk, one steered suffix forward per layer
     assert res.passes == {"base": 1, "steered": 2, "generate": 0, "perplexity": 0}
-    res = sweep(tiny, vec, [0, 1], STRENGTHS, PROMPTS, chat=False, batch_size=5,
+    res = sweep(tiny, PROMPTS, vec, layers=[0, 1], strengths=STRENGTHS, chat=False, batch_size=5,
                 show_progress=False)
     # rows per layer: 3 non-zero strengths x 4 prompts = 12 -> 3 forwards of <= 5 rows
     assert res.passes["steered"] == 2 * 3 and res.passes["base"] == 1
@@ -84,18 +87,18 @@ def test_forward_count_is_minimal(tiny, vec):
 
 def test_several_vectors_and_chat(tiny, vec):
     other = SteeringVector({0: -vec[0] * 0.5, 1: vec[1] * 2.0})
-    res = sweep(tiny, SteeringVectorSet({"a": vec, "b": other}), [1], [3.0], PROMPTS[:2],
-                chat=True, show_progress=False)
+    res = sweep(tiny, PROMPTS[:2], SteeringVectorSet({"a": vec, "b": other}), layers=[1],
+                strengths=[3.0], chat=True, show_progress=False)
     assert list(dict.fromkeys(res.table.vector)) == ["a", "b"]
     for name, v in (("a", vec), ("b", other)):
         got = res.table[res.table.vector == name].sort_values("prompt_idx").kl_bits.to_numpy()
         np.testing.assert_allclose(got, plain_kl(tiny, v, 1, 3.0, PROMPTS[:2], chat=True),
                                    atol=1e-4)
-    assert res.config["chat"] is True
+    assert res.settings.chat is True and res.config["config"]["chat"] is True
 
 
 def test_batched_generation_equals_per_strength_generate(tiny, vec):
-    res = sweep(tiny, vec, [0, 1], STRENGTHS, PROMPTS, measures=("kl", "generate"),
+    res = sweep(tiny, PROMPTS, vec, layers=[0, 1], strengths=STRENGTHS, measures=("kl", "generate"),
                 max_new_tokens=8, chat=False, batch_size=5, show_progress=False)
     t = res.table
     base = generate(tiny, PROMPTS, max_new_tokens=8, chat=False)
@@ -123,7 +126,7 @@ def test_generation_measures_and_scorer_errors(tiny, vec):
             raise RuntimeError("scorer broke on this one")
         return float(len(text))
 
-    res = sweep(tiny, vec, [1], [0.0, 4.0], PROMPTS[:3], measures=("kl", "generate"),
+    res = sweep(tiny, PROMPTS[:3], vec, layers=[1], strengths=[0.0, 4.0], measures=("kl", "generate"),
                 scorer=flaky, max_new_tokens=6, chat=False, show_progress=False)
     t = res.table
     # the scorer saw 3 baseline texts then 3 steered ones; the 3rd call (baseline of prompt 2,
@@ -144,20 +147,22 @@ def test_generation_measures_and_scorer_errors(tiny, vec):
         with torch.no_grad():
             logp = tiny(torch.tensor([ids + list(cont)]))[0].double().log_softmax(-1)
         nll = -np.mean([float(logp[len(ids) - 1 + i, c]) for i, c in enumerate(cont)])
+        # batched float32 vs one unpadded forward: mean NLL to ~1e-6, so ppl to ~1e-6 relative
         assert rows.iloc[p].perplexity == pytest.approx(math.exp(nll), rel=1e-5)
 
 
 def test_table_summary_and_layer_effect(tiny, vec):
-    res = sweep(tiny, vec, [0, 1], [0.0, 3.0], PROMPTS, measures=("kl", "generate"),
+    res = sweep(tiny, PROMPTS, vec, layers=[0, 1], strengths=[0.0, 3.0], measures=("kl", "generate"),
                 scorer=lambda s: float(s.count("a")), max_new_tokens=5, chat=False,
                 show_progress=False)
     t = res.table
     for col in ("vector", "layer", "strength", "prompt_idx", "kl_bits", "text", "changed",
                 "score", "perplexity", "error"):
         assert col in t.columns
-    assert (t[t.strength == 0.0].kl_bits == 0.0).all()
+    assert (t[t.strength == 0.0].kl_bits == 0.0).all()  # strength 0 is the baseline: exact 0
     summ = res.summary(n_boot=500)
     assert len(summ) == 4 and (summ.n == len(PROMPTS)).all()
+    # summaries vs pandas: float64 reductions of the same table, approx's default is ample
     for _, row in summ.iterrows():
         cell = t[(t.layer == row.layer) & (t.strength == row.strength)]
         assert row.kl_bits_mean == pytest.approx(cell.kl_bits.mean())
@@ -182,8 +187,8 @@ def test_table_summary_and_layer_effect(tiny, vec):
 
 
 def test_random_control(tiny, vec):
-    res = sweep(tiny, vec, [0, 1], [0.0, 5.0], PROMPTS, n_random=3, random_seed=10, chat=False,
-                show_progress=False)
+    res = sweep(tiny, PROMPTS, vec, layers=[0, 1], strengths=[0.0, 5.0], n_random=3, random_seed=10,
+                chat=False, show_progress=False)
     names = list(dict.fromkeys(res.table.vector))
     assert names == ["vector", "random:10", "random:11", "random:12"]
     rnd = res.table[res.table.is_random]
@@ -199,12 +204,13 @@ def test_random_control(tiny, vec):
                          & (res.table.strength == 5.0)].kl_bits.mean()
         means = [rnd[(rnd.vector == n) & (rnd.layer == row.layer)
                      & (rnd.strength == 5.0)].kl_bits.mean() for n in names[1:]]
+        # float64 means of the same table rows; the p-value is a count ratio
         assert row.real_mean == pytest.approx(real)
         assert row.random_low == pytest.approx(min(means))
         assert row.random_high == pytest.approx(max(means))
         assert row.p_value == pytest.approx((1 + sum(m >= real for m in means)) / 4)
-    two = sweep(tiny, {"a": vec, "b": -vec}, [0], [5.0], PROMPTS[:1], n_random=1, chat=False,
-                show_progress=False)
+    two = sweep(tiny, PROMPTS[:1], {"a": vec, "b": -vec}, layers=[0], strengths=[5.0], n_random=1,
+                chat=False, show_progress=False)
     assert list(dict.fromkeys(two.table.vector)) == ["a", "b", "random:0@a", "random:0@b"]
     with pytest.raises(ValueError, match="no random controls"):
         compare_random(two.__class__(two.table[~two.table.is_random], two.baseline,
@@ -214,47 +220,48 @@ def test_random_control(tiny, vec):
 def test_bad_input(tiny, vec):
     ok = dict(show_progress=False, chat=False)
     with pytest.raises(ValueError, match="no layers"):
-        sweep(tiny, vec, [], [1.0], PROMPTS, **ok)
+        sweep(tiny, PROMPTS, vec, layers=[], strengths=[1.0], **ok)
     with pytest.raises(ValueError, match="no strengths"):
-        sweep(tiny, vec, [0], [], PROMPTS, **ok)
+        sweep(tiny, PROMPTS, vec, layers=[0], strengths=[], **ok)
     with pytest.raises(ValueError, match="no prompts"):
-        sweep(tiny, vec, [0], [1.0], [], **ok)
+        sweep(tiny, [], vec, layers=[0], strengths=[1.0], **ok)
     with pytest.raises(ValueError, match="no vectors"):
-        sweep(tiny, {}, [0], [1.0], PROMPTS, **ok)
+        sweep(tiny, PROMPTS, {}, layers=[0], strengths=[1.0], **ok)
     for bad in (float("nan"), float("inf"), -float("inf")):
         with pytest.raises(ValueError, match="finite"):
-            sweep(tiny, vec, [0], [1.0, bad], PROMPTS, **ok)
+            sweep(tiny, PROMPTS, vec, layers=[0], strengths=[1.0, bad], **ok)
     with pytest.raises(ValueError, match="must not repeat"):
-        sweep(tiny, vec, [0], [1.0, 1.0], PROMPTS, **ok)
+        sweep(tiny, PROMPTS, vec, layers=[0], strengths=[1.0, 1.0], **ok)
     only0 = SteeringVector({0: vec[0]})
     with pytest.raises(ValueError, match=r"not built for layer\(s\) \[1\]; its layers are \[0\]"):
-        sweep(tiny, only0, [0, 1], [1.0], PROMPTS, **ok)
+        sweep(tiny, PROMPTS, only0, layers=[0, 1], strengths=[1.0], **ok)
     with pytest.raises(ValueError, match="valid layers are the ints 0..1"):
-        sweep(tiny, vec, [5], [1.0], PROMPTS, **ok)
+        sweep(tiny, PROMPTS, vec, layers=[5], strengths=[1.0], **ok)
     with pytest.raises(ValueError, match="valid layers"):
-        sweep(tiny, vec, [0.5], [1.0], PROMPTS, **ok)
+        sweep(tiny, PROMPTS, vec, layers=[0.5], strengths=[1.0], **ok)
     with pytest.raises(ValueError, match="valid measures"):
-        sweep(tiny, vec, [0], [1.0], PROMPTS, measures=("kl", "acc"), **ok)
+        sweep(tiny, PROMPTS, vec, layers=[0], strengths=[1.0], measures=("kl", "acc"), **ok)
     with pytest.raises(ValueError, match="needs generated text"):
-        sweep(tiny, vec, [0], [1.0], PROMPTS, scorer="sentiment", **ok)
+        sweep(tiny, PROMPTS, vec, layers=[0], strengths=[1.0], scorer="sentiment", **ok)
     with pytest.raises(ValueError, match="valid kinds|Unknown scorer"):
-        sweep(tiny, vec, [0], [1.0], PROMPTS, measures=("generate",), scorer={"kind": "x"}, **ok)
-    with pytest.raises(ValueError, match="valid modes"):
-        sweep(tiny, vec, [0], [1.0], PROMPTS, positions="middle", **ok)
+        sweep(tiny, PROMPTS, vec, layers=[0], strengths=[1.0], measures=("generate",),
+              scorer={"kind": "x"}, **ok)
+    with pytest.raises(ValueError, match="valid values"):
+        sweep(tiny, PROMPTS, vec, layers=[0], strengths=[1.0], positions="middle", **ok)
     with pytest.raises(ValueError, match="batch_size"):
-        sweep(tiny, vec, [0], [1.0], PROMPTS, batch_size=0, **ok)
+        sweep(tiny, PROMPTS, vec, layers=[0], strengths=[1.0], batch_size=0, **ok)
     with pytest.raises(ValueError, match="reserved"):
-        sweep(tiny, {"random:1": vec}, [0], [1.0], PROMPTS, **ok)
+        sweep(tiny, PROMPTS, {"random:1": vec}, layers=[0], strengths=[1.0], **ok)
     with pytest.raises(ValueError, match="d_model"):
-        sweep(tiny, SteeringVector({0: torch.ones(8)}), [0], [1.0], PROMPTS, **ok)
+        sweep(tiny, PROMPTS, SteeringVector({0: torch.ones(8)}), layers=[0], strengths=[1.0], **ok)
     with pytest.raises(ValueError, match="non-empty string"):
-        sweep(tiny, vec, [0], [1.0], ["ok", ""], **ok)
+        sweep(tiny, ["ok", ""], vec, layers=[0], strengths=[1.0], **ok)
 
 
 def test_single_values_and_table_types(tiny, vec):
-    res = sweep(tiny, vec, 1, 2.0, "hello", chat=False, show_progress=False)
+    res = sweep(tiny, "hello", vec, layers=1, strengths=2.0, chat=False, show_progress=False)
     assert len(res.table) == 1 and isinstance(res.table, pd.DataFrame)
     assert res.table.kl_bits.dtype == np.float64 and res.n_resumed == 0 and res.n_computed == 1
-    arr = sweep(tiny, vec, np.arange(2), np.linspace(-2.0, 2.0, 3), ["a", "b"], chat=False,
-                show_progress=False)
-    assert arr.table.layer.tolist()[::6] == [0, 1] and arr.config["strengths"] == [-2.0, 0.0, 2.0]
+    arr = sweep(tiny, ["a", "b"], vec, layers=np.arange(2), strengths=np.linspace(-2.0, 2.0, 3),
+                chat=False, show_progress=False)
+    assert arr.table.layer.tolist()[::6] == [0, 1] and arr.settings.strengths == (-2.0, 0.0, 2.0)

@@ -28,7 +28,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..backend import runtime
+from ..backend import Model, runtime
+from ..config import GenerationConfig
 from ..extract import resolve_chat
 from ..generate import generate_stream
 from ..measures.kl import per_token_kl
@@ -55,26 +56,46 @@ class ArenaInputError(ValueError):
 
 @dataclass(frozen=True)
 class ArenaRequest:
-    """A checked arena request."""
+    """A checked arena request.
+
+    Attributes:
+        prompt: the prompt text.
+        layer: the layer to steer.
+        strengths: up to `MAX_STRENGTHS` strengths, each decoded as one batch row.
+        behaviour: a shipped behaviour's name, or None for custom pairs.
+        pairs: the custom contrast pairs (None for a behaviour).
+        generation: the decoding settings.
+        chat: whether the prompt is chat-templated.
+        prompt_tokens: the prompt's length in tokens.
+    """
 
     prompt: str
     layer: int
     strengths: tuple[float, ...]
     behaviour: str | None
     pairs: ContrastSet | None
-    max_new_tokens: int
-    temperature: float
-    seed: int
+    generation: GenerationConfig
     chat: bool
     prompt_tokens: int
 
     @property
     def source(self) -> str:
+        """The vector's source: the behaviour's name, or "custom"."""
         return self.behaviour if self.behaviour is not None else CUSTOM
 
 
 def parse_pairs(text: str) -> ContrastSet:
-    """Pairs typed one per line: `positive ||| negative` or `prompt ||| positive ||| negative`."""
+    """Pairs typed one per line: `positive ||| negative` or `prompt ||| positive ||| negative`.
+
+    Args:
+        text: the pairs, one per line; blank lines are skipped.
+
+    Returns:
+        The pairs as a `ContrastSet` named "custom".
+
+    Raises:
+        ArenaInputError: naming the bad line, for no pairs, or for more than `MAX_PAIRS`.
+    """
     if not isinstance(text, str):
         raise ArenaInputError("Custom pairs must be text, one pair per line.")
     pairs = []
@@ -143,9 +164,17 @@ def _strengths(raw) -> tuple[float, ...]:
 
 
 class Arena:
-    """One shared model and the state the arena keeps across requests (read-only vectors)."""
+    """One shared model and the state the arena keeps across requests (read-only vectors).
 
-    def __init__(self, model, model_name: str | None = None) -> None:
+    One lock serialises model use, so concurrent requests queue instead of seeing each other's
+    hooks; behaviour vectors are built once per (behaviour, layer) and cached.
+
+    Args:
+        model: the model every request runs on.
+        model_name: the name shown in the page (default: the model's id).
+    """
+
+    def __init__(self, model: Model, model_name: str | None = None) -> None:
         self.model = model
         self.model_name = model_name or runtime.model_id(model)
         self.lock = threading.Lock()
@@ -157,11 +186,17 @@ class Arena:
 
     # ------------------------------------------------------------------ options and checking
     def options(self) -> dict[str, Any]:
+        """What the page needs to build its form: layers, behaviours and limits.
+
+        Returns:
+            A JSON-ready dict (model, n_layers, default_layer, n_ctx, behaviours and their
+            descriptions, the custom-pairs separator, the limits and the default chat setting).
+        """
         n = runtime.n_layers(self.model)
         descriptions = {b: load_behaviour(b).description for b in self.behaviours}
         return {
             "model": self.model_name, "n_layers": n, "default_layer": max(0, n // 3),
-            "n_ctx": int(self.model.cfg.n_ctx), "behaviours": list(self.behaviours),
+            "n_ctx": runtime.n_ctx(self.model), "behaviours": list(self.behaviours),
             "descriptions": descriptions, "custom": CUSTOM, "separator": PAIR_SEPARATOR,
             "max_strength": MAX_STRENGTH, "max_strengths": MAX_STRENGTHS,
             "max_new_tokens": MAX_NEW_TOKENS, "max_temperature": MAX_TEMPERATURE,
@@ -170,12 +205,28 @@ class Arena:
         }
 
     def status(self) -> dict[str, Any]:
-        """Whether a run holds the model, how many hooks are on it now, and run counters."""
+        """Whether a run holds the model, how many hooks are on it now, and run counters.
+
+        Returns:
+            A JSON-ready dict with busy, hooks_attached, runs and aborted.
+        """
         return {"busy": self.lock.locked(), "hooks_attached": runtime.attached_hook_count(self.model),
                 "runs": self.n_runs, "aborted": self.n_aborted}
 
     def parse_request(self, payload: Any) -> ArenaRequest:
-        """Check a request (a JSON object) without running the model; raises ArenaInputError."""
+        """Check a request (a JSON object) without running the model; raises ArenaInputError.
+
+        Args:
+            payload (Any): the decoded JSON body.
+
+        Returns:
+            The checked `ArenaRequest`.
+
+        Raises:
+            ArenaInputError: for anything invalid (layer out of range, bad or too many strengths,
+                unknown behaviour, bad pairs, sampling settings out of range, empty prompt, or a prompt
+                that does not fit the context); the message says what is valid.
+        """
         if not isinstance(payload, Mapping):
             raise ArenaInputError("The request must be a JSON object.")
         n_layers = runtime.n_layers(self.model)
@@ -216,15 +267,15 @@ class Arena:
             raise ArenaInputError("Type a prompt: it is empty.")
         with self._tok_lock:
             n_prompt = len(runtime.prompt_ids(self.model, prompt, chat))
-        n_ctx = int(self.model.cfg.n_ctx)
+        n_ctx = runtime.n_ctx(self.model)
         if n_prompt + max_new > n_ctx:
             raise ArenaInputError(
                 f"The prompt is {n_prompt} tokens; with {max_new} new tokens that is over the "
                 f"model's context length of {n_ctx} tokens. Shorten the prompt to at most "
                 f"{max(0, n_ctx - max_new)} tokens or ask for fewer new tokens."
             )
-        return ArenaRequest(prompt, layer, strengths, behaviour, pairs, max_new, temperature, seed,
-                            chat, n_prompt)
+        generation = GenerationConfig(max_new_tokens=max_new, temperature=temperature, seed=seed)
+        return ArenaRequest(prompt, layer, strengths, behaviour, pairs, generation, chat, n_prompt)
 
     # ------------------------------------------------------------------ running
     def _vector(self, req: ArenaRequest) -> SteeringVector:
@@ -238,7 +289,17 @@ class Arena:
         return self._vectors[key]
 
     def run(self, req: ArenaRequest) -> Iterator[dict[str, Any]]:
-        """Events of one run: queued?, vector, lens, step..., kl..., done."""
+        """Events of one run: queued?, vector, lens, step..., kl..., done.
+
+        The baseline and every strength decode in one batch under one `steer()` with per-row strengths.
+        Closing the generator early (a client that went away) removes the hooks and frees the model.
+
+        Args:
+            req: a request checked by `parse_request`.
+
+        Yields:
+            JSON-ready event dicts, each with a "type".
+        """
         if not self.lock.acquire(blocking=False):
             yield {"type": "queued", "message": "Waiting for another generation to finish..."}
             self.lock.acquire()
@@ -268,9 +329,8 @@ class Arena:
         texts = [""] * len(rows)
         with steer(model, vec, 1.0) as steerer:
             steerer.set_strength(0, rows)
-            for step in generate_stream(model, [req.prompt] * len(rows), steerer,
-                                        max_new_tokens=req.max_new_tokens,
-                                        temperature=req.temperature, seed=req.seed, chat=req.chat):
+            for step in generate_stream(model, [req.prompt] * len(rows), steerer, chat=req.chat,
+                                        config=req.generation):
                 texts = list(step.texts)
                 yield {"type": "step", "step": step.step, "texts": texts,
                        "deltas": list(step.deltas), "finished": list(step.finished)}

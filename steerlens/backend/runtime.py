@@ -19,6 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .loading import quiet_backend
+from .types import Model
 
 COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 
@@ -26,19 +27,34 @@ HookFn = Callable[[Tensor, object], Tensor | None]
 
 
 def hook_name(layer: int, component: str) -> str:
-    """TransformerLens hook name for (layer, component); callers validate via `sites.Site`."""
+    """TransformerLens hook name for (layer, component); callers validate via `sites.Site`.
+
+    Args:
+        layer: the block index (not range-checked here).
+        component: one of `COMPONENTS`.
+
+    Returns:
+        The hook name, e.g. "blocks.12.hook_resid_pre".
+
+    Raises:
+        ValueError: for an unknown component.
+    """
     if component in COMPONENTS:
         return f"blocks.{layer}.hook_{component}"
     raise ValueError(f"Unknown component {component!r}; valid components are {list(COMPONENTS)}")
 
 
 def key_hook_name(layer: int, rotated: bool) -> str:
-    """Hook carrying a layer's attention keys, before or after rotary embedding."""
+    """Hook carrying a layer's attention keys, before or after rotary embedding.
+
+    Args:
+        layer: the block index.
+        rotated: the keys after the rotary embedding ("hook_rot_k") instead of before ("hook_k").
+
+    Returns:
+        The hook name.
+    """
     return f"blocks.{layer}.attn.{'hook_rot_k' if rotated else 'hook_k'}"
-
-
-def pattern_hook_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_pattern"
 
 
 ATTENTION_PARTS = ("q", "k", "v", "rot_q", "rot_k", "z", "pattern")
@@ -46,64 +62,201 @@ ATTENTION_PARTS = ("q", "k", "v", "rot_q", "rot_k", "z", "pattern")
 
 def attention_hook_name(layer: int, part: str) -> str:
     """Hook for one attention intermediate: q/k/v [b,p,heads,d_head] (k, v per key/value head),
-    rot_q/rot_k (after rotary), z (per-head output before W_O) or pattern [b,heads,q,k]."""
+    rot_q/rot_k (after rotary), z (per-head output before W_O) or pattern [b,heads,q,k].
+
+    Args:
+        layer: the block index.
+        part: one of `ATTENTION_PARTS`.
+
+    Returns:
+        The hook name.
+
+    Raises:
+        ValueError: for an unknown part.
+    """
     if part not in ATTENTION_PARTS:
         raise ValueError(f"Unknown attention part {part!r}; valid parts are {list(ATTENTION_PARTS)}.")
     return f"blocks.{layer}.attn.hook_{part}"
 
 
-def attention_shape(model) -> tuple[int, int, int]:
-    """(n query heads, n key/value heads, d_head); n_kv == n_heads without grouped-query attention."""
+def attention_shape(model: Model) -> tuple[int, int, int]:
+    """(n query heads, n key/value heads, d_head); n_kv == n_heads without grouped-query attention.
+
+    Args:
+        model (Model): the model.
+
+    Returns:
+        The three sizes.
+    """
     cfg = model.cfg
     n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
     return int(cfg.n_heads), int(n_kv), int(cfg.d_head)
 
 
-def has_hook(model, name: str) -> bool:
+def has_hook(model: Model, name: str) -> bool:
+    """Whether the model has a hook point of that name.
+
+    Args:
+        model (Model): the model.
+        name: a hook name.
+
+    Returns:
+        True if `name` is one of the model's hook points.
+    """
     return name in model.hook_dict
 
 
-def attached_hook_count(model) -> int:
-    """How many forward/backward hooks are attached to the model's hook points right now."""
+def attached_hook_count(model: Model) -> int:
+    """How many forward/backward hooks are attached to the model's hook points right now.
+
+    Zero between steerlens calls: every steerlens context manager removes its hooks on exit.
+
+    Args:
+        model (Model): the model.
+
+    Returns:
+        The number of attached hooks.
+    """
     return sum(len(h._forward_hooks) + len(h._backward_hooks) for h in model.hook_dict.values())
 
 
-def n_layers(model) -> int:
+def n_layers(model: Model) -> int:
+    """Number of transformer blocks.
+
+    Args:
+        model: the model.
+
+    Returns:
+        The number of blocks (steerlens layers are 0..n_layers-1).
+    """
     return int(model.cfg.n_layers)
 
 
-def d_model(model) -> int:
+def d_model(model: Model) -> int:
+    """Width of the residual stream.
+
+    Args:
+        model: the model.
+
+    Returns:
+        d_model.
+    """
     return int(model.cfg.d_model)
 
 
-def model_id(model) -> str:
-    """A stable identifier for vector metadata (the name load_model was given, when known)."""
+def n_ctx(model: Model) -> int:
+    """Context length: the most tokens one sequence may hold.
+
+    Args:
+        model: the model.
+
+    Returns:
+        n_ctx.
+    """
+    return int(model.cfg.n_ctx)
+
+
+def d_vocab(model: Model) -> int:
+    """Vocabulary size (number of output logits).
+
+    Args:
+        model: the model.
+
+    Returns:
+        d_vocab.
+    """
+    return int(model.cfg.d_vocab)
+
+
+def model_dtype(model: Model) -> torch.dtype:
+    """The dtype of the model's weights.
+
+    Args:
+        model: the model.
+
+    Returns:
+        The dtype of its first parameter.
+    """
+    return next(model.parameters()).dtype
+
+
+def model_id(model: Model) -> str:
+    """A stable identifier for vector metadata (the name load_model was given, when known).
+
+    Args:
+        model (Model): the model.
+
+    Returns:
+        The steerlens name, or TransformerLens' model name.
+    """
     return str(getattr(model, "steerlens_name", None) or model.cfg.model_name)
 
 
-def is_instruct(model) -> bool:
+def is_instruct(model: Model) -> bool:
+    """Whether the model is an instruct (chat) model, as recorded by `load_model`.
+
+    Args:
+        model (Model): the model.
+
+    Returns:
+        True for instruct models (where `chat=None` applies the chat template).
+    """
     return bool(getattr(model, "steerlens_instruct", False))
 
 
-def model_device(model) -> torch.device:
+def model_device(model: Model) -> torch.device:
+    """The device the model's weights are on.
+
+    Args:
+        model (Model): the model.
+
+    Returns:
+        The device of its first parameter.
+    """
     return next(model.parameters()).device
 
 
-def tokenizer(model):
+def tokenizer(model: Model):
+    """The model's Hugging Face tokenizer.
+
+    Args:
+        model (Model): the model.
+
+    Returns:
+        (transformers.PreTrainedTokenizerBase): The tokenizer.
+
+    Raises:
+        ValueError: if the model has none.
+    """
     if model.tokenizer is None:
         raise ValueError("This model has no tokenizer; steerlens needs one to encode text.")
     return model.tokenizer
 
 
-def pad_id(model) -> int:
+def pad_id(model: Model) -> int:
+    """The token id used for left padding (pad, else EOS, else 0).
+
+    Args:
+        model (Model): the model.
+
+    Returns:
+        The padding token id.
+    """
     tok = tokenizer(model)
     if tok.pad_token_id is not None:
         return int(tok.pad_token_id)
     return int(tok.eos_token_id if tok.eos_token_id is not None else 0)
 
 
-def eos_ids(model) -> set[int]:
-    """Token ids that end a generation (EOS, plus the chat end-of-turn token if any)."""
+def eos_ids(model: Model) -> set[int]:
+    """Token ids that end a generation (EOS, plus the chat end-of-turn token if any).
+
+    Args:
+        model (Model): the model.
+
+    Returns:
+        The set of stop token ids.
+    """
     tok = tokenizer(model)
     ids = {int(tok.eos_token_id)} if tok.eos_token_id is not None else set()
     for special in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
@@ -113,12 +266,29 @@ def eos_ids(model) -> set[int]:
     return ids
 
 
-def has_chat_template(model) -> bool:
+def has_chat_template(model: Model) -> bool:
+    """Whether the model's tokenizer has a chat template.
+
+    Args:
+        model (Model): the model.
+
+    Returns:
+        True when `apply_chat_template` can be used.
+    """
     return getattr(tokenizer(model), "chat_template", None) is not None
 
 
-def prompt_ids(model, prompt: str, chat: bool) -> list[int]:
-    """Token ids of a prompt: chat-templated as one user turn, or raw text with BOS."""
+def prompt_ids(model: Model, prompt: str, chat: bool) -> list[int]:
+    """Token ids of a prompt: chat-templated as one user turn, or raw text with BOS.
+
+    Args:
+        model (Model): the model.
+        prompt: the prompt text.
+        chat: wrap it in the chat template (with the generation prompt).
+
+    Returns:
+        The token ids.
+    """
     tok = tokenizer(model)
     if chat:
         text = tok.apply_chat_template(
@@ -132,18 +302,43 @@ def prompt_ids(model, prompt: str, chat: bool) -> list[int]:
     return ids
 
 
-def text_ids(model, text: str) -> list[int]:
-    """Ids of a continuation text, without special tokens."""
+def text_ids(model: Model, text: str) -> list[int]:
+    """Ids of a continuation text, without special tokens.
+
+    Args:
+        model (Model): the model.
+        text: the text.
+
+    Returns:
+        The token ids.
+    """
     return list(tokenizer(model)(text, add_special_tokens=False).input_ids)
 
 
-def decode(model, ids: Sequence[int], skip_special: bool = True) -> str:
+def decode(model: Model, ids: Sequence[int], skip_special: bool = True) -> str:
+    """Token ids back to text.
+
+    Args:
+        model (Model): the model.
+        ids: the token ids.
+        skip_special: drop special tokens (BOS, EOS, chat markers).
+
+    Returns:
+        The decoded text.
+    """
     return tokenizer(model).decode(list(ids), skip_special_tokens=skip_special)
 
 
 @dataclass(frozen=True)
 class TokenBatch:
-    """Left-padded tokens with a mask and each row's content span [start, end) in padded coords."""
+    """Left-padded tokens with a mask and each row's content span [start, end) in padded coords.
+
+    Attributes:
+        tokens: token ids, [batch, pos].
+        attention_mask: 1 for real tokens, 0 for padding.
+        span_start: where each row's content starts (the completion, or the text after BOS).
+        span_end: where each row's content ends (exclusive).
+    """
 
     tokens: Int[Tensor, "batch pos"]
     attention_mask: Int[Tensor, "batch pos"]
@@ -152,17 +347,38 @@ class TokenBatch:
 
     @property
     def lengths(self) -> Int[Tensor, " batch"]:
+        """Number of real (unpadded) tokens per row."""
         return self.attention_mask.sum(-1)
 
     def to(self, device) -> TokenBatch:
+        """The same batch on another device.
+
+        Args:
+            device (str | torch.device): the target device.
+
+        Returns:
+            A new TokenBatch.
+        """
         return TokenBatch(*(t.to(device) for t in (self.tokens, self.attention_mask,
                                                    self.span_start, self.span_end)))
 
 
 def batch_from_ids(
-    model, rows: Sequence[tuple[list[int], int]], device=None
+    model: Model, rows: Sequence[tuple[list[int], int]], device=None
 ) -> TokenBatch:
-    """Left-pad rows of (ids, content_start) into a TokenBatch."""
+    """Left-pad rows of (ids, content_start) into a TokenBatch.
+
+    Args:
+        model (Model): the model (padding id, context length, device).
+        rows: (token ids, index where the content starts) per row.
+        device (str | torch.device | None): where to put the batch (None: the model's device).
+
+    Returns:
+        The TokenBatch.
+
+    Raises:
+        ValueError: for zero rows or a row longer than the context.
+    """
     if not rows:
         raise ValueError("Cannot build a batch from zero texts.")
     width = max(len(ids) for ids, _ in rows)
@@ -185,7 +401,7 @@ def batch_from_ids(
 
 
 def encode(
-    model,
+    model: Model,
     texts: Sequence[str],
     prompts: Sequence[str | None] | None = None,
     chat: bool = False,
@@ -195,6 +411,20 @@ def encode(
 
     With a prompt the row is prompt ids + text ids (tokenized separately, so the span boundary is
     exact); without one the span starts after BOS.
+
+    Args:
+        model (Model): the model.
+        texts: the texts.
+        prompts: an optional prompt per text.
+        chat: chat-template the prompts.
+        device (str | torch.device | None): where to put the batch (None: the model's device).
+
+    Returns:
+        The TokenBatch.
+
+    Raises:
+        ValueError: if texts and prompts differ in number, a text after a prompt tokenizes to
+            nothing, or a row exceeds the context.
     """
     prompts = list(prompts) if prompts is not None else [None] * len(texts)
     if len(prompts) != len(texts):
@@ -215,8 +445,18 @@ def encode(
     return batch_from_ids(model, rows, device)
 
 
-def encode_prompts(model, prompts: Sequence[str], chat: bool, device=None) -> TokenBatch:
-    """Prompts for generation: the span is the whole prompt (after BOS)."""
+def encode_prompts(model: Model, prompts: Sequence[str], chat: bool, device=None) -> TokenBatch:
+    """Prompts for generation: the span is the whole prompt (after BOS).
+
+    Args:
+        model (Model): the model.
+        prompts: the prompts.
+        chat: chat-template them.
+        device (str | torch.device | None): where to put the batch (None: the model's device).
+
+    Returns:
+        The TokenBatch.
+    """
     rows = []
     for p in prompts:
         ids = prompt_ids(model, p, chat)
@@ -225,21 +465,40 @@ def encode_prompts(model, prompts: Sequence[str], chat: bool, device=None) -> To
 
 
 @contextlib.contextmanager
-def attached(model, hooks: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
-    """Attach forward hooks for the body of the block; always removed afterwards."""
+def attached(model: Model, hooks: Sequence[tuple[str, HookFn]]) -> Iterator[None]:
+    """Attach forward hooks for the body of the block; always removed afterwards.
+
+    Args:
+        model (Model): the model.
+        hooks: (hook name, hook function) pairs.
+
+    Yields:
+        Nothing; the hooks are active inside the block.
+    """
     with quiet_backend(), model.hooks(fwd_hooks=list(hooks), reset_hooks_end=True):
         yield
 
 
 def forward(
-    model,
+    model: Model,
     batch: TokenBatch,
     *,
     kv_cache=None,
     stop_at_layer: int | None = None,
     return_type: str | None = "logits",
 ) -> Tensor:
-    """One forward pass over a TokenBatch (mask passed through, so left padding is exact)."""
+    """One forward pass over a TokenBatch (mask passed through, so left padding is exact).
+
+    Args:
+        model (Model): the model.
+        batch: the tokens.
+        kv_cache (TransformerLensKeyValueCache | None): a cache to read and extend while decoding.
+        stop_at_layer: return the residual stream entering this block instead of logits.
+        return_type: "logits" or None (with `stop_at_layer`).
+
+    Returns:
+        Logits [batch, pos, d_vocab], or the residual stream [batch, pos, d_model].
+    """
     with quiet_backend(), torch.inference_mode():
         return model(
             batch.tokens,
@@ -251,12 +510,22 @@ def forward(
 
 
 def run_from_layer(
-    model,
+    model: Model,
     resid: Float[Tensor, "batch pos d_model"],
     attention_mask: Int[Tensor, "batch pos"],
     start_layer: int,
 ) -> Float[Tensor, "batch pos d_model"]:
-    """Run blocks start_layer..end on a residual stream; return the final residual (pre-norm)."""
+    """Run blocks start_layer..end on a residual stream; return the final residual (pre-norm).
+
+    Args:
+        model (Model): the model.
+        resid: the residual stream entering `start_layer`.
+        attention_mask: the batch's attention mask.
+        start_layer: the first block to run.
+
+    Returns:
+        The residual stream after the last block, before the final norm.
+    """
     with quiet_backend(), torch.inference_mode():
         return model(
             resid,
@@ -266,8 +535,16 @@ def run_from_layer(
         )
 
 
-def unembed(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
-    """Final norm + unembedding of selected residual vectors (logits)."""
+def unembed(model: Model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+    """Final norm + unembedding of selected residual vectors (logits).
+
+    Args:
+        model (Model): the model.
+        resid: residual vectors, [..., d_model].
+
+    Returns:
+        Logits, [..., d_vocab] (soft-capped when the model caps its logits).
+    """
     with torch.inference_mode():
         x = resid
         if model.cfg.normalization_type is not None:
@@ -280,44 +557,96 @@ def unembed(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_
         return logits
 
 
+LENS_NORMS: tuple[str, ...] = ("scale", "none", "full")
+
+
 def direction_logits(
-    model,
+    model: Model,
     directions: Float[Tensor, "... d_model"],
     token_ids: Sequence[int] | None = None,
     centred: bool = False,
+    *,
+    norm: str = "scale",
 ) -> Float[Tensor, "... n_tokens"]:
-    """Direct logit effect of residual directions: (d * ln_final weight) @ W_U, no bias or norm scale.
+    """Logit effect of residual directions through the unembedding (no bias).
 
-    The final norm's per-token 1/rms (or 1/std) factor is positive and shared by all logits, so it
-    is left out; its elementwise weight (when not folded into W_U) is applied, and LayerNorm's
-    centring. This is the standard "output score" of a feature's decoder direction (direct logit
-    attribution). `token_ids` keeps only those vocabulary columns; `centred` subtracts each
-    direction's mean effect over the whole vocabulary (softmax ignores a shared shift).
+    `norm="scale"` (default) is direct logit attribution: `(d * ln_final weight) @ W_U`, with
+    LayerNorm's centring; the final norm's per-token 1/rms factor is positive and shared by all
+    logits, so it is left out (when the norm weight is folded into W_U this is `d @ W_U`).
+    `norm="none"` is `d @ W_U`; `norm="full"` applies the whole final norm to `d` as if it were a
+    residual (scale-free, so layers compare). `token_ids` keeps only those vocabulary columns;
+    `centred` subtracts each direction's mean effect over the vocabulary (softmax ignores a shift).
+
+    Args:
+        model: the model.
+        directions: one or more d_model vectors.
+        token_ids: vocabulary columns to keep (None: all).
+        centred: subtract the mean over the whole vocabulary.
+        norm: "scale", "none" or "full".
+
+    Returns:
+        Logit effects [..., n_tokens] in the model's dtype.
+
+    Raises:
+        ValueError: for an unknown `norm` or a direction of the wrong width.
     """
+    if norm not in LENS_NORMS:
+        raise ValueError(f"Unknown norm {norm!r}; valid choices are {list(LENS_NORMS)}.")
+    if directions.shape[-1] != d_model(model):
+        raise ValueError(f"Direction has size {directions.shape[-1]} but the model's d_model is "
+                         f"{d_model(model)}.")
     with torch.inference_mode():
         w_u = model.W_U
-        x = directions.to(w_u.dtype)
-        if model.cfg.normalization_type in ("LN", "LNPre"):  # LayerNorm centres its input
-            x = x - x.mean(-1, keepdim=True)
-        w = getattr(model.ln_final, "w", None) if model.cfg.normalization_type else None
-        if isinstance(w, torch.Tensor):
-            x = x * w
-        cols = w_u if token_ids is None else w_u[:, torch.as_tensor(list(token_ids),
-                                                                     device=w_u.device).long()]
+        x = directions.to(w_u.device, w_u.dtype)
+        if norm == "full":
+            full = unembed(model, x) - model.b_U
+            cols = full if token_ids is None else full[..., _ids(token_ids, w_u.device)]
+            return cols - full.mean(-1, keepdim=True) if centred else cols
+        if norm == "scale":
+            if model.cfg.normalization_type in ("LN", "LNPre"):  # LayerNorm centres its input
+                x = x - x.mean(-1, keepdim=True)
+            w = getattr(model.ln_final, "w", None) if model.cfg.normalization_type else None
+            if isinstance(w, torch.Tensor):
+                x = x * w
+        cols = w_u if token_ids is None else w_u[:, _ids(token_ids, w_u.device)]
         out = x @ cols
         if centred:
             out = out - (x @ w_u.mean(1))[..., None]
         return out
 
 
-def new_kv_cache(model, batch_size: int):
+def _ids(token_ids: Sequence[int], device) -> Tensor:
+    return torch.as_tensor(list(token_ids), device=device).long()
+
+
+def new_kv_cache(model: Model, batch_size: int):
+    """A fresh TransformerLens key-value cache for decoding.
+
+    Args:
+        model (Model): the model.
+        batch_size: rows the cache holds.
+
+    Returns:
+        (TransformerLensKeyValueCache): An empty cache on the model's device.
+    """
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
     return TransformerLensKeyValueCache.init_cache(model.cfg, model_device(model), batch_size)
 
 
-def mlp_out_weight(model, layer: int) -> Tensor:
-    """The MLP output matrix W_out [d_mlp, d_model] of a layer (HF `mlp.down_proj`, transposed)."""
+def mlp_out_weight(model: Model, layer: int) -> Tensor:
+    """The MLP output matrix W_out [d_mlp, d_model] of a layer (HF `mlp.down_proj`, transposed).
+
+    Args:
+        model (Model): the model.
+        layer: the block index.
+
+    Returns:
+        The weight parameter itself (edits change the model).
+
+    Raises:
+        ValueError: if the layer has no MLP output matrix.
+    """
     block = model.blocks[layer]
     mlp = getattr(block, "mlp", None)
     w = getattr(mlp, "W_out", None) if mlp is not None else None

@@ -17,7 +17,14 @@ CHAT_TEMPLATE = (
 
 
 def tiny_tokenizer():
-    """Byte-level tokenizer: 256 byte tokens + <|bos|>, <|eos|>, <|pad|>."""
+    """Byte-level tokenizer: 256 byte tokens + <|bos|>, <|eos|>, <|pad|>.
+
+    Built in memory (nothing is fetched), with a small chat template so chat code paths can be
+    tested too.
+
+    Returns:
+        (transformers.PreTrainedTokenizerFast): The tokenizer.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -43,7 +50,17 @@ def tiny_tokenizer():
 
 
 def tiny_model(device: str = "cpu", seed: int = 0, n_layers: int = 2):
-    """A randomly initialised 2-layer HookedTransformer (seeded, so tests are reproducible)."""
+    """A randomly initialised 2-layer HookedTransformer (seeded, so tests are reproducible).
+
+    Args:
+        device: where to put the model.
+        seed: seed of the weights.
+        n_layers: number of blocks.
+
+    Returns:
+        (Model): The model in eval mode (d_model 64, 4 query / 2 key-value heads, rotary, gated
+            MLP, RMSNorm).
+    """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from .loading import move, quiet_backend

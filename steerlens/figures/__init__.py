@@ -2,9 +2,60 @@
 
 This is the only package that imports plotly (and circuitsvis). Figure functions take result
 dataclasses, never a model, so drawing is kept apart from computing. `save_html` writes a
-self-contained file (plotly.js inlined, no CDN), so figures open offline.
+self-contained file (plotly.js inlined, no CDN), so figures open offline. Every figure function is
+importable from here (`sl.figures.kl_per_token(...)`); the submodules group them by result type.
 """
 
 from ._html import save_html
+from .demo import demo_figure
+from .diversity import diversity_bars
+from .kl import kl_by_layer, kl_per_token
+from .logit_lens import residual_lens_heatmap, vector_lens_table
+from .sae import (
+    condition_curves,
+    decomposition_bar,
+    diffusion_bar,
+    feature_view,
+    overlap_heatmap,
+    sparsity_tradeoff,
+)
+from .spectral import (
+    alpha_curves,
+    eigengap_profile,
+    gap_vs_effect,
+    krr_r2_heatmap,
+    spectrum_before_after,
+)
+from .stats import ci_forest, random_control_plot, transition_bars, transition_sankey
+from .sweep import kl_by_layer_at_strength, strength_curves, zone_heatmap
+from .tokens import save_token_view, token_kl_view
 
-__all__ = ["save_html"]
+__all__ = [
+    "alpha_curves",
+    "ci_forest",
+    "condition_curves",
+    "decomposition_bar",
+    "demo_figure",
+    "diffusion_bar",
+    "diversity_bars",
+    "eigengap_profile",
+    "feature_view",
+    "gap_vs_effect",
+    "kl_by_layer",
+    "kl_by_layer_at_strength",
+    "kl_per_token",
+    "krr_r2_heatmap",
+    "overlap_heatmap",
+    "random_control_plot",
+    "residual_lens_heatmap",
+    "save_html",
+    "save_token_view",
+    "sparsity_tradeoff",
+    "spectrum_before_after",
+    "strength_curves",
+    "token_kl_view",
+    "transition_bars",
+    "transition_sankey",
+    "vector_lens_table",
+    "zone_heatmap",
+]

@@ -8,7 +8,18 @@ from ..io import atomic_write_text
 
 
 def save_html(fig, path: str | Path, title: str | None = None) -> Path:
-    """Write a plotly figure as standalone HTML (atomically) and return the path."""
+    """Write a plotly figure as standalone HTML (atomically) and return the path.
+
+    plotly.js is inlined (no CDN), so the file opens offline.
+
+    Args:
+        fig (plotly.graph_objects.Figure): the figure.
+        path: the file to write.
+        title: replaces the figure's title when given.
+
+    Returns:
+        The path written.
+    """
     path = Path(path)
     if title is not None:
         fig.update_layout(title=title)

@@ -7,7 +7,15 @@ from plotly.subplots import make_subplots
 
 
 def demo_figure(result) -> go.Figure:
-    """Table of baseline/steered/random continuations and a bar chart of mean sentiment."""
+    """Table of baseline/steered/random continuations and a bar chart of mean sentiment.
+
+    Args:
+        result (DemoResult): the output of `steerlens.demo.run_demo_result`.
+
+    Returns:
+        A plotly figure: mean VADER score by condition and strength (±1 SE) above the
+        continuations table.
+    """
     rows = sorted(result.rows, key=lambda r: (r.prompt, r.condition != "baseline", r.strength))
     fig = make_subplots(rows=2, cols=1, row_heights=[0.3, 0.7], vertical_spacing=0.06,
                         specs=[[{"type": "xy"}], [{"type": "table"}]],

@@ -27,6 +27,20 @@ def diversity_bars(
     One DiversityResult: one bar per prompt. A mapping name -> result: one bar per condition
     (mean over prompts, bootstrap CI over prompts), labelled with n prompts and k samples. A dashed
     line marks 1/k, the floor of `distinct_fraction` (all k samples identical).
+
+    Args:
+        results: one result, or condition name -> result.
+        metric: "distinct_fraction" or "distinct_n".
+        ci: confidence level of the per-condition CIs.
+        n_boot: bootstrap resamples.
+        seed: bootstrap seed.
+        title: the figure title (default: one naming the metric and n).
+
+    Returns:
+        A plotly bar chart.
+
+    Raises:
+        ValueError: for an unknown metric or an empty mapping.
     """
     if metric not in METRICS:
         raise ValueError(f"Unknown metric {metric!r}; valid metrics are {list(METRICS)}.")

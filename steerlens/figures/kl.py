@@ -53,6 +53,20 @@ def kl_by_layer(
 
     `data`: {layer: bits or KLResult}, {series: {layer: ...}} (e.g. real vs random vector), or a
     DataFrame with columns layer, bits[, series]. On the log axis a mean of exactly 0 is not drawn.
+
+    Args:
+        data (Mapping | pandas.DataFrame): per-prompt KL values by layer (and series).
+        ci: confidence level.
+        n_boot: bootstrap resamples.
+        seed: bootstrap seed.
+        log_y: use a log y axis.
+        title: the figure title (default: one stating the CI level and n).
+
+    Returns:
+        A plotly line chart with CI error bars.
+
+    Raises:
+        ValueError: if `data` is empty or a DataFrame lacks the "layer" / "bits" columns.
     """
     fig = go.Figure()
     for name, by_layer in _series(data).items():
@@ -85,7 +99,15 @@ def kl_by_layer(
 
 
 def kl_per_token(result: TokenKL, title: str | None = None) -> go.Figure:
-    """Bar chart of KL (bits) at each token of a text (plotly twin of the circuitsvis view)."""
+    """Bar chart of KL (bits) at each token of a text (plotly twin of the circuitsvis view).
+
+    Args:
+        result: the output of `per_token_kl`.
+        title: the figure title.
+
+    Returns:
+        A plotly bar chart, one bar per token.
+    """
     labels = [f"{i}:{t!r}" for i, t in enumerate(result.tokens)]
     fig = go.Figure(go.Bar(x=labels, y=list(result.bits), name="KL"))
     fig.update_layout(

@@ -12,7 +12,15 @@ def _fmt(scores: tuple[TokenScore, ...]) -> str:
 
 
 def vector_lens_table(lens: VectorLens, title: str | None = None) -> go.Figure:
-    """One table row per layer: the top promoted and suppressed tokens with their logit values."""
+    """One table row per layer: the top promoted and suppressed tokens with their logit values.
+
+    Args:
+        lens: the output of `vector_lens`.
+        title: the figure title.
+
+    Returns:
+        A plotly table.
+    """
     layers = list(lens.layers)
     cells = [
         [str(layer) for layer in layers],
@@ -39,6 +47,13 @@ def residual_lens_heatmap(lens: ResidualLens, title: str | None = None) -> go.Fi
     """Layers x rank heatmap of top-token probabilities, each cell labelled with its token.
 
     With a target token, a second trace marks its probability per layer on a secondary axis.
+
+    Args:
+        lens: the output of `residual_lens`.
+        title: the figure title.
+
+    Returns:
+        A plotly heatmap.
     """
     k = len(lens.top_probs[0])
     x = [f"#{i + 1}" for i in range(k)]
@@ -75,9 +90,9 @@ def residual_lens_heatmap(lens: ResidualLens, title: str | None = None) -> go.Fi
             xaxis={"domain": [0.0, 0.72]},
             xaxis2={"domain": [0.78, 1.0], "type": "log", "title": f"p({lens.target!r})"},
         )
-    pos_token = lens.tokens[lens.position]
+    pos_token = lens.tokens[lens.read_at]
     fig.update_layout(
-        title=title or f"Residual logit lens at position {lens.position} ({pos_token!r})"
+        title=title or f"Residual logit lens read at token {lens.read_at} ({pos_token!r})"
                        + (" (steered)" if lens.steered else ""),
         yaxis={"autorange": "reversed", "title": "residual stream"},
         height=200 + 22 * len(lens.labels),

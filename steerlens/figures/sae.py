@@ -25,7 +25,19 @@ _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
 
 
 def feature_view(contexts: FeatureContexts, labels: Sequence[str] | None = None):
-    """circuitsvis top-k samples: per feature, its strongest contexts coloured by activation."""
+    """circuitsvis top-k samples: per feature, its strongest contexts coloured by activation.
+
+    Args:
+        contexts: the output of `feature_contexts`.
+        labels: one label per requested feature (default: "feature N").
+
+    Returns:
+        (circuitsvis.utils.render.RenderedHTML): A circuitsvis render object; save it offline with
+            `figures.tokens.save_token_view`.
+
+    Raises:
+        ValueError: if no feature fired on the texts, or the labels do not match the features.
+    """
     from circuitsvis.topk_samples import topk_samples
 
     feats = [i for i, ex in enumerate(contexts.examples) if ex]
@@ -44,7 +56,16 @@ def feature_view(contexts: FeatureContexts, labels: Sequence[str] | None = None)
 
 def decomposition_bar(decomp: VectorDecomposition, k: int = 20,
                       title: str | None = None) -> go.Figure:
-    """The k most positive and k most negative feature values of a decomposed vector."""
+    """The k most positive and k most negative feature values of a decomposed vector.
+
+    Args:
+        decomp: the output of `decompose` or `decompose_pairs`.
+        k: features per side.
+        title: the figure title (default: one with the diffusion).
+
+    Returns:
+        A plotly bar chart (blue positive, red negative).
+    """
     pos = decomp.top(k, "positive")
     neg = [i for i in decomp.top(k, "negative") if float(decomp.values[i]) < 0]
     ids = list(pos) + [i for i in reversed(neg) if i not in pos]
@@ -61,7 +82,18 @@ def decomposition_bar(decomp: VectorDecomposition, k: int = 20,
 
 
 def diffusion_bar(decomps: Mapping[str, VectorDecomposition], title: str | None = None) -> go.Figure:
-    """Diffusion (fraction of features above threshold) and participation ratio per vector."""
+    """Diffusion (fraction of features above threshold) and participation ratio per vector.
+
+    Args:
+        decomps: vector name -> decomposition (include a random direction as the control).
+        title: the figure title.
+
+    Returns:
+        A plotly grouped bar chart.
+
+    Raises:
+        ValueError: if `decomps` is empty.
+    """
     if not decomps:
         raise ValueError("diffusion_bar needs at least one decomposition.")
     names = list(decomps)
@@ -85,7 +117,15 @@ def diffusion_bar(decomps: Mapping[str, VectorDecomposition], title: str | None 
 
 
 def overlap_heatmap(table: OverlapTable, title: str | None = None) -> go.Figure:
-    """Shared top-k features, vectors (rows) x domains (columns), vs the random expectation."""
+    """Shared top-k features, vectors (rows) x domains (columns), vs the random expectation.
+
+    Args:
+        table: the output of `overlap_table`.
+        title: the figure title (default: one with the random expectation).
+
+    Returns:
+        A plotly heatmap.
+    """
     fig = go.Figure(go.Heatmap(
         z=[list(r) for r in table.counts], x=list(table.domains), y=list(table.vectors),
         text=[[str(c) for c in r] for r in table.counts], texttemplate="%{text}",
@@ -102,7 +142,24 @@ def condition_curves(results: Mapping[str, SweepResult], measure: str = "score",
                      vectors: Sequence[str] | None = None, *, ci: float = 0.95,
                      title: str | None = None) -> go.Figure:
     """One panel per sweep (e.g. per behaviour): mean `measure` vs strength for each vector, with
-    CI error bars; vectors named in `vectors` only (default: every real vector)."""
+    CI error bars; vectors named in `vectors` only (default: every real vector).
+
+    Random controls, when the sweeps have them, are drawn as a grey band from the lowest to the
+    highest random mean.
+
+    Args:
+        results: panel name -> sweep result.
+        measure: the measure to plot (a column of the sweeps' summaries).
+        vectors: the vectors to draw (default: every real vector).
+        ci: confidence level.
+        title: the figure title.
+
+    Returns:
+        A plotly figure with one panel per sweep.
+
+    Raises:
+        ValueError: if `results` is empty or a sweep lacks the measure.
+    """
     if not results:
         raise ValueError("condition_curves needs at least one sweep result.")
     names = list(results)
@@ -153,7 +210,19 @@ def sparsity_tradeoff(runs: Mapping[str, SAEMetrics],
                       title: str | None = None) -> go.Figure:
     """The sparsity trade-off of SAE training settings: explained variance vs L0, one point per
     setting (e.g. per L1 coefficient), with MSE and dead fraction on hover; a second series for
-    the same SAEs on out-of-distribution text when given."""
+    the same SAEs on out-of-distribution text when given.
+
+    Args:
+        runs: setting label -> held-out metrics.
+        out_of_distribution: setting label -> metrics on other text.
+        title: the figure title.
+
+    Returns:
+        A plotly scatter/line chart.
+
+    Raises:
+        ValueError: if `runs` is empty.
+    """
     if not runs:
         raise ValueError("sparsity_tradeoff needs at least one training run.")
     series = [("held-out activations (same corpus)", runs)]

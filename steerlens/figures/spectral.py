@@ -21,7 +21,14 @@ _COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#
 
 
 def eigengap_profile(result: EigengapResult) -> go.Figure:
-    """Per-layer weakest-link (min), mean and median eigengap for keys and patterns."""
+    """Per-layer weakest-link (min), mean and median eigengap for keys and patterns.
+
+    Args:
+        result: the output of `eigengaps`.
+
+    Returns:
+        A plotly figure with the threshold marked.
+    """
     fig = go.Figure()
     kinds = [k for k, t in (("keys", result.keys), ("rotated_keys", result.rotated_keys),
                             ("pattern", result.patterns)) if t is not None]
@@ -46,7 +53,14 @@ def _fmt(c) -> str:
 
 
 def gap_vs_effect(pred: GapPrediction) -> go.Figure:
-    """Scatter of min gap and mean gap against the per-layer steering effect, one point a layer."""
+    """Scatter of min gap and mean gap against the per-layer steering effect, one point a layer.
+
+    Args:
+        pred: the output of `predict_steering`.
+
+    Returns:
+        A two-panel plotly scatter, titled with the correlations.
+    """
     fig = make_subplots(rows=1, cols=2, subplot_titles=(
         f"min gap: Pearson {_fmt(pred.min_pearson)}<br>Spearman {_fmt(pred.min_spearman)}",
         f"mean gap: Pearson {_fmt(pred.mean_pearson)}<br>Spearman {_fmt(pred.mean_spearman)}"))
@@ -67,7 +81,15 @@ def gap_vs_effect(pred: GapPrediction) -> go.Figure:
 
 
 def krr_r2_heatmap(result: KRRResult, clip: float = -1.0) -> go.Figure:
-    """Median R² (over prompts and heads) of the KRR reading per layer and λ."""
+    """Median R² (over prompts and heads) of the KRR reading per layer and λ.
+
+    Args:
+        result: the output of `krr_fit`.
+        clip: lower limit of the colour scale (R² is unbounded below).
+
+    Returns:
+        A plotly heatmap.
+    """
     med = np.median(result.r2, axis=(0, 2))  # [layer, lambda]
     fig = go.Figure(go.Heatmap(
         z=np.maximum(med, clip).T, x=list(result.layers), y=[f"{x:g}" for x in result.lambdas],
@@ -83,7 +105,14 @@ def krr_r2_heatmap(result: KRRResult, clip: float = -1.0) -> go.Figure:
 
 
 def spectrum_before_after(edit: SpectralEditResult | LayerEditReport) -> go.Figure:
-    """Singular values of W_out before and after an edit, by index (log scale)."""
+    """Singular values of W_out before and after an edit, by index (log scale).
+
+    Args:
+        edit: a whole edit result, or one layer's report.
+
+    Returns:
+        A plotly line chart, one before/after pair per layer.
+    """
     reports = edit.layers if isinstance(edit, SpectralEditResult) else (edit,)
     fig = go.Figure()
     for i, r in enumerate(reports):
@@ -107,7 +136,18 @@ _MEASURES = {"delta_score": "Δ behaviour score (edited - base)",
 
 def alpha_curves(result: SpectralSweepResult,
                  measures: tuple[str, ...] = ("delta_score", "delta_nll", "kl_bits")) -> go.Figure:
-    """Each measure against α, one line per layer, with 95% CI error bars (controls dashed)."""
+    """Each measure against α, one line per layer, with 95% CI error bars (controls dashed).
+
+    Args:
+        result: the output of `spectral_sweep` or `evaluate_configs`.
+        measures: which measures: "delta_score", "delta_nll" and/or "kl_bits".
+
+    Returns:
+        A plotly figure with one panel per measure.
+
+    Raises:
+        ValueError: for an unknown measure.
+    """
     bad = [m for m in measures if m not in _MEASURES]
     if bad:
         raise ValueError(f"Unknown measures {bad}; valid measures are {list(_MEASURES)}.")

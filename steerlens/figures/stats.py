@@ -19,7 +19,18 @@ _KINDS = (
 def transition_bars(
     tables: TransitionTable | Mapping[str, TransitionTable], title: str | None = None
 ) -> go.Figure:
-    """Stacked bars of the four transition counts, one bar per condition (labelled with n)."""
+    """Stacked bars of the four transition counts, one bar per condition (labelled with n).
+
+    Args:
+        tables: one table, or condition name -> table.
+        title: the figure title.
+
+    Returns:
+        A plotly stacked bar chart.
+
+    Raises:
+        ValueError: if the mapping is empty.
+    """
     if isinstance(tables, TransitionTable):
         tables = {"steered": tables}
     if not tables:
@@ -38,7 +49,17 @@ def transition_bars(
 def transition_sankey(
     table: TransitionTable, before: str = "base", after: str = "steered", title: str | None = None
 ) -> go.Figure:
-    """Sankey of correct/wrong before -> after (one trace, four links)."""
+    """Sankey of correct/wrong before -> after (one trace, four links).
+
+    Args:
+        table: the transition table.
+        before: the label of the first condition.
+        after: the label of the second condition.
+        title: the figure title (default: one with n, net change and accuracies).
+
+    Returns:
+        A plotly Sankey diagram.
+    """
     labels = [f"{before}: correct", f"{before}: wrong", f"{after}: correct", f"{after}: wrong"]
     links = [(0, 2, table.stayed_correct), (0, 3, table.became_wrong),
              (1, 2, table.became_correct), (1, 3, table.stayed_wrong)]
@@ -58,7 +79,19 @@ def transition_sankey(
 
 
 def ci_forest(cis: Mapping[str, CI], title: str | None = None, x_title: str = "estimate") -> go.Figure:
-    """Point estimates with CI bars, one row per named CI (labels carry n)."""
+    """Point estimates with CI bars, one row per named CI (labels carry n).
+
+    Args:
+        cis: row label -> CI.
+        title: the figure title.
+        x_title: the x axis title.
+
+    Returns:
+        A plotly forest plot.
+
+    Raises:
+        ValueError: if `cis` is empty.
+    """
     if not cis:
         raise ValueError("ci_forest needs at least one CI.")
     names = list(cis)
@@ -82,7 +115,16 @@ def ci_forest(cis: Mapping[str, CI], title: str | None = None, x_title: str = "e
 
 def random_control_plot(result: RandomControlResult, title: str | None = None,
                         x_title: str = "effect") -> go.Figure:
-    """Histogram of random-direction control effects with the real effect marked."""
+    """Histogram of random-direction control effects with the real effect marked.
+
+    Args:
+        result: the output of `compare_to_random`.
+        title: the figure title (default: one with the empirical p-value).
+        x_title: the x axis title.
+
+    Returns:
+        A plotly histogram.
+    """
     fig = go.Figure()
     fig.add_trace(go.Histogram(x=list(result.controls), name=f"random (k={result.n_controls})",
                                marker_color="#999999"))

@@ -1,5 +1,6 @@
 """Sweep figures: the layer x strength zone map, strength curves against the random band, and
-next-token KL by layer (log scale, drawn by `figures.kl.kl_by_layer`)."""
+next-token KL by layer at one strength (`kl_by_layer_at_strength`, drawn by
+`figures.kl.kl_by_layer`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ..sweep.result import SweepResult, zones
-from .kl import kl_by_layer as _kl_by_layer
+from .kl import kl_by_layer
 
 ZONE_COLORS = {"unstable": "#d62728", "sweet spot": "#2ca02c", "frozen": "#7f9fbf"}
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -48,6 +49,15 @@ def zone_heatmap(
     Strength 0 (the baseline) is left out unless it is the only strength.
 
     Zones and their thresholds are those of `sweep.zones` (keyword arguments are passed on).
+
+    Args:
+        result: the sweep result.
+        vector: the real vector to draw (default: the only one).
+        title: the figure title.
+        **thresholds (float): passed to `sweep.zones`.
+
+    Returns:
+        A plotly heatmap.
     """
     vector = _real_vector(result, vector)
     z = zones(result, **thresholds)
@@ -105,7 +115,23 @@ def strength_curves(
     title: str | None = None,
 ) -> go.Figure:
     """Mean measure vs strength, one line per layer with its CI band; when the sweep has random
-    controls, a grey band per layer spans the lowest to highest random-vector mean."""
+    controls, a grey band per layer spans the lowest to highest random-vector mean.
+
+    Args:
+        result: the sweep result.
+        measure: a measure the sweep recorded (e.g. "kl_bits", "score", "perplexity").
+        vector: the real vector to draw (default: the only one).
+        layers: the layers to draw (default: all).
+        ci: confidence level.
+        n_boot: bootstrap resamples.
+        title: the figure title.
+
+    Returns:
+        A plotly line chart.
+
+    Raises:
+        ValueError: for an unknown vector, measure or layer.
+    """
     vector = _real_vector(result, vector)
     _check_measure(result, measure)
     summ = result.summary(ci=ci, n_boot=n_boot)
@@ -155,7 +181,7 @@ def strength_curves(
     return fig
 
 
-def kl_by_layer(
+def kl_by_layer_at_strength(
     result: SweepResult,
     strength: float | None = None,
     *,
@@ -165,7 +191,22 @@ def kl_by_layer(
     title: str | None = None,
 ) -> go.Figure:
     """Mean next-token KL by layer at one strength (log scale), one series per real vector and
-    one for all its random controls pooled; drawn by `figures.kl.kl_by_layer`."""
+    one for all its random controls pooled; drawn by `figures.kl.kl_by_layer`.
+
+    Args:
+        result: a sweep that measured "kl".
+        strength: the strength to draw (default: the largest in magnitude).
+        vectors: the real vectors to draw (default: all).
+        ci: confidence level.
+        log_y: use a log y axis.
+        title: the figure title.
+
+    Returns:
+        A plotly line chart with CI error bars.
+
+    Raises:
+        ValueError: if the strength is not in the sweep.
+    """
     t = result.table
     if strength is None:
         strength = max(set(t["strength"]), key=lambda s: (abs(s), s))
@@ -182,7 +223,7 @@ def kl_by_layer(
         for v, c, r in zip(sel["vector"], sel["control_for"], sel["is_random"])
     ]
     df = pd.DataFrame({"layer": sel["layer"], "bits": sel["kl_bits"], "series": sel["series"]})
-    fig = _kl_by_layer(df, ci=ci, log_y=log_y)
+    fig = kl_by_layer(df, ci=ci, log_y=log_y)
     if title is None:
         n = int(sel.groupby(["vector", "layer"]).size().min()) if len(sel) else 0
         title = (f"Next-token KL(base || steered) by layer at strength {strength:g} (mean, "

@@ -24,7 +24,15 @@ def _safe(token: str) -> str:
 
 
 def token_kl_view(result: TokenKL, max_value: float | None = None):
-    """circuitsvis `colored_tokens` of per-token KL (bits): white at 0, darker = more disturbed."""
+    """circuitsvis `colored_tokens` of per-token KL (bits): white at 0, darker = more disturbed.
+
+    Args:
+        result: the output of `per_token_kl`.
+        max_value: the KL that gets the darkest colour (default: the text's maximum).
+
+    Returns:
+        (circuitsvis.utils.render.RenderedHTML): A circuitsvis render object.
+    """
     from circuitsvis.tokens import colored_tokens
 
     values = list(result.bits)
@@ -34,7 +42,19 @@ def token_kl_view(result: TokenKL, max_value: float | None = None):
 
 
 def save_token_view(view, path: str | Path, title: str = "steerlens token view") -> Path:
-    """Write a circuitsvis view as a self-contained HTML page (JavaScript inlined; no CDN)."""
+    """Write a circuitsvis view as a self-contained HTML page (JavaScript inlined; no CDN).
+
+    Args:
+        view (circuitsvis.utils.render.RenderedHTML): a circuitsvis render object.
+        path: the file to write.
+        title: the page title.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: if `view` is not a circuitsvis render object.
+    """
     src = getattr(view, "local_src", None)
     if not isinstance(src, str):
         raise ValueError(

@@ -12,18 +12,11 @@
 Measures never draw; the matching figures live in `steerlens.figures`.
 """
 
+from ..backend.runtime import LENS_NORMS
 from .change import ChangeResult, change_rate, first_divergence
 from .diversity import DiversityResult, distinct_fraction, distinct_ngrams, sampling_diversity
 from .kl import KLResult, TokenKL, kl_bits, next_token_kl, per_token_kl
-from .logit_lens import (
-    LENS_NORMS,
-    ResidualLens,
-    TokenScore,
-    VectorLens,
-    direction_logits,
-    residual_lens,
-    vector_lens,
-)
+from .logit_lens import ResidualLens, TokenScore, VectorLens, residual_lens, vector_lens
 from .perplexity import (
     PerplexityResult,
     continuation_logprobs,
@@ -69,7 +62,6 @@ __all__ = [
     "contains_json_object",
     "continuation_logprobs",
     "continuation_perplexity",
-    "direction_logits",
     "distinct_fraction",
     "distinct_ngrams",
     "first_divergence",

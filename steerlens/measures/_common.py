@@ -1,5 +1,6 @@
 """Shared plumbing for the measures: argument checks, steering contexts and span log-probs.
 
+`check_texts`/`check_batch_size` (from `steerlens.checks`) are re-exported for the measures.
 `steering_context` turns the `steering` argument every measure accepts (anything `steer()` takes,
 or None) into a context manager. `span_logprobs` scores the content span of each row of a
 `TokenBatch` (the continuation when a prompt was given): the log-probability of every span token
@@ -14,35 +15,17 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from ..backend import runtime
+from ..backend import Model, runtime
+from ..checks import check_batch_size, check_texts
 from ..extract import resolve_chat
-from ..steer import PositionMode, Steerer, steer
-
-
-def check_texts(texts, what: str = "prompts") -> list[str]:
-    """A non-empty list of strings (a single string becomes a one-item list)."""
-    if isinstance(texts, str):
-        texts = [texts]
-    items = list(texts)
-    if not items:
-        raise ValueError(f"Need at least one of {what}; got an empty sequence.")
-    bad = [t for t in items if not isinstance(t, str)]
-    if bad:
-        raise ValueError(f"All {what} must be strings; got {type(bad[0]).__name__}.")
-    return items
-
-
-def check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
-    return batch_size
+from ..steer import PositionMode, Steerer, steer, steered_forward
 
 
 def chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def use_chat(model, chat: bool | None) -> bool:
+def use_chat(model: Model, chat: bool | None) -> bool:
     """Chat templating for prompts: explicit choice, else on for instruct models with a template."""
     return resolve_chat(model, chat, True)
 
@@ -58,7 +41,7 @@ def check_steering(steering) -> None:
 
 @contextlib.contextmanager
 def steering_context(
-    model, steering, strength: float | None, positions: PositionMode
+    model: Model, steering, strength: float | None, positions: PositionMode
 ) -> Iterator[Steerer | None]:
     """`steer(...)` for a steering spec, or a no-op yielding None when `steering` is None."""
     check_steering(steering)
@@ -70,22 +53,17 @@ def steering_context(
 
 
 def steering_layers(steerer: Steerer) -> list[int]:
-    return sorted({layer for inj in steerer.injections for layer in inj.vector.layers})
+    return steerer.layers
 
 
-def final_resid(model, batch: runtime.TokenBatch, steerer: Steerer | None = None) -> Tensor:
-    """Final residual stream (before the final norm) of a batch, steered when `steerer` is given."""
-    if steerer is not None:
-        steerer.context.bind(batch)
-    try:
-        return runtime.forward(model, batch, stop_at_layer=runtime.n_layers(model), return_type=None)
-    finally:
-        if steerer is not None:
-            steerer.context.bind(None)
+def final_resid(model: Model, batch: runtime.TokenBatch, steerer: Steerer | None = None) -> Tensor:
+    """Final residual stream (before the final norm), steered when `steerer` is given."""
+    return steered_forward(model, batch, steerer, stop_at_layer=runtime.n_layers(model),
+                           return_type=None)
 
 
 def span_logprobs(
-    model, batch: runtime.TokenBatch, steerer: Steerer | None = None
+    model: Model, batch: runtime.TokenBatch, steerer: Steerer | None = None
 ) -> list[Tensor]:
     """Per row, the float64 log-probabilities of the span tokens [span_start, span_end).
 
@@ -108,6 +86,10 @@ def span_logprobs(
     return out
 
 
-def token_strings(model, ids: Sequence[int]) -> list[str]:
+def token_strings(model: Model, ids: Sequence[int]) -> list[str]:
     """Each id decoded on its own (special tokens kept), for tables and token views."""
     return [runtime.decode(model, [int(i)], skip_special=False) for i in ids]
+
+
+__all__ = ["check_batch_size", "check_texts", "chunks", "check_steering", "final_resid",
+           "span_logprobs", "steering_context", "steering_layers", "token_strings", "use_chat"]

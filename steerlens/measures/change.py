@@ -12,12 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from ..backend import Model
+from ..config import GenerationConfig, resolve_generation
 from ..generate import Generation, generate
 from ..steer import PositionMode
 from ._common import check_steering, check_texts, use_chat
+
+CHANGE_DEFAULT = GenerationConfig(max_new_tokens=24)
+"""Default (greedy) settings of `change_rate`."""
 
 
 @dataclass(frozen=True)
@@ -34,19 +40,31 @@ class ChangeResult:
 
     @property
     def n(self) -> int:
+        """Number of prompts."""
         return len(self.changed)
 
     @property
     def rate(self) -> float:
+        """Fraction of prompts whose greedy continuation changed."""
         return float(np.mean(self.changed))
 
     @property
     def n_changed(self) -> int:
+        """Number of prompts whose greedy continuation changed."""
         return int(sum(self.changed))
 
 
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
-    """Index of the first differing token (length difference counts); None if identical."""
+    """Index of the first differing token (length difference counts); None if identical.
+
+    Args:
+        a: one token sequence.
+        b: the other.
+
+    Returns:
+        The first index where they differ (the shorter length if one is a prefix of the other), or
+        None when they are identical.
+    """
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
             return i
@@ -54,24 +72,48 @@ def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
 
 
 def change_rate(
-    model,
+    model: Model,
     prompts: str | Sequence[str],
-    steering,
+    steering=None,
     strength: float | None = None,
     *,
     positions: PositionMode = "all",
-    max_new_tokens: int = 24,
     chat: bool | None = None,
+    config: GenerationConfig | None = None,
     baseline: Generation | None = None,
+    **settings: Any,
 ) -> ChangeResult:
-    """Greedy steered vs unsteered continuations; `baseline` reuses an unsteered Generation."""
+    """How often greedy output changes under steering, and where it first diverges.
+
+    Args:
+        model: the model.
+        prompts: one prompt or a list.
+        steering (SteeringVector | SteeringVectorSet | Injection | list | None): anything `steer()`
+            accepts (required).
+        strength: strength for a vector given without one.
+        positions: where the vectors are written.
+        chat: chat-template the prompts; None = auto.
+        config: greedy decoding settings (default: 24 new tokens).
+        baseline: an unsteered greedy `Generation` of the same prompts and settings to reuse.
+        **settings: `GenerationConfig` field overrides (e.g. `max_new_tokens=16`).
+
+    Returns:
+        A `ChangeResult` with both texts, whether each changed and the first divergent token.
+
+    Raises:
+        ValueError: without steering, for sampling settings, or a baseline that does not match.
+    """
+    config = resolve_generation(config, settings, CHANGE_DEFAULT)
     prompts = check_texts(prompts)
     check_steering(steering)
     if steering is None:
         raise ValueError("change_rate needs a steering vector (or Injections) to compare against.")
+    if not config.greedy:
+        raise ValueError("change_rate compares greedy continuations; use temperature=0.")
     chat_on = use_chat(model, chat)
+    max_new_tokens = config.max_new_tokens
     if baseline is None:
-        baseline = generate(model, prompts, max_new_tokens=max_new_tokens, chat=chat_on)
+        baseline = generate(model, prompts, chat=chat_on, config=config)
     else:
         s = baseline.settings
         if (baseline.steered or list(baseline.prompts) != prompts or s.get("temperature") != 0.0
@@ -81,8 +123,8 @@ def change_rate(
                 f"max_new_tokens ({max_new_tokens}) and chat ({chat_on}); got settings {dict(s)}, "
                 f"steered={baseline.steered}."
             )
-    steered = generate(model, prompts, steering, strength=strength, positions=positions,
-                       max_new_tokens=max_new_tokens, chat=chat_on)
+    steered = generate(model, prompts, steering, strength, positions=positions, chat=chat_on,
+                       config=config)
     div = tuple(first_divergence(a, b) for a, b in zip(baseline.tokens, steered.tokens))
     return ChangeResult(
         prompts=tuple(prompts),

@@ -16,12 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from ..backend import Model
+from ..config import GenerationConfig, resolve_generation
 from ..generate import generate
 from ..steer import PositionMode
 from ._common import check_batch_size, check_steering, check_texts, chunks, use_chat
+
+DIVERSITY_DEFAULT = GenerationConfig(max_new_tokens=24, temperature=1.0)
+"""Default sampling settings of `sampling_diversity`."""
 
 
 @dataclass(frozen=True)
@@ -45,18 +51,40 @@ class DiversityResult:
 
     @property
     def values(self) -> np.ndarray:
+        """`distinct_fraction` per prompt as an array (the value figures and CIs use)."""
         return np.asarray(self.distinct_fraction, dtype=float)
 
 
 def distinct_fraction(samples: Sequence[str]) -> float:
-    """Distinct items / items."""
+    """Distinct items / items.
+
+    Args:
+        samples: the sampled texts of one prompt.
+
+    Returns:
+        The fraction of distinct samples, in [1/k, 1].
+
+    Raises:
+        ValueError: if there are no samples.
+    """
     if not samples:
         raise ValueError("distinct_fraction needs at least one sample.")
     return len(set(samples)) / len(samples)
 
 
 def distinct_ngrams(sequences: Sequence[Sequence[int]], n: int = 2) -> float:
-    """Distinct n-grams / total n-grams pooled over sequences; NaN if there are none."""
+    """Distinct n-grams / total n-grams pooled over sequences; NaN if there are none.
+
+    Args:
+        sequences: token id sequences (e.g. the k samples of one prompt).
+        n: the n-gram length.
+
+    Returns:
+        The distinct-n ratio, or NaN when no sequence is n tokens long.
+
+    Raises:
+        ValueError: if n is not a positive int.
+    """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}.")
     grams = [tuple(s[i : i + n]) for s in sequences for i in range(len(s) - n + 1)]
@@ -64,32 +92,51 @@ def distinct_ngrams(sequences: Sequence[Sequence[int]], n: int = 2) -> float:
 
 
 def sampling_diversity(
-    model,
+    model: Model,
     prompts: str | Sequence[str],
     steering=None,
     strength: float | None = None,
     *,
     k: int = 8,
-    temperature: float = 1.0,
-    max_new_tokens: int = 24,
     ngram: int = 2,
     positions: PositionMode = "all",
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int = 0,
     chat: bool | None = None,
+    config: GenerationConfig | None = None,
     batch_size: int = 32,
+    **settings: Any,
 ) -> DiversityResult:
-    """Sample k continuations per prompt (optionally steered) and measure how many differ."""
+    """Sample k continuations per prompt (optionally steered) and measure how many differ.
+
+    Args:
+        model: the model.
+        prompts: one prompt or a list.
+        steering (SteeringVector | SteeringVectorSet | Injection | list | None): anything `steer()`
+            accepts, or None for the unsteered model.
+        strength: strength for a vector given without one.
+        k: samples per prompt (>= 2).
+        ngram: n of the distinct-n measure (over token ids).
+        positions: where the vectors are written.
+        chat: chat-template the prompts; None = auto.
+        config: sampling settings (default: temperature 1.0, 24 new tokens); must sample.
+        batch_size: most sampled rows per batch.
+        **settings: `GenerationConfig` field overrides (e.g. `temperature=0.3`).
+
+    Returns:
+        A `DiversityResult`: distinct fraction and distinct-n per prompt.
+
+    Raises:
+        ValueError: for k < 2, greedy settings (temperature 0), or invalid arguments.
+    """
+    config = resolve_generation(config, settings, DIVERSITY_DEFAULT)
     prompts = check_texts(prompts)
     check_steering(steering)
     check_batch_size(batch_size)
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise ValueError(f"k must be an int >= 2 (samples per prompt), got {k!r}.")
-    if not temperature > 0:
+    if config.greedy:
         raise ValueError(
-            f"temperature must be > 0 for sampling diversity, got {temperature!r} (at 0 every "
-            f"sample is the greedy continuation)."
+            "temperature must be > 0 for sampling diversity, got 0 (at 0 every sample is the "
+            "greedy continuation)."
         )
     chat_on = use_chat(model, chat)
     per_batch = max(1, batch_size // k)
@@ -97,9 +144,8 @@ def sampling_diversity(
     tokens: list[tuple[tuple[int, ...], ...]] = []
     for b, sl in enumerate(chunks(len(prompts), per_batch)):
         rows = [p for p in prompts[sl] for _ in range(k)]
-        gen = generate(model, rows, steering, strength=strength, positions=positions,
-                       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                       top_p=top_p, seed=seed + b, chat=chat_on)
+        gen = generate(model, rows, steering, strength, positions=positions, chat=chat_on,
+                       config=config.replace(seed=config.seed + b))
         for j in range(len(rows) // k):
             samples.append(gen.texts[j * k : (j + 1) * k])
             tokens.append(gen.tokens[j * k : (j + 1) * k])
@@ -110,7 +156,7 @@ def sampling_diversity(
         distinct_n=tuple(distinct_ngrams(t, ngram) for t in tokens),
         k=k,
         ngram=ngram,
-        temperature=float(temperature),
+        temperature=config.temperature,
         strength=None if strength is None else float(strength),
         steered=steering is not None,
     )

@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..backend import runtime
+from ..backend import Model, runtime
 from ..steer import PositionMode
 from ._common import (
     check_batch_size,
@@ -43,7 +43,21 @@ LN2 = math.log(2.0)
 def kl_bits(
     p_logits: Float[Tensor, "*batch vocab"], q_logits: Float[Tensor, "*batch vocab"]
 ) -> Float[Tensor, "*batch"]:
-    """KL(softmax(p_logits) || softmax(q_logits)) in bits over the last axis (float64)."""
+    """KL(softmax(p_logits) || softmax(q_logits)) in bits over the last axis (float64).
+
+    Terms where P is exactly zero contribute 0, and tiny negative rounding is clamped to 0, so
+    identical logits give exactly 0.
+
+    Args:
+        p_logits: logits of P (the base model), [..., vocab].
+        q_logits: logits of Q (the steered model), same shape.
+
+    Returns:
+        KL in bits, one value per leading index, float64.
+
+    Raises:
+        ValueError: if the shapes differ or the vocabulary axis is empty.
+    """
     if p_logits.shape != q_logits.shape:
         raise ValueError(
             f"p_logits and q_logits must have the same shape, got {tuple(p_logits.shape)} and "
@@ -73,18 +87,21 @@ class KLResult:
 
     @property
     def n(self) -> int:
+        """Number of prompts."""
         return len(self.bits)
 
     @property
     def values(self) -> np.ndarray:
+        """KL (bits) per prompt as an array."""
         return np.asarray(self.bits, dtype=float)
 
     @property
     def mean(self) -> float:
+        """Mean KL (bits) over prompts."""
         return float(np.mean(self.bits))
 
 
-def _base_and_steered(model, batch: runtime.TokenBatch, steering, strength, positions,
+def _base_and_steered(model: Model, batch: runtime.TokenBatch, steering, strength, positions,
                       start: int | None) -> tuple[Tensor, Tensor]:
     """Final residuals (pre-norm) of a batch without and with steering.
 
@@ -103,16 +120,12 @@ def _base_and_steered(model, batch: runtime.TokenBatch, steering, strength, posi
 
     with runtime.attached(model, [(runtime.hook_name(start, "resid_pre"), grab)]):
         base = runtime.forward(model, batch, stop_at_layer=n_layers, return_type=None)
-    with steering_context(model, steering, strength, positions) as steerer:
-        steerer.context.bind(batch)
-        try:
-            steered = runtime.run_from_layer(model, captured["x"], batch.attention_mask, start)
-        finally:
-            steerer.context.bind(None)
+    with steering_context(model, steering, strength, positions) as steerer, steerer.bound(batch):
+        steered = runtime.run_from_layer(model, captured["x"], batch.attention_mask, start)
     return base, steered
 
 
-def _layers(model, steering, strength, positions) -> tuple[int, ...]:
+def _layers(model: Model, steering, strength, positions) -> tuple[int, ...]:
     if steering is None:
         raise ValueError("This measure needs a steering vector (or Injections) to compare against.")
     with steering_context(model, steering, strength, positions) as steerer:
@@ -120,9 +133,9 @@ def _layers(model, steering, strength, positions) -> tuple[int, ...]:
 
 
 def next_token_kl(
-    model,
+    model: Model,
     prompts: str | Sequence[str],
-    steering,
+    steering=None,
     strength: float | None = None,
     *,
     positions: PositionMode = "all",
@@ -133,8 +146,30 @@ def next_token_kl(
 ) -> KLResult:
     """KL (bits) between base and steered next-token distributions after each prompt.
 
-    `steering` is anything `steer()` accepts (a SteeringVector with `strength`, Injections, a
-    list). `reuse_prefix=False` runs two full forwards instead (same numbers, slower; for checks).
+    The steered pass reuses the unsteered residual below the lowest steered layer and unembeds
+    only the last position, so it costs a fraction of a second forward.
+
+    Args:
+        model: the model.
+        prompts: one prompt or a list.
+        steering (SteeringVector | SteeringVectorSet | Injection | list | None): anything `steer()`
+            accepts (a SteeringVector, Injections, a list, a named set).
+        strength: strength for a vector given without one.
+        positions: where the vectors are written.
+        chat: chat-template the prompts; None = auto (on for instruct models with a template).
+        reverse: report KL(steered || base) instead of KL(base || steered).
+        batch_size: most prompts per forward.
+        reuse_prefix: False runs two full forwards instead (same numbers, slower; for checks).
+
+    Returns:
+        A `KLResult` with one KL value (bits) per prompt.
+
+    Raises:
+        ValueError: for empty prompts, a bad batch size, or missing/invalid steering.
+
+    Example:
+        >>> r = sl.next_token_kl(model, prompts, vec.layer(10), 4.0)  # doctest: +SKIP
+        >>> r.mean, r.n  # doctest: +SKIP
     """
     prompts = check_texts(prompts)
     check_batch_size(batch_size)
@@ -175,28 +210,47 @@ class TokenKL:
 
     @property
     def n(self) -> int:
+        """Number of positions."""
         return len(self.bits)
 
     @property
     def values(self) -> np.ndarray:
+        """KL (bits) per position as an array."""
         return np.asarray(self.bits, dtype=float)
 
 
 def per_token_kl(
-    model,
+    model: Model,
     text: str,
-    steering,
+    steering=None,
     strength: float | None = None,
     *,
     prompt: str | None = None,
     positions: PositionMode = "all",
-    chat: bool | None = False,
+    chat: bool | None = None,
     reverse: bool = False,
 ) -> TokenKL:
     """KL (bits) between base and steered next-token predictions at every token of `text`.
 
-    With `prompt`, the row is the prompt (chat-templated if `chat`) followed by `text`, and every
-    position of the row is reported.
+    With `prompt`, the row is the prompt (chat-templated when `chat` resolves to True) followed
+    by `text`, and every position of the row is reported. Without a prompt `chat` is unused.
+
+    Args:
+        model: the model.
+        text: the text to score.
+        steering (SteeringVector | SteeringVectorSet | Injection | list | None): anything `steer()`
+            accepts.
+        strength: strength for a vector given without one.
+        prompt: an optional prompt before `text`.
+        positions: where the vectors are written.
+        chat: chat-template the prompt; None = auto.
+        reverse: report KL(steered || base) instead of KL(base || steered).
+
+    Returns:
+        A `TokenKL` with one KL value (bits) per position.
+
+    Raises:
+        ValueError: for an empty text or missing/invalid steering.
     """
     if not isinstance(text, str) or not text:
         raise ValueError(f"text must be a non-empty string, got {text!r}.")

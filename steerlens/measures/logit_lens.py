@@ -19,21 +19,20 @@ equals the model's actual output logits there.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
-from ..backend import runtime
-from ..steer import PositionMode
+from ..backend import Model, runtime
+from ..steer import PositionMode, steered_forward
 from ..vectors import SteeringVector
 from ._common import steering_context, token_strings, use_chat
 
-LensNorm = str  # "scale" | "none" | "full"; validated with a ValueError
-LENS_NORMS: tuple[str, ...] = ("scale", "none", "full")
+LensNorm = str  # "scale" | "none" | "full" (`LENS_NORMS`); validated with a ValueError
 
 
 @dataclass(frozen=True)
@@ -59,55 +58,60 @@ class VectorLens:
     model_id: str
 
     def top_tokens(self, layer: int, kind: Literal["promoted", "suppressed"] = "promoted") -> list[str]:
+        """The token strings promoted (or suppressed) at one layer, strongest first.
+
+        Args:
+            layer: a layer of the lens.
+            kind: "promoted" or "suppressed".
+
+        Returns:
+            The k token strings.
+
+        Raises:
+            KeyError: if the layer is not in the lens.
+        """
         table = self.promoted if kind == "promoted" else self.suppressed
         if layer not in table:
             raise KeyError(f"Layer {layer} not in this lens; its layers are {list(self.layers)}.")
         return [t.token for t in table[layer]]
 
 
-def _check_k(model, k: int) -> int:
-    vocab = int(model.cfg.d_vocab)
+def _check_k(model: Model, k: int) -> int:
+    vocab = runtime.d_vocab(model)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab:
         raise ValueError(f"k must be an int in 1..{vocab} (the vocabulary size), got {k!r}.")
     return k
 
 
-def direction_logits(
-    model, direction: Float[Tensor, "*batch d_model"], norm: LensNorm = "scale"
-) -> Float[Tensor, "*batch d_vocab"]:
-    """Logit effect of directions through the unembedding (see the module docstring for `norm`)."""
-    if norm not in LENS_NORMS:
-        raise ValueError(f"Unknown norm {norm!r}; valid choices are {list(LENS_NORMS)}.")
-    if direction.shape[-1] != runtime.d_model(model):
-        raise ValueError(
-            f"Direction has size {direction.shape[-1]} but the model's d_model is "
-            f"{runtime.d_model(model)}."
-        )
-    dev = runtime.model_device(model)
-    v = direction.to(dev, model.W_U.dtype)
-    with torch.inference_mode():
-        if norm == "full":
-            return runtime.unembed(model, v) - model.b_U
-        if norm == "scale":
-            ntype = model.cfg.normalization_type
-            if ntype in ("LN", "LNPre"):
-                v = v - v.mean(-1, keepdim=True)
-            scale = getattr(model.ln_final, "w", None)
-            if scale is not None:
-                v = v * scale
-        return v @ model.W_U
-
-
 def vector_lens(
-    model, vector: SteeringVector, k: int = 10, norm: LensNorm = "scale"
+    model: Model, vector: SteeringVector, k: int = 10, norm: LensNorm = "scale"
 ) -> VectorLens:
-    """Top-k promoted and suppressed tokens of each layer's direction in `vector`."""
+    """Top-k promoted and suppressed tokens of each layer's direction in `vector`.
+
+    Args:
+        model: the model the vector was built for.
+        vector: the steering vector.
+        k: tokens to keep per side and layer.
+        norm: how the final norm is treated: "scale" (default), "none" or "full" (module
+            docstring).
+
+    Returns:
+        A `VectorLens` with promoted and suppressed tokens per layer.
+
+    Raises:
+        ValueError: for a non-vector, a vector for another model, k out of range or an unknown norm.
+
+    Example:
+        >>> lens = sl.vector_lens(model, vec, k=5)  # doctest: +SKIP
+        >>> lens.top_tokens(10)  # doctest: +SKIP
+    """
     if not isinstance(vector, SteeringVector):
         raise ValueError(f"vector must be a SteeringVector, got {type(vector).__name__}.")
     vector.check_model(model)
     _check_k(model, k)
     layers = vector.layers
-    logits = direction_logits(model, torch.stack([vector[lay] for lay in layers]), norm).float().cpu()
+    stacked = torch.stack([vector[lay] for lay in layers])
+    logits = runtime.direction_logits(model, stacked, norm=norm).float().cpu()
     top = logits.topk(k, dim=-1)
     bottom = logits.topk(k, dim=-1, largest=False)
     promoted, suppressed = {}, {}
@@ -133,7 +137,7 @@ class ResidualLens:
 
     prompt: str
     tokens: tuple[str, ...]
-    position: int
+    read_at: int
     labels: tuple[str, ...]
     top_ids: tuple[tuple[int, ...], ...]
     top_tokens: tuple[tuple[str, ...], ...]
@@ -147,11 +151,12 @@ class ResidualLens:
 
     @property
     def n_rows(self) -> int:
+        """Number of rows (one per layer read, plus the final residual)."""
         return len(self.labels)
 
 
-def _target_id(model, target: str | int) -> int:
-    vocab = int(model.cfg.d_vocab)
+def _target_id(model: Model, target: str | int) -> int:
+    vocab = runtime.d_vocab(model)
     if isinstance(target, int) and not isinstance(target, bool):
         if not 0 <= target < vocab:
             raise ValueError(f"Target id {target} out of range 0..{vocab - 1}.")
@@ -168,32 +173,56 @@ def _target_id(model, target: str | int) -> int:
 
 
 def residual_lens(
-    model,
+    model: Model,
     prompt: str,
-    k: int = 10,
-    *,
-    position: int = -1,
-    target: str | int | None = None,
-    chat: bool | None = False,
     steering=None,
     strength: float | None = None,
+    *,
+    k: int = 10,
+    read_at: int = -1,
+    target: str | int | None = None,
     positions: PositionMode = "all",
+    chat: bool | None = None,
+    position: int | None = None,
 ) -> ResidualLens:
-    """Logit lens of `prompt`'s residual stream at every layer, at token `position` (default last).
+    """Logit lens of `prompt`'s residual stream at every layer, read at one token.
 
     With `steering`, the lens reads the steered run (the injection is included in the residual of
-    the steered layer's `resid_pre`). `chat=None` uses the chat template on instruct models.
+    the steered layer's `resid_pre`).
+
+    Args:
+        model: the model.
+        prompt: the prompt text.
+        steering (SteeringVector | SteeringVectorSet | Injection | list | None): anything `steer()`
+            accepts, or None for the clean run.
+        strength: strength for a vector given without one.
+        k: how many top tokens to keep per layer.
+        read_at: the token index the residual is read at (negative counts from the end).
+        target: a one-token string or token id whose rank and probability are tracked.
+        positions: where steering vectors are written.
+        chat: chat-template the prompt; None = auto (on for instruct models with a template).
+        position: deprecated name of `read_at`.
+
+    Returns:
+        A `ResidualLens` with each layer's top-k guesses (and the target's rank/probability).
+
+    Raises:
+        ValueError: for an empty prompt, k or read_at out of range, or a multi-token target.
     """
+    if position is not None:
+        warnings.warn("residual_lens(position=...) is deprecated; use read_at=... (where the "
+                      "activation is read).", DeprecationWarning, stacklevel=3)
+        read_at = position
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"prompt must be a non-empty string, got {prompt!r}.")
     _check_k(model, k)
     chat_on = use_chat(model, chat)
     batch = runtime.encode_prompts(model, [prompt], chat=chat_on)
     n_pos = int(batch.tokens.shape[1])
-    if isinstance(position, bool) or not isinstance(position, int) or not -n_pos <= position < n_pos:
-        raise ValueError(f"position must be an int in {-n_pos}..{n_pos - 1} (the prompt has {n_pos} "
-                         f"tokens), got {position!r}.")
-    pos = position % n_pos
+    if isinstance(read_at, bool) or not isinstance(read_at, int) or not -n_pos <= read_at < n_pos:
+        raise ValueError(f"read_at must be an int in {-n_pos}..{n_pos - 1} (the prompt has {n_pos} "
+                         f"tokens), got {read_at!r}.")
+    pos = read_at % n_pos
     tid = None if target is None else _target_id(model, target)
     n_layers = runtime.n_layers(model)
     captured: dict[str, Tensor] = {}
@@ -206,15 +235,9 @@ def residual_lens(
 
     names = [runtime.hook_name(layer, "resid_pre") for layer in range(n_layers)]
     names.append(runtime.hook_name(n_layers - 1, "resid_post"))
-    with steering_context(model, steering, strength, positions) as steerer:
-        if steerer is not None:
-            steerer.context.bind(batch)
-        try:
-            with runtime.attached(model, [(n, grab(n)) for n in names]):
-                runtime.forward(model, batch, stop_at_layer=n_layers, return_type=None)
-        finally:
-            if steerer is not None:
-                steerer.context.bind(None)
+    with steering_context(model, steering, strength, positions) as steerer, \
+            runtime.attached(model, [(n, grab(n)) for n in names]):
+        steered_forward(model, batch, steerer, stop_at_layer=n_layers, return_type=None)
     resid = torch.stack([captured[n] for n in names])
     probs = runtime.unembed(model, resid).double().softmax(-1).cpu()
     top = probs.topk(k, dim=-1)
@@ -228,7 +251,7 @@ def residual_lens(
     return ResidualLens(
         prompt=prompt,
         tokens=tuple(token_strings(model, batch.tokens[0].tolist())),
-        position=pos,
+        read_at=pos,
         labels=labels,
         top_ids=top_ids,
         top_tokens=tuple(tuple(token_strings(model, row)) for row in top_ids),

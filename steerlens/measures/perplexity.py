@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..backend import runtime
+from ..backend import Model, runtime
 from ..generate import Generation
 from ..steer import PositionMode
 from ._common import (
@@ -48,6 +48,7 @@ class PerplexityResult:
 
     @property
     def values(self) -> np.ndarray:
+        """Perplexity per item as an array (NaN where nothing was scored)."""
         return np.asarray(self.perplexity, dtype=float)
 
     @property
@@ -71,17 +72,38 @@ def _result(logprobs: list[torch.Tensor], steered: bool) -> PerplexityResult:
 
 
 def continuation_logprobs(
-    model,
+    model: Model,
     prompts: Sequence[str],
     continuations: Sequence[str],
-    *,
-    chat: bool | None = None,
     steering=None,
     strength: float | None = None,
+    *,
     positions: PositionMode = "all",
+    chat: bool | None = None,
     batch_size: int = 16,
 ) -> list[torch.Tensor]:
-    """Per item, the log-probabilities (float64, nats) of each continuation token given its prompt."""
+    """Per item, the log-probabilities (float64, nats) of each continuation token given its prompt.
+
+    Prompt and continuation are tokenized exactly as `runtime.encode` does; empty continuations
+    give an empty tensor.
+
+    Args:
+        model: the model.
+        prompts: one prompt per continuation.
+        continuations: the texts to score.
+        steering (SteeringVector | SteeringVectorSet | Injection | list | None): anything `steer()`
+            accepts, or None for the unsteered model.
+        strength: strength for a vector given without one.
+        positions: where the vectors are written.
+        chat: chat-template the prompts; None = auto.
+        batch_size: most items per forward.
+
+    Returns:
+        One float64 tensor of token log-probabilities per item.
+
+    Raises:
+        ValueError: if prompts and continuations differ in number, or for invalid arguments.
+    """
     prompts = check_texts(prompts)
     continuations = check_texts(continuations, "continuations")
     if len(prompts) != len(continuations):
@@ -101,20 +123,44 @@ def continuation_logprobs(
 
 
 def continuation_perplexity(
-    model,
+    model: Model,
     prompts: Sequence[str],
     continuations: Sequence[str],
     *,
     chat: bool | None = None,
     batch_size: int = 16,
 ) -> PerplexityResult:
-    """Perplexity of each continuation under the unsteered model given its prompt."""
+    """Perplexity of each continuation under the unsteered model given its prompt.
+
+    Args:
+        model: the model.
+        prompts: one prompt per continuation.
+        continuations: the texts to score (e.g. steered continuations).
+        chat: chat-template the prompts; None = auto.
+        batch_size: most items per forward.
+
+    Returns:
+        A `PerplexityResult`, one value per continuation.
+    """
     lps = continuation_logprobs(model, prompts, continuations, chat=chat, batch_size=batch_size)
     return _result(lps, steered=False)
 
 
-def generation_perplexity(model, generation: Generation, *, batch_size: int = 16) -> PerplexityResult:
-    """Perplexity of a Generation's exact continuation tokens under the unsteered model."""
+def generation_perplexity(model: Model, generation: Generation, *,
+                          batch_size: int = 16) -> PerplexityResult:
+    """Perplexity of a Generation's exact continuation tokens under the unsteered model.
+
+    Args:
+        model: the model.
+        generation: the output of `generate` (steered or not); its chat setting is reused.
+        batch_size: most items per forward.
+
+    Returns:
+        A `PerplexityResult`, one value per prompt.
+
+    Raises:
+        ValueError: if `generation` is not a `Generation`, or for a bad batch size.
+    """
     if not isinstance(generation, Generation):
         raise ValueError(f"generation must be a Generation, got {type(generation).__name__}.")
     check_batch_size(batch_size)
@@ -134,15 +180,28 @@ def generation_perplexity(model, generation: Generation, *, batch_size: int = 16
 
 
 def text_perplexity(
-    model,
+    model: Model,
     texts: str | Sequence[str],
-    *,
     steering=None,
     strength: float | None = None,
+    *,
     positions: PositionMode = "all",
     batch_size: int = 16,
 ) -> PerplexityResult:
-    """Perplexity of plain texts (every token after BOS), optionally under steering."""
+    """Perplexity of plain texts (every token after BOS), optionally under steering.
+
+    Args:
+        model: the model.
+        texts: one text or a list.
+        steering (SteeringVector | SteeringVectorSet | Injection | list | None): anything `steer()`
+            accepts, or None for the unsteered model.
+        strength: strength for a vector given without one.
+        positions: where the vectors are written.
+        batch_size: most texts per forward.
+
+    Returns:
+        A `PerplexityResult`, one value per text.
+    """
     texts = check_texts(texts, "texts")
     check_batch_size(batch_size)
     out: list[torch.Tensor] = []

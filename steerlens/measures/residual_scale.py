@@ -16,18 +16,35 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from ..backend import Model
 from ..extract import extract
 from ..vectors import SteeringVector
 
 
-def residual_norms(model, texts: Sequence[str], layers: Sequence[int], show_progress: bool = False,
-                   centred: bool = False) -> dict[int, float]:
+def residual_norms(model: Model, texts: Sequence[str], layers: Sequence[int],
+                   show_progress: bool = False, centred: bool = False) -> dict[int, float]:
     """Median L2 norm of the residual stream entering each layer (`resid_pre`), over every token
-    of the raw texts after BOS; with `centred=True`, the median distance from the mean residual."""
+    of the raw texts after BOS; with `centred=True`, the median distance from the mean residual.
+
+    The median ignores the few attention-sink positions whose norm is many times the rest.
+
+    Args:
+        model: the model.
+        texts: reference texts (raw, never chat-templated).
+        layers: the layers to measure.
+        show_progress: show a progress bar.
+        centred: measure each token's distance from the mean residual instead.
+
+    Returns:
+        layer -> median norm; multiply by a strength in residual-norm units to get a raw strength.
+
+    Raises:
+        ValueError: if there are no texts, or as `extract`.
+    """
     texts = list(texts)
     if not texts:
         raise ValueError("residual_norms needs at least one reference text.")
-    acts = extract(model, texts, list(layers), position="all", show_progress=show_progress,
+    acts = extract(model, texts, list(layers), read_at="all", show_progress=show_progress,
                    chat=False)
     out = {}
     for layer in acts.layers:
@@ -39,7 +56,21 @@ def residual_norms(model, texts: Sequence[str], layers: Sequence[int], show_prog
 
 
 def scale_to_residual(vector: SteeringVector, norms: Mapping[int, float]) -> SteeringVector:
-    """The vector with each layer's direction rescaled to norm `norms[layer]` (see module doc)."""
+    """The vector with each layer's direction rescaled to norm `norms[layer]` (see module doc).
+
+    With the result, strength s adds s x (typical residual norm) at every layer: a scale comparable
+    across layers and models.
+
+    Args:
+        vector: the vector to rescale.
+        norms: layer -> target norm, e.g. from `residual_norms`.
+
+    Returns:
+        A new vector (method tagged "|residual-scaled", the norms recorded in `extra`).
+
+    Raises:
+        ValueError: if a layer has no norm or the vector is zero there.
+    """
     missing = [layer for layer in vector.layers if layer not in norms]
     if missing:
         raise ValueError(f"No residual norm for layer(s) {missing}; norms cover {sorted(norms)}.")

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend import Model
 from ..steer import PositionMode
 from ._common import check_batch_size, check_texts
 from .perplexity import continuation_logprobs
@@ -43,7 +44,14 @@ _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
 
 def words(text: str) -> list[str]:
-    """Lower-cased words with inner apostrophes kept (the tokenization `keywords` uses)."""
+    """Lower-cased words with inner apostrophes kept (the tokenization `keywords` uses).
+
+    Args:
+        text: the text.
+
+    Returns:
+        The words, in order.
+    """
     return _WORD.findall(text.lower().replace("\u2019", "'"))
 
 
@@ -55,7 +63,11 @@ def _vader():
 
 
 def sentiment_scorer() -> Scorer:
-    """VADER compound sentiment in [-1, 1]."""
+    """VADER compound sentiment in [-1, 1].
+
+    Returns:
+        A scorer named "sentiment" (the lexicon ships with vaderSentiment, so it runs offline).
+    """
 
     def score(text: str) -> float:
         return float(_vader().polarity_scores(_check_text(text))["compound"])
@@ -86,7 +98,19 @@ def _keyword_set(items, which: str) -> frozenset[str]:
 
 
 def keyword_scorer(positive: Sequence[str] = (), negative: Sequence[str] = ()) -> Scorer:
-    """(positive hits - negative hits) / words, whole-word and case-insensitive."""
+    """(positive hits - negative hits) / words, whole-word and case-insensitive.
+
+    Args:
+        positive: words that count +1.
+        negative: words that count -1.
+
+    Returns:
+        A scorer named "keywords", in [-1, 1]; an empty text scores 0.
+
+    Raises:
+        ValueError: if no keyword is given, a keyword is not a single word, or a word is listed on
+            both sides.
+    """
     pos, neg = _keyword_set(positive, "positive"), _keyword_set(negative, "negative")
     if not pos and not neg:
         raise ValueError("keyword_scorer needs at least one positive or negative keyword.")
@@ -106,7 +130,17 @@ def keyword_scorer(positive: Sequence[str] = (), negative: Sequence[str] = ()) -
 
 
 def regex_scorer(pattern: str) -> Scorer:
-    """1.0 if `pattern` (case-insensitive) occurs in the text, else 0.0."""
+    """1.0 if `pattern` (case-insensitive) occurs in the text, else 0.0.
+
+    Args:
+        pattern: a regular expression.
+
+    Returns:
+        A scorer named "regex".
+
+    Raises:
+        ValueError: if the pattern is empty or invalid.
+    """
     if not isinstance(pattern, str) or not pattern:
         raise ValueError(f"regex pattern must be a non-empty string, got {pattern!r}.")
     try:
@@ -122,7 +156,14 @@ def regex_scorer(pattern: str) -> Scorer:
 
 
 def contains_json_object(text: str) -> bool:
-    """Whether `text` parses as, or contains, a JSON object."""
+    """Whether `text` parses as, or contains, a JSON object.
+
+    Args:
+        text: the text (a code fence around the JSON is fine).
+
+    Returns:
+        True if a JSON object can be decoded from it.
+    """
     stripped = text.strip()
     try:
         if isinstance(json.loads(stripped), dict):
@@ -143,7 +184,11 @@ def contains_json_object(text: str) -> bool:
 
 
 def json_scorer() -> Scorer:
-    """1.0 if the text is or contains a JSON object, else 0.0."""
+    """1.0 if the text is or contains a JSON object, else 0.0.
+
+    Returns:
+        A scorer named "json".
+    """
 
     def score(text: str) -> float:
         return 1.0 if contains_json_object(_check_text(text)) else 0.0
@@ -175,7 +220,20 @@ def _from_spec(spec: Mapping[str, Any]) -> Scorer:
 
 
 def get_scorer(spec: Mapping[str, Any] | str | Scorer) -> Scorer:
-    """A scorer from a spec dict ({"kind": ...}), a kind or shipped-behaviour name, or a callable."""
+    """A scorer from a spec dict ({"kind": ...}), a kind or shipped-behaviour name, or a callable.
+
+    Args:
+        spec: a dict like `{"kind": "keywords", "positive": [...]}` (as in the shipped behaviours'
+            meta.json), "sentiment" / "json", a shipped behaviour's name, or a callable, passed
+            through.
+
+    Returns:
+        A `Scorer`: text -> float.
+
+    Raises:
+        ValueError: for an unknown kind or name, extra or missing spec keys (the message lists the
+            valid ones).
+    """
     if isinstance(spec, Mapping):
         return _from_spec(spec)
     if isinstance(spec, str):
@@ -207,7 +265,15 @@ class ScoreError:
 
 
 def safe_score(scorer: Scorer, texts: Sequence[str]) -> tuple[np.ndarray, list[ScoreError]]:
-    """Score every text; an exception or non-finite score on one item gives NaN and an error."""
+    """Score every text; an exception or non-finite score on one item gives NaN and an error.
+
+    Args:
+        scorer: the scorer.
+        texts: the texts.
+
+    Returns:
+        (scores with NaN where scoring failed, one `ScoreError` per failure).
+    """
     scores = np.full(len(texts), np.nan)
     errors: list[ScoreError] = []
     for i, text in enumerate(texts):
@@ -242,6 +308,7 @@ class ABResult:
 
     @property
     def n(self) -> int:
+        """Number of questions."""
         return len(self.margin)
 
     @property
@@ -256,16 +323,16 @@ class ABResult:
 
 
 def ab_logprob(
-    model,
+    model: Model,
     questions: Sequence[str],
-    matching: Sequence[str],
-    answers: Sequence[str] = ("A", "B"),
-    *,
-    template: str = "({}",
-    chat: bool | None = None,
     steering=None,
     strength: float | None = None,
+    *,
+    matching: Sequence[str],
+    answers: Sequence[str] = ("A", "B"),
+    template: str = "({}",
     positions: PositionMode = "all",
+    chat: bool | None = None,
     batch_size: int = 16,
 ) -> ABResult:
     """Score multiple-choice questions by answer log-probability.
@@ -274,6 +341,26 @@ def ab_logprob(
     is the last token) and scored as a continuation of the question (chat-templated on instruct
     models). `matching[i]` is the label showing the behaviour. `margin` is log P(matching) minus
     the log P of the most likely other answer, so `margin > 0` means the behaviour is preferred.
+
+    Args:
+        model: the model.
+        questions: the questions, each listing its options.
+        steering (SteeringVector | SteeringVectorSet | Injection | list | None): anything `steer()`
+            accepts, or None for the unsteered model.
+        strength: strength for a vector given without one.
+        matching: per question, the answer label that shows the behaviour.
+        answers: the answer labels.
+        template: how a label is written as a continuation ("{}" is replaced by the label).
+        positions: where the vectors are written.
+        chat: chat-template the questions; None = auto.
+        batch_size: most continuations per forward.
+
+    Returns:
+        An `ABResult` with log-probabilities, margins and normalised P(matching).
+
+    Raises:
+        ValueError: for fewer than two distinct answers, a matching label that is not an answer,
+            a count mismatch, or a template without "{}".
     """
     questions = check_texts(questions, "questions")
     answers = check_texts(answers, "answers")
@@ -323,17 +410,34 @@ def ab_logprob(
 
 
 def ab_logprob_pairs(
-    model,
+    model: Model,
     pairs,
-    *,
-    chat: bool | None = None,
     steering=None,
     strength: float | None = None,
+    *,
     positions: PositionMode = "all",
+    chat: bool | None = None,
     batch_size: int = 16,
 ) -> ABResult:
     """`ab_logprob` for a ContrastSet of A/B items (e.g. from `ContrastSet.from_caa_json`): each
-    pair's positive completion is the matching answer, its negative the other one."""
+    pair's positive completion is the matching answer, its negative the other one.
+
+    Args:
+        model: the model.
+        pairs (ContrastSet | Sequence[ContrastPair]): A/B items, each with its question as prompt.
+        steering (SteeringVector | SteeringVectorSet | Injection | list | None): anything `steer()`
+            accepts, or None for the unsteered model.
+        strength: strength for a vector given without one.
+        positions: where the vectors are written.
+        chat: chat-template the questions; None = auto.
+        batch_size: most continuations per forward.
+
+    Returns:
+        An `ABResult` (P(matching) is the two-way softmax of the margin).
+
+    Raises:
+        ValueError: if a pair has no prompt.
+    """
     from ..pairs import as_contrast_set
 
     pairs = as_contrast_set(pairs)

@@ -7,6 +7,7 @@
 - `features`: feature identities (top-activating tokens and contexts).
 - `targeted`: steering vectors built from decoder columns (by activation difference, by output
   score, single features), norm-matched, as ordinary `SteeringVector`s.
+- `random`: `random_sae`, a seeded random-init SAE (controls and tests).
 """
 
 from .corpus import Corpus, CorpusProvenance, build_corpus, cached_corpus, corpus_from_texts
@@ -26,7 +27,7 @@ from .decompose import (
 )
 from .features import FeatureContexts, FeatureExample, feature_contexts
 from .load import SAEHubUnavailable, check_sae, list_shipped_saes, load_sae
-from .site import sae_site
+from .random import random_sae
 from .targeted import (
     feature_vector,
     output_scores,
@@ -67,8 +68,8 @@ __all__ = [
     "output_scores",
     "overlap",
     "overlap_table",
+    "random_sae",
     "sae_metrics",
-    "sae_site",
     "select_by_activation_diff",
     "select_by_output_score",
     "single_feature_vector",

@@ -30,7 +30,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ..backend import runtime
+from ..backend import Model, runtime
 from ..backend.loading import cache_root
 from ..io import atomic_path, atomic_write_text
 from ..progress import progress
@@ -39,7 +39,22 @@ from ..sites import Site
 
 @dataclass(frozen=True)
 class ActivationSpec:
-    """Everything that determines a cache's contents (its directory is keyed by this)."""
+    """Everything that determines a cache's contents (its directory is keyed by this).
+
+    Attributes:
+        model: the model's id.
+        layer: the site's layer.
+        component: the site's component.
+        hook_name: the site's hook name.
+        d_model: the activation width.
+        context_size: tokens per window, BOS included.
+        n_tokens: activations asked for.
+        seqs_per_shard: windows per shard file.
+        seed: the document-shuffling seed.
+        corpus_digest: a hash of the corpus texts.
+        outlier_factor: tokens whose norm exceeds this x the batch median are dropped.
+        autocast_bf16: whether the model ran under bfloat16 autocast.
+    """
 
     model: str
     layer: int
@@ -55,13 +70,26 @@ class ActivationSpec:
     autocast_bf16: bool = False
 
     def key(self) -> str:
+        """A short hash of the spec, used as the cache's directory name.
+
+        Returns:
+            12 hex characters.
+        """
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
 class ActivationCache:
-    """A directory of activation shards; `n_tokens` counts stored activations."""
+    """A directory of activation shards; `n_tokens` counts stored activations.
+
+    Attributes:
+        path: the cache directory.
+        spec: what the cache holds.
+        shard_sizes: activations per shard.
+        n_outliers: tokens dropped as norm outliers.
+        seconds: time spent computing shards in this call (0 for an opened cache).
+    """
 
     path: Path
     spec: ActivationSpec
@@ -71,20 +99,53 @@ class ActivationCache:
 
     @property
     def n_shards(self) -> int:
+        """Number of shards."""
         return len(self.shard_sizes)
 
     @property
     def n_tokens(self) -> int:
+        """Number of stored activations over all shards."""
         return sum(self.shard_sizes)
 
     def shard_path(self, i: int) -> Path:
+        """The file of shard `i`.
+
+        Args:
+            i: the shard index.
+
+        Returns:
+            The shard's safetensors path.
+        """
         return self.path / f"shard_{i:05d}.safetensors"
 
     def load_shard(self, i: int) -> Float[Tensor, "tokens d_model"]:
+        """Shard `i`'s activations (fp16, as stored).
+
+        Args:
+            i: the shard index.
+
+        Returns:
+            The activations, [tokens, d_model].
+
+        Raises:
+            ValueError: if the shard is corrupt or unreadable (as `read_shard`).
+        """
         return read_shard(self.shard_path(i))["acts"]
 
 
 def read_shard(path: Path) -> dict[str, Tensor]:
+    """Read a shard file into memory (not memory-mapped).
+
+    Args:
+        path: the shard's safetensors file.
+
+    Returns:
+        The shard's tensors: "acts" [tokens, d_model] and "n_outliers".
+
+    Raises:
+        ValueError: if the file is corrupt or unreadable; the message says to delete and recompute
+            it.
+    """
     try:  # read into memory (not mmap), so a later rewrite of the file cannot touch these tensors
         return load_bytes(path.read_bytes())
     except (SafetensorError, OSError, ValueError) as e:
@@ -93,15 +154,37 @@ def read_shard(path: Path) -> dict[str, Tensor]:
 
 
 def corpus_digest(texts: Sequence[str]) -> str:
+    """A short order-sensitive hash of a list of texts (part of a cache's key).
+
+    Args:
+        texts: the corpus texts.
+
+    Returns:
+        16 hex characters.
+    """
     h = hashlib.sha256()
     for t in texts:
         h.update(hashlib.sha256(t.encode()).digest())
     return h.hexdigest()[:16]
 
 
-def token_windows(model, texts: Sequence[str], context_size: int, n_windows: int | None,
+def token_windows(model: Model, texts: Sequence[str], context_size: int, n_windows: int | None,
                   seed: int) -> list[list[int]]:
-    """BOS + (context_size - 1) tokens of the EOS-joined, seed-shuffled document stream."""
+    """BOS + (context_size - 1) tokens of the EOS-joined, seed-shuffled document stream.
+
+    Args:
+        model (Model): its tokenizer encodes the texts.
+        texts: the documents; blank ones are skipped.
+        context_size: tokens per window, BOS included (>= 2).
+        n_windows: stop after this many windows (None: as many as the texts give).
+        seed: the document-shuffling seed.
+
+    Returns:
+        The windows as lists of token ids (the tail that does not fill a window is dropped).
+
+    Raises:
+        ValueError: if no text is non-blank or context_size < 2.
+    """
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise ValueError("The corpus is empty: no non-blank texts to cache activations from.")
@@ -128,12 +211,21 @@ def token_windows(model, texts: Sequence[str], context_size: int, n_windows: int
     return windows
 
 
-def site_activations(model, tokens: Tensor, site: Site,
+def site_activations(model: Model, tokens: Tensor, site: Site,
                      autocast_bf16: bool = False) -> Float[Tensor, "batch pos d_model"]:
     """Activations at `site` for full (unpadded) token rows, running only the needed layers.
 
     With `autocast_bf16` the matmuls run in bfloat16 (torch.autocast; several times faster on
     CPUs with AMX), the residual stream stays fp32.
+
+    Args:
+        model (Model): the model.
+        tokens: token ids, [batch, pos], no padding.
+        site: the site to read.
+        autocast_bf16: run the forward under bfloat16 autocast.
+
+    Returns:
+        The activations, [batch, pos, d_model].
     """
     if autocast_bf16:
         dev = runtime.model_device(model).type
@@ -159,11 +251,16 @@ def site_activations(model, tokens: Tensor, site: Site,
 
 
 def default_cache_dir() -> Path:
+    """The default root for activation caches (under the steerlens cache root).
+
+    Returns:
+        The directory path (not created).
+    """
     return cache_root() / "sae" / "activations"
 
 
 def cache_activations(
-    model,
+    model: Model,
     texts: Sequence[str],
     site: Site,
     *,
@@ -177,7 +274,32 @@ def cache_activations(
     show_progress: bool = True,
     autocast_bf16: bool = False,
 ) -> ActivationCache:
-    """Cache about `n_tokens` activations of `site` (resumable; returns the finished cache)."""
+    """Cache about `n_tokens` activations of `site` (resumable; returns the finished cache).
+
+    Shards already on disk are reused, and a corrupt one is recomputed, so re-running the same call
+    after an interruption finishes the cache.
+
+    Args:
+        model (Model): the model.
+        texts: the corpus documents.
+        site: where to read activations.
+        n_tokens: how many activations to cache (before outlier removal).
+        context_size: tokens per window, BOS included.
+        batch_size: windows per forward.
+        seqs_per_shard: windows per shard file.
+        seed: the document-shuffling seed.
+        outlier_factor: drop tokens whose norm exceeds this x the batch median.
+        root: the cache root (None: `default_cache_dir()`); the cache is a subdirectory keyed by
+            its spec.
+        show_progress: show a progress bar.
+        autocast_bf16: run the model under bfloat16 autocast.
+
+    Returns:
+        The finished `ActivationCache`.
+
+    Raises:
+        ValueError: if the site is invalid, n_tokens < 1, or the corpus is empty or too small.
+    """
     site.validate(model)
     if n_tokens < 1:
         raise ValueError(f"n_tokens must be >= 1, got {n_tokens}.")
@@ -227,7 +349,8 @@ def cache_activations(
     return done
 
 
-def _shard_acts(model, rows, site, batch_size, outlier_factor, autocast_bf16) -> tuple[Tensor, int]:
+def _shard_acts(model: Model, rows, site, batch_size, outlier_factor,
+                autocast_bf16) -> tuple[Tensor, int]:
     dev = runtime.model_device(model)
     parts: list[Tensor] = []
     n_out = 0
@@ -242,18 +365,6 @@ def _shard_acts(model, rows, site, batch_size, outlier_factor, autocast_bf16) ->
     return torch.cat(parts).contiguous(), n_out
 
 
-def load_cache(path: str | Path) -> ActivationCache:
-    """Open a finished cache directory (spec.json + manifest.json + shards)."""
-    path = Path(path)
-    try:
-        spec = ActivationSpec(**json.loads((path / "spec.json").read_text()))
-        man = json.loads((path / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"Activation cache {path} is incomplete or corrupt ({e}); "
-                         "re-run cache_activations to finish it.") from e
-    return ActivationCache(path, spec, tuple(man["shard_sizes"]), man["n_outliers"], 0.0)
-
-
 def iter_batches(cache: ActivationCache, shards: Sequence[int], batch_size: int, seed: int,
                  start_batch: int = 0, group: int = 8) -> Iterator[Tensor]:
     """Shuffled fp32 batches over `shards`, looping over epochs; deterministic in `seed`.
@@ -262,6 +373,20 @@ def iter_batches(cache: ActivationCache, shards: Sequence[int], batch_size: int,
     with a generator seeded by (seed, epoch, group) and cut into full batches (the remainder is
     dropped). `start_batch` skips that many batches without loading skipped groups, which is
     how training resumes at the exact data position.
+
+    Args:
+        cache: the activation cache.
+        shards: the shard indices to draw from.
+        batch_size: rows per batch.
+        seed: the shuffling seed.
+        start_batch: number of batches to skip.
+        group: shards shuffled together.
+
+    Yields:
+        Batches of activations, [batch_size, d_model], in float32; the iterator never ends.
+
+    Raises:
+        ValueError: if there are no shards or fewer rows than one batch.
     """
     if not shards:
         raise ValueError("No activation shards to train on.")

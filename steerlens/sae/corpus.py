@@ -38,7 +38,13 @@ CORPUS_VERSION = 1
 
 @dataclass(frozen=True)
 class Document:
-    """One training document: prose paragraphs from one file of one package."""
+    """One training document: prose paragraphs from one file of one package.
+
+    Attributes:
+        source: one of `SOURCES` (or the label of user texts).
+        package: the distribution the text came from ("python" for the stdlib).
+        text: the paragraphs, joined by blank lines.
+    """
 
     source: str
     package: str
@@ -47,7 +53,17 @@ class Document:
 
 @dataclass(frozen=True)
 class SourceRecord:
-    """How much text one (source, package) contributed."""
+    """How much text one (source, package) contributed.
+
+    Attributes:
+        source: the source.
+        package: the distribution.
+        version: the distribution's version.
+        files: number of files that contributed text.
+        documents: number of documents.
+        chars: number of characters.
+        tokens: number of tokens under the corpus's tokenizer.
+    """
 
     source: str
     package: str
@@ -60,7 +76,19 @@ class SourceRecord:
 
 @dataclass(frozen=True)
 class CorpusProvenance:
-    """Where the corpus came from; `records` has one row per (source, package)."""
+    """Where the corpus came from; `records` has one row per (source, package).
+
+    Attributes:
+        version: the corpus format version.
+        python: the Python version whose stdlib was read.
+        tokenizer: the tokenizer that counted tokens.
+        n_documents: number of documents.
+        n_chars: number of characters.
+        n_tokens: number of tokens.
+        dropped_duplicate_paragraphs: paragraphs dropped as exact duplicates.
+        cleaning: a description of the cleaning rules.
+        records: one `SourceRecord` per (source, package).
+    """
 
     version: int
     python: str
@@ -73,15 +101,33 @@ class CorpusProvenance:
     records: tuple[SourceRecord, ...]
 
     def to_dict(self) -> dict:
+        """The provenance as a JSON-ready dict.
+
+        Returns:
+            A dict of every field, records as dicts.
+        """
         d = asdict(self)
         d["records"] = [asdict(r) for r in self.records]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> CorpusProvenance:
+        """Rebuild provenance from `to_dict()` output.
+
+        Args:
+            d: the dict.
+
+        Returns:
+            The provenance.
+        """
         return cls(**{**d, "records": tuple(SourceRecord(**r) for r in d["records"])})
 
     def tokens_by_source(self) -> dict[str, int]:
+        """Tokens contributed by each source.
+
+        Returns:
+            source -> number of tokens.
+        """
         out: dict[str, int] = {}
         for r in self.records:
             out[r.source] = out.get(r.source, 0) + r.tokens
@@ -90,10 +136,21 @@ class CorpusProvenance:
 
 @dataclass(frozen=True)
 class Corpus:
+    """Documents plus the provenance of every character in them.
+
+    Attributes:
+        documents: the documents, in build order.
+        provenance: where they came from.
+    """
     documents: tuple[Document, ...]
     provenance: CorpusProvenance
 
     def texts(self) -> list[str]:
+        """The documents' texts, in order.
+
+        Returns:
+            One string per document.
+        """
         return [d.text for d in self.documents]
 
 
@@ -247,6 +304,20 @@ def build_corpus(
 
     `tokenizer` is a Hugging Face tokenizer (`runtime.tokenizer(model)`). Raises ValueError if
     the result is empty or below `min_tokens`.
+
+    Args:
+        tokenizer (transformers.PreTrainedTokenizerBase): counts the tokens.
+        sources: which of `SOURCES` to read, always in `SOURCES` order.
+        max_doc_chars: most characters per document (paragraphs are not split).
+        stdlib_max_chars: stop reading stdlib docstrings after this many characters.
+        package_max_chars: most docstring characters per installed distribution.
+        min_tokens: fail if the corpus has fewer tokens than this.
+
+    Returns:
+        The `Corpus`, deterministic for a given environment.
+
+    Raises:
+        ValueError: for unknown sources, or an empty or too small corpus.
     """
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
@@ -325,7 +396,19 @@ def build_corpus(
 
 
 def corpus_from_texts(texts: Sequence[str], tokenizer, source: str = "user") -> Corpus:
-    """A corpus from user texts (one document each); empty input raises ValueError."""
+    """A corpus from user texts (one document each); empty input raises ValueError.
+
+    Args:
+        texts: the texts; blank ones are skipped.
+        tokenizer (transformers.PreTrainedTokenizerBase): counts the tokens.
+        source: the label recorded as source and package.
+
+    Returns:
+        The `Corpus`, with a single provenance record.
+
+    Raises:
+        ValueError: if no text is non-blank.
+    """
     docs = tuple(Document(source, source, t) for t in texts if t and t.strip())
     if not docs:
         raise ValueError("The corpus is empty: pass at least one non-blank text.")
@@ -343,11 +426,26 @@ def corpus_from_texts(texts: Sequence[str], tokenizer, source: str = "user") -> 
 
 
 def corpus_dir() -> Path:
+    """The cache directory for built corpora (under the steerlens cache root).
+
+    Returns:
+        The directory path (not created).
+    """
     return cache_root() / "sae" / "corpus"
 
 
 def save_corpus(corpus: Corpus, path: str | Path) -> Path:
-    """Write documents as JSON lines and provenance beside it (`<name>.provenance.json`)."""
+    """Write documents as JSON lines and provenance beside it (`<name>.provenance.json`).
+
+    Both files are written atomically.
+
+    Args:
+        corpus: the corpus.
+        path: the JSON-lines file to write.
+
+    Returns:
+        The path written.
+    """
     path = Path(path)
     lines = "".join(json.dumps(asdict(d), ensure_ascii=False) + "\n" for d in corpus.documents)
     atomic_write_text(path, lines)
@@ -356,12 +454,30 @@ def save_corpus(corpus: Corpus, path: str | Path) -> Path:
 
 
 def provenance_path(path: str | Path) -> Path:
+    """The provenance file that belongs to a corpus file.
+
+    Args:
+        path: the corpus's JSON-lines file.
+
+    Returns:
+        `<stem>.provenance.json` beside it.
+    """
     path = Path(path)
     return path.with_name(path.stem + ".provenance.json")
 
 
 def load_corpus(path: str | Path) -> Corpus:
-    """Read a corpus written by `save_corpus`; a corrupt file raises ValueError naming it."""
+    """Read a corpus written by `save_corpus`; a corrupt file raises ValueError naming it.
+
+    Args:
+        path: the corpus's JSON-lines file (its provenance file must sit beside it).
+
+    Returns:
+        The `Corpus`.
+
+    Raises:
+        ValueError: if either file is unreadable or corrupt, or holds no documents.
+    """
     path = Path(path)
     try:
         docs = tuple(Document(**json.loads(line)) for line in
@@ -376,7 +492,22 @@ def load_corpus(path: str | Path) -> Corpus:
 
 
 def cached_corpus(tokenizer, name: str = "installed", rebuild: bool = False, **kwargs) -> Corpus:
-    """Build the installed-text corpus once and reuse it from the cache."""
+    """Build the installed-text corpus once and reuse it from the cache.
+
+    The cache key covers the corpus version, the Python version and the build options.
+
+    Args:
+        tokenizer (transformers.PreTrainedTokenizerBase): counts the tokens.
+        name: the cache file's name prefix.
+        rebuild: build again even if a cached copy exists.
+        **kwargs (Any): options for `build_corpus`.
+
+    Returns:
+        The `Corpus`.
+
+    Raises:
+        ValueError: as `build_corpus` / `load_corpus`.
+    """
     key = hashlib.sha256(json.dumps([CORPUS_VERSION, sys.version, sorted(kwargs.items())],
                                     default=str).encode()).hexdigest()[:10]
     path = corpus_dir() / f"{name}-{key}.jsonl"

@@ -40,11 +40,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..extract import check_position, extract
+from ..backend import Model
+from ..extract import check_read_at, extract
 from ..pairs import ContrastSet, as_contrast_set
 from ..sites import Site
 from ..vectors import SteeringVector
-from .site import check_k, d_sae, sae_site
+from .load import check_sae
+from .site import check_k, d_sae
 
 ENCODINGS: tuple[str, ...] = ("encoder", "raw", "decoder")
 SIGNS: tuple[str, ...] = ("positive", "negative", "abs")
@@ -62,7 +64,18 @@ def _ranked(values: Tensor, k: int, sign: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class FeatureSelection:
-    """Chosen SAE features with the score that chose them (feature-targeted vectors use these)."""
+    """Chosen SAE features with the score that chose them (feature-targeted vectors use these).
+
+    Attributes:
+        features: feature ids, best first.
+        scores: the score of each feature under `rule`.
+        rule: how they were chosen, e.g. "activation_diff", "output_score", "decomposition:pairs".
+        hook_name: the SAE's hook.
+        d_sae: the SAE's number of features.
+
+    Raises:
+        ValueError: if features and scores differ in length or are empty.
+    """
 
     features: tuple[int, ...]
     scores: tuple[float, ...]
@@ -80,7 +93,17 @@ class FeatureSelection:
         return len(self.features)
 
     def head(self, k: int) -> FeatureSelection:
-        """The first k selected features (they are stored best first)."""
+        """The first k selected features (they are stored best first).
+
+        Args:
+            k: how many to keep, in 1..len(self).
+
+        Returns:
+            A new selection with the same rule.
+
+        Raises:
+            ValueError: if k is out of range.
+        """
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self.features):
             raise ValueError(f"k must be in 1..{len(self.features)}, got {k!r}.")
         return FeatureSelection(self.features[:k], self.scores[:k], self.rule, self.hook_name,
@@ -95,7 +118,16 @@ def _select(values: Tensor, k: int, sign: str, rule: str, hook: str) -> FeatureS
 
 @dataclass(frozen=True, eq=False)
 class VectorDecomposition:
-    """One steering vector in SAE feature space (see the module docstring for the encodings)."""
+    """One steering vector in SAE feature space (see the module docstring for the encodings).
+
+    Attributes:
+        values: one value per feature, [d_sae].
+        encoding: "encoder", "raw", "decoder" or "pairs".
+        threshold: absolute threshold actually applied to |values|.
+        relative_threshold: the relative setting it came from (None when absolute).
+        hook_name: the SAE's hook.
+        label: a name for tables and figures.
+    """
 
     values: Float[Tensor, " d_sae"]
     encoding: str
@@ -106,14 +138,17 @@ class VectorDecomposition:
 
     @property
     def d_sae(self) -> int:
+        """Number of features."""
         return int(self.values.numel())
 
     @property
     def active(self) -> Tensor:
+        """Boolean mask of features with |value| above the threshold."""
         return self.values.abs() > self.threshold
 
     @property
     def n_active(self) -> int:
+        """Number of features above the threshold."""
         return int(self.active.sum())
 
     @property
@@ -129,12 +164,35 @@ class VectorDecomposition:
         return 0.0 if den == 0.0 else float(v2.sum() ** 2 / den) / self.d_sae
 
     def top(self, k: int = 20, sign: str = "positive") -> tuple[int, ...]:
-        """Ids of the k features with the largest values (`sign`: positive, negative or abs)."""
+        """Ids of the k features with the largest values (`sign`: positive, negative or abs).
+
+        Args:
+            k: how many, in 1..d_sae.
+            sign: "positive" (largest values), "negative" (most negative) or "abs".
+
+        Returns:
+            Feature ids, best first (ties: lower id first).
+
+        Raises:
+            ValueError: if k is out of range or sign is unknown.
+        """
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.d_sae:
             raise ValueError(f"k must be an int in 1..{self.d_sae} (the SAE's d_sae), got {k!r}.")
         return _ranked(self.values, k, sign)
 
     def selection(self, k: int = 20, sign: str = "positive") -> FeatureSelection:
+        """The top k features as a `FeatureSelection` (rule "decomposition:ENCODING").
+
+        Args:
+            k: how many, in 1..d_sae.
+            sign: "positive", "negative" or "abs".
+
+        Returns:
+            The selection, with each feature's value as its score.
+
+        Raises:
+            ValueError: if k is out of range or sign is unknown.
+        """
         self.top(k, sign)
         return _select(self.values, k, sign, f"decomposition:{self.encoding}", self.hook_name)
 
@@ -168,7 +226,20 @@ def _direction(vector, site: Site) -> Tensor:
 
 def encode_direction(sae, direction: Float[Tensor, " d_in"],
                      encoding: str = "encoder") -> Float[Tensor, " d_sae"]:
-    """A direction in feature space under one of ENCODINGS (see the module docstring)."""
+    """A direction in feature space under one of ENCODINGS (see the module docstring).
+
+    Args:
+        sae (sae_lens.SAE): the SAE.
+        direction: a residual-stream direction, [d_in].
+        encoding: "encoder" (`v @ W_enc`), "raw" (`sae.encode(v)`) or "decoder" (cosine with
+            every decoder row).
+
+    Returns:
+        One value per feature, [d_sae], float32 on the CPU.
+
+    Raises:
+        ValueError: for an unknown encoding or a direction whose width is not d_in.
+    """
     if encoding not in ENCODINGS:
         raise ValueError(f"Unknown encoding {encoding!r}; valid encodings are {list(ENCODINGS)} "
                          "(use decompose_pairs for the contrast-pair feature difference).")
@@ -188,11 +259,29 @@ def encode_direction(sae, direction: Float[Tensor, " d_in"],
     return out.detach().float().cpu()
 
 
-def decompose(model, sae, vector, *, encoding: str = "encoder",
+def decompose(model: Model, sae, vector, *, encoding: str = "encoder",
               threshold: float = DEFAULT_THRESHOLD, relative: bool = True,
               label: str | None = None) -> VectorDecomposition:
-    """Encode a steering vector (its direction at the SAE's layer) and threshold for diffusion."""
-    site = sae_site(model, sae)
+    """Encode a steering vector (its direction at the SAE's layer) and threshold for diffusion.
+
+    Args:
+        model (Model): the model the SAE belongs to.
+        sae (sae_lens.SAE): the SAE.
+        vector (SteeringVector | Tensor): a vector with a direction at the SAE's layer and
+            component, or a bare [d_in] direction.
+        encoding: "encoder", "raw" or "decoder".
+        threshold: the diffusion threshold (relative to the largest |value| by default).
+        relative: treat `threshold` as a fraction of the largest |value|, in [0, 1).
+        label: a name for tables and figures (default: the vector's method).
+
+    Returns:
+        A `VectorDecomposition`.
+
+    Raises:
+        ValueError: if the SAE does not fit the model, the vector lacks the SAE's layer or
+            component, or the encoding or threshold is invalid.
+    """
+    site = check_sae(model, sae)
     values = encode_direction(sae, _direction(vector, site), encoding)
     if label is None:
         label = vector.method if isinstance(vector, SteeringVector) else "vector"
@@ -200,18 +289,35 @@ def decompose(model, sae, vector, *, encoding: str = "encoder",
                                float(threshold) if relative else None, site.hook_name(), label)
 
 
-def encode_texts(model, sae, texts: Sequence[str], *, prompts: Sequence[str | None] | None = None,
-                 position: str = "mean", batch_size: int = 16, chat: bool | None = None,
+def encode_texts(model: Model, sae, texts: Sequence[str], *, prompts: Sequence[str | None] | None = None,
+                 read_at: str = "mean", batch_size: int = 16, chat: bool | None = None,
                  show_progress: bool = False) -> Float[Tensor, "n d_sae"]:
     """SAE code of each text at the SAE's site: at one token ("last"/"first") or the mean of
-    the codes of its content tokens ("mean"; codes are averaged, not activations)."""
-    check_position(position)
-    if position == "all":
+    the codes of its content tokens ("mean"; codes are averaged, not activations).
+
+    Args:
+        model (Model): the model.
+        sae (sae_lens.SAE): the SAE.
+        texts: the texts.
+        prompts: an optional prompt per text (the code is read over the text after it).
+        read_at: "last", "first" or "mean".
+        batch_size: most texts per forward.
+        chat: chat-template the prompts; None = auto.
+        show_progress: show a progress bar.
+
+    Returns:
+        One code per text, [n, d_sae].
+
+    Raises:
+        ValueError: for read_at "all" or an unknown value, or an SAE that does not fit the model.
+    """
+    check_read_at(read_at)
+    if read_at == "all":
         raise ValueError("encode_texts gives one row per text; use 'last', 'first' or 'mean'.")
-    site = sae_site(model, sae)
+    site = check_sae(model, sae)
     texts = list(texts)
     acts = extract(model, texts, [site.layer], prompts=prompts, component=site.component,
-                   position="all" if position == "mean" else position, batch_size=batch_size,
+                   read_at="all" if read_at == "mean" else read_at, batch_size=batch_size,
                    chat=chat, show_progress=show_progress)
     x = acts[site.layer]
     dev, dt = sae.W_enc.device, sae.W_enc.dtype
@@ -220,7 +326,7 @@ def encode_texts(model, sae, texts: Sequence[str], *, prompts: Sequence[str | No
         for start in range(0, x.shape[0], 1024):
             codes.append(sae.encode(x[start : start + 1024].to(dev, dt)).float().cpu())
     code = torch.cat(codes)
-    if position != "mean":
+    if read_at != "mean":
         return code
     rows = acts.row_index.long()
     out = torch.zeros(len(texts), code.shape[1], dtype=torch.float64)
@@ -229,20 +335,38 @@ def encode_texts(model, sae, texts: Sequence[str], *, prompts: Sequence[str | No
     return (out / counts[:, None]).float()
 
 
-def decompose_pairs(model, sae, pairs: ContrastSet, *, position: str = "last",
+def decompose_pairs(model: Model, sae, pairs: ContrastSet, *, read_at: str = "last",
                     threshold: float = DEFAULT_THRESHOLD, relative: bool = True,
                     batch_size: int = 16, chat: bool | None = None, show_progress: bool = False,
                     label: str | None = None) -> VectorDecomposition:
     """Feature-activation difference of a contrast set: mean code(positives) - mean code(negatives).
 
-    Use the position the vector was built with ("last" is `build_vector`'s default).
+    Use the `read_at` the vector was built with ("last" is `build_vector`'s default).
+
+    Args:
+        model (Model): the model.
+        sae (sae_lens.SAE): the SAE.
+        pairs: the contrast pairs (anything `as_contrast_set` accepts).
+        read_at: "last", "first" or "mean".
+        threshold: the diffusion threshold.
+        relative: treat `threshold` as a fraction of the largest |value|.
+        batch_size: most texts per forward.
+        chat: chat-template the prompts; None = auto.
+        show_progress: show a progress bar.
+        label: a name for tables and figures (default: the set's name).
+
+    Returns:
+        A `VectorDecomposition` with encoding "pairs".
+
+    Raises:
+        ValueError: for bad pairs, read_at or threshold, or an SAE that does not fit the model.
     """
     pairs = as_contrast_set(pairs)
-    site = sae_site(model, sae)
+    site = check_sae(model, sae)
     prompts = pairs.prompts * 2
     codes = encode_texts(model, sae, pairs.positives + pairs.negatives,
                          prompts=None if all(p is None for p in prompts) else prompts,
-                         position=position, batch_size=batch_size, chat=chat,
+                         read_at=read_at, batch_size=batch_size, chat=chat,
                          show_progress=show_progress)
     n = len(pairs)
     values = codes[:n].double().mean(0) - codes[n:].double().mean(0)
@@ -254,53 +378,117 @@ def decompose_pairs(model, sae, pairs: ContrastSet, *, position: str = "last",
 
 @dataclass(frozen=True, eq=False)
 class DomainFeatures:
-    """Features ranked by mean activation difference, domain texts minus neutral texts."""
+    """Features ranked by mean activation difference, domain texts minus neutral texts.
+
+    Attributes:
+        scores: domain_mean - neutral_mean, [d_sae].
+        domain_mean: mean code on the domain texts.
+        neutral_mean: mean code on the neutral texts.
+        n_domain: number of domain texts.
+        n_neutral: number of neutral texts.
+        read_at: how each text's code was read.
+        hook_name: the SAE's hook.
+        label: a name for tables and figures.
+    """
 
     scores: Float[Tensor, " d_sae"]  # domain_mean - neutral_mean
     domain_mean: Float[Tensor, " d_sae"]
     neutral_mean: Float[Tensor, " d_sae"]
     n_domain: int
     n_neutral: int
-    position: str
+    read_at: str
     hook_name: str
     label: str = "domain"
 
     @property
     def d_sae(self) -> int:
+        """Number of features."""
         return int(self.scores.numel())
 
     def top(self, k: int = 20) -> tuple[int, ...]:
-        """The k features most more active on domain than neutral text."""
+        """The k features most more active on domain than neutral text.
+
+        Args:
+            k: how many, in 1..d_sae.
+
+        Returns:
+            Feature ids, best first.
+
+        Raises:
+            ValueError: if k is out of range.
+        """
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.d_sae:
             raise ValueError(f"k must be an int in 1..{self.d_sae} (the SAE's d_sae), got {k!r}.")
         return _ranked(self.scores, k, "positive")
 
     def selection(self, k: int = 20) -> FeatureSelection:
+        """The top k features as a `FeatureSelection` (rule "activation_diff").
+
+        Args:
+            k: how many, in 1..d_sae.
+
+        Returns:
+            The selection, with each feature's score.
+
+        Raises:
+            ValueError: if k is out of range.
+        """
         self.top(k)
         return _select(self.scores, k, "positive", "activation_diff", self.hook_name)
 
 
-def domain_features(model, sae, domain_texts: Sequence[str], neutral_texts: Sequence[str], *,
+def domain_features(model: Model, sae, domain_texts: Sequence[str], neutral_texts: Sequence[str], *,
                     domain_prompts: Sequence[str | None] | None = None,
                     neutral_prompts: Sequence[str | None] | None = None,
-                    position: str = "mean", batch_size: int = 16, chat: bool | None = None,
+                    read_at: str = "mean", batch_size: int = 16, chat: bool | None = None,
                     show_progress: bool = False, label: str = "domain") -> DomainFeatures:
     """Mean SAE code on domain texts minus that on neutral texts (each text's code averaged over
-    its content tokens with position="mean"; texts weigh equally)."""
+    its content tokens with read_at="mean"; texts weigh equally).
+
+    Args:
+        model (Model): the model.
+        sae (sae_lens.SAE): the SAE.
+        domain_texts: texts of the domain (e.g. a behaviour's positive completions).
+        neutral_texts: texts to compare against (its negatives, or neutral prose).
+        domain_prompts: an optional prompt per domain text.
+        neutral_prompts: an optional prompt per neutral text.
+        read_at: "last", "first" or "mean".
+        batch_size: most texts per forward.
+        chat: chat-template the prompts; None = auto.
+        show_progress: show a progress bar.
+        label: a name for tables and figures.
+
+    Returns:
+        The `DomainFeatures`.
+
+    Raises:
+        ValueError: if either text list is empty, or as `encode_texts`.
+    """
     if not domain_texts or not neutral_texts:
         raise ValueError("domain_features needs at least one domain text and one neutral text.")
-    site = sae_site(model, sae)
-    kw = dict(position=position, batch_size=batch_size, chat=chat, show_progress=show_progress)
+    site = check_sae(model, sae)
+    kw = dict(read_at=read_at, batch_size=batch_size, chat=chat, show_progress=show_progress)
     dom = encode_texts(model, sae, domain_texts, prompts=domain_prompts, **kw).double().mean(0)
     neu = encode_texts(model, sae, neutral_texts, prompts=neutral_prompts, **kw).double().mean(0)
     return DomainFeatures((dom - neu).float(), dom.float(), neu.float(), len(domain_texts),
-                          len(neutral_texts), position, site.hook_name(), label)
+                          len(neutral_texts), read_at, site.hook_name(), label)
 
 
-def behaviour_domain(model, sae, pairs: ContrastSet, *, neutral: Sequence[str] | None = None,
+def behaviour_domain(model: Model, sae, pairs: ContrastSet, *, neutral: Sequence[str] | None = None,
                      **kw) -> DomainFeatures:
     """Domain features of a behaviour: its positive completions (after their prompts) against its
-    negative completions, or against `neutral` texts (e.g. held-out prose) when given."""
+    negative completions, or against `neutral` texts (e.g. held-out prose) when given.
+
+    Args:
+        model (Model): the model.
+        sae (sae_lens.SAE): the SAE.
+        pairs: the behaviour's contrast pairs.
+        neutral: neutral texts to compare against instead of the negatives.
+        **kw (Any): passed to `domain_features` (read_at, batch_size, chat, show_progress).
+
+    Returns:
+        The `DomainFeatures`, labelled with the set's name.
+    """
     pairs = as_contrast_set(pairs)
     prompts = pairs.prompts
     prompts = None if all(p is None for p in prompts) else prompts
@@ -312,13 +500,29 @@ def behaviour_domain(model, sae, pairs: ContrastSet, *, neutral: Sequence[str] |
 
 
 def overlap(a: Sequence[int], b: Sequence[int]) -> int:
-    """Number of feature ids two selections share."""
+    """Number of feature ids two selections share.
+
+    Args:
+        a: feature ids.
+        b: feature ids.
+
+    Returns:
+        The size of the intersection.
+    """
     return len(set(int(x) for x in a) & set(int(x) for x in b))
 
 
 @dataclass(frozen=True)
 class OverlapTable:
-    """Shared features between each vector's top-k and each domain's top-k."""
+    """Shared features between each vector's top-k and each domain's top-k.
+
+    Attributes:
+        vectors: vector names (rows).
+        domains: domain names (columns).
+        counts: shared features, `counts[vector][domain]`.
+        k: the top-k size.
+        d_sae: the SAE's number of features.
+    """
 
     vectors: tuple[str, ...]
     domains: tuple[str, ...]
@@ -332,6 +536,12 @@ class OverlapTable:
         return self.k * self.k / self.d_sae
 
     def frame(self):
+        """The table in long form, one row per (vector, domain).
+
+        Returns:
+            (pandas.DataFrame): One row per pair with vector, domain, overlap, k and
+                expected_random.
+        """
         import pandas as pd
 
         rows = [{"vector": v, "domain": d, "overlap": self.counts[i][j], "k": self.k,
@@ -356,7 +566,21 @@ def _top_of(item, k: int) -> tuple[int, ...]:
 def overlap_table(vectors: Mapping[str, object], domains: Mapping[str, object], k: int = 20,
                   d_sae_: int | None = None) -> OverlapTable:
     """Overlap counts of top-k features: vectors (decompositions, selections or id lists) against
-    domains (DomainFeatures, selections or id lists)."""
+    domains (DomainFeatures, selections or id lists).
+
+    Args:
+        vectors: name -> decomposition, selection or feature ids.
+        domains: name -> domain features, selection or feature ids.
+        k: the top-k size.
+        d_sae_: the SAE's number of features, needed when only id lists are given.
+
+    Returns:
+        The `OverlapTable`.
+
+    Raises:
+        ValueError: if either mapping is empty, the SAE size is unknown or mixed, k is out of
+            range, or an item has fewer than k features.
+    """
     if not vectors or not domains:
         raise ValueError("overlap_table needs at least one vector and one domain.")
     sizes = {x.d_sae for x in [*vectors.values(), *domains.values()] if hasattr(x, "d_sae")}

@@ -17,14 +17,24 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backend import runtime
+from ..backend import Model, runtime
 from ..extract import extract, resolve_chat
-from .site import check_features, sae_site
+from .load import check_sae
+from .site import check_features
 
 
 @dataclass(frozen=True)
 class FeatureExample:
-    """One high-activation token of a feature, with its context window."""
+    """One high-activation token of a feature, with its context window.
+
+    Attributes:
+        text_index: which input text it came from.
+        token_index: position within the text's content tokens.
+        activation: the feature's activation on the token.
+        tokens: the window of token strings.
+        values: the feature's activation on each window token.
+        center: index of the example token within the window.
+    """
 
     text_index: int
     token_index: int  # position within the text's content tokens
@@ -36,7 +46,19 @@ class FeatureExample:
 
 @dataclass(frozen=True)
 class FeatureContexts:
-    """Top-activating examples and tokens for each requested feature."""
+    """Top-activating examples and tokens for each requested feature.
+
+    Attributes:
+        features: the requested feature ids.
+        examples: per feature, its strongest examples first.
+        top_tokens: per feature, (token string, max activation) pairs, highest first.
+        max_activation: per feature, its largest activation over the texts.
+        frequency: per feature, the fraction of tokens on which it is > 0.
+        n_texts: number of texts read.
+        n_tokens: number of content tokens read.
+        window: the context half-width.
+        hook_name: the SAE's hook.
+    """
 
     features: tuple[int, ...]
     examples: tuple[tuple[FeatureExample, ...], ...]  # per feature, strongest first
@@ -49,6 +71,17 @@ class FeatureContexts:
     hook_name: str
 
     def for_feature(self, feature: int) -> tuple[FeatureExample, ...]:
+        """The examples of one requested feature.
+
+        Args:
+            feature: a feature id from `features`.
+
+        Returns:
+            Its examples, strongest first.
+
+        Raises:
+            ValueError: if the feature was not requested.
+        """
         if feature not in self.features:
             raise ValueError(f"Feature {feature} was not requested; have {list(self.features)}.")
         return self.examples[self.features.index(feature)]
@@ -71,12 +104,34 @@ def _pick(values: torch.Tensor, rows: torch.Tensor, local: torch.Tensor, k: int,
     return chosen
 
 
-def feature_contexts(model, sae, texts: Sequence[str], features, *, k: int = 8,
+def feature_contexts(model: Model, sae, texts: Sequence[str], features, *, k: int = 8,
                      window: int = 8, n_top_tokens: int = 10,
                      prompts: Sequence[str | None] | None = None, batch_size: int = 16,
                      chat: bool | None = None, show_progress: bool = False) -> FeatureContexts:
-    """Top-k activating contexts (±`window` tokens) and top tokens of `features` over `texts`."""
-    site = sae_site(model, sae)
+    """Top-k activating contexts (±`window` tokens) and top tokens of `features` over `texts`.
+
+    Args:
+        model (Model): the model.
+        sae (sae_lens.SAE): the SAE.
+        texts: the texts to search.
+        features (int | Sequence[int] | FeatureSelection): the feature ids.
+        k: examples per feature.
+        window: context tokens on each side; examples closer than this in one text are skipped.
+        n_top_tokens: token strings listed per feature.
+        prompts: an optional prompt per text (only the text after it is read).
+        batch_size: most texts per forward.
+        chat: chat-template the prompts; None = auto.
+        show_progress: show a progress bar.
+
+    Returns:
+        The `FeatureContexts`.
+
+    Raises:
+        ValueError: for bad feature ids, an empty text list, or k, window or n_top_tokens out of
+            range.
+        RuntimeError: if token and activation counts disagree (an internal error).
+    """
+    site = check_sae(model, sae)
     ids = check_features(features, sae)
     texts = list(texts)
     if not texts:
@@ -86,7 +141,7 @@ def feature_contexts(model, sae, texts: Sequence[str], features, *, k: int = 8,
             raise ValueError(f"{name} must be an int >= {low}, got {val!r}.")
     use_chat = resolve_chat(model, chat, prompts is not None and any(p is not None for p in prompts))
     acts = extract(model, texts, [site.layer], prompts=prompts, component=site.component,
-                   position="all", batch_size=batch_size, chat=use_chat,
+                   read_at="all", batch_size=batch_size, chat=use_chat,
                    show_progress=show_progress)
     x, rows = acts[site.layer], acts.row_index.long()
     # token ids of every content token, in the same (row, position) order as extract's "all"

@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from ..backend import runtime
+from ..backend import Model, runtime
 from ..sites import COMPONENTS, Site
 
 SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "data" / "saes"
@@ -33,17 +33,14 @@ class SAEHubUnavailable(RuntimeError):
 
 
 def list_shipped_saes() -> list[str]:
-    """Names of the SAEs shipped inside steerlens (loadable offline with `load_sae(name)`)."""
+    """Names of the SAEs shipped inside steerlens (loadable offline with `load_sae(name)`).
+
+    Returns:
+        The sorted names (empty if none are shipped).
+    """
     if not SHIPPED_ROOT.is_dir():
         return []
     return sorted(p.name for p in SHIPPED_ROOT.iterdir() if (p / CFG_FILE).is_file())
-
-
-def shipped_sae_dir(name: str) -> Path:
-    names = list_shipped_saes()
-    if name not in names:
-        raise ValueError(f"No shipped SAE named {name!r}; shipped SAEs are {names}.")
-    return SHIPPED_ROOT / name
 
 
 def _validate_dir(path: Path) -> dict:
@@ -82,7 +79,20 @@ def _validate_dir(path: Path) -> dict:
 
 
 def load_sae_dir(path: str | Path, device: str = "cpu", dtype: str = "float32"):
-    """Load a SAELens-format directory with SAELens' own loader, after validating its files."""
+    """Load a SAELens-format directory with SAELens' own loader, after validating its files.
+
+    Args:
+        path: the directory holding `cfg.json` and `sae_weights.safetensors`.
+        device: where to put the SAE's weights.
+        dtype: the SAE's dtype, as SAELens names it ("float32", ...).
+
+    Returns:
+        (sae_lens.SAE): The SAELens `SAE`.
+
+    Raises:
+        ValueError: naming the file if the directory, config or weights are missing, invalid,
+            truncated or inconsistent, or if SAELens cannot load them.
+    """
     from sae_lens import SAE
 
     path = Path(path)
@@ -119,6 +129,20 @@ def load_sae(source: str | Path, sae_id: str | None = None, device: str = "cpu",
     `source` is a shipped SAE name, a SAELens-format directory, or (with `sae_id`) a SAELens
     pretrained release. Bad names raise ValueError listing valid options; a release that needs
     the unreachable hub raises SAEHubUnavailable.
+
+    Args:
+        source: a shipped SAE name, a SAELens-format directory, or a SAELens release name.
+        sae_id: the SAE's id within a pretrained release (None for the other two cases).
+        device: where to put the SAE's weights.
+        dtype: the SAE's dtype, as SAELens names it.
+
+    Returns:
+        (sae_lens.SAE): The SAELens `SAE`.
+
+    Raises:
+        ValueError: for an unknown name, release or id (with the closest valid ones), or an
+            invalid directory.
+        SAEHubUnavailable: if a valid pretrained release cannot be fetched from the hub.
     """
     if sae_id is None:
         if isinstance(source, str) and source in list_shipped_saes():
@@ -144,13 +168,25 @@ def load_sae(source: str | Path, sae_id: str | None = None, device: str = "cpu",
         ) from e
 
 
-def _valid_hooks(model) -> str:
+def _valid_hooks(model: Model) -> str:
     return (f"blocks.<0..{runtime.n_layers(model) - 1}>.hook_<component> with component in "
             f"{list(COMPONENTS)}")
 
 
-def check_sae(model, sae) -> Site:
-    """Check `sae` reads a residual-stream site of `model` of matching width; return the Site."""
+def check_sae(model: Model, sae) -> Site:
+    """Check `sae` reads a residual-stream site of `model` of matching width; return the Site.
+
+    Args:
+        model (Model): the model.
+        sae (sae_lens.SAE): the SAE.
+
+    Returns:
+        The `Site` the SAE reads, the space in which steerlens vectors at that layer live.
+
+    Raises:
+        ValueError: if the SAE names no hook, its hook is not a residual-stream site of the model,
+            or its d_in differs from the model's width.
+    """
     hook = sae.cfg.metadata.hook_name
     if not hook:
         raise ValueError(f"The SAE's config names no hook (metadata.hook_name); valid hook names "

@@ -27,10 +27,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..backend import runtime
+from ..backend import Model, runtime
 from ..vectors import SteeringVector
 from .decompose import FeatureSelection, domain_features
-from .site import check_features, check_k, sae_hook_name, sae_site
+from .load import check_sae
+from .site import check_features, check_k, sae_hook_name
 
 WEIGHTINGS: tuple[str, ...] = ("uniform", "activation")
 METHOD = "sae_features"
@@ -72,7 +73,7 @@ def _weights(weights, features: list[int], selection: FeatureSelection | None) -
     return out
 
 
-def feature_vector(model, sae, features, *, weights="uniform", norm=None,
+def feature_vector(model: Model, sae, features, *, weights="uniform", norm=None,
                    label: str | None = None) -> SteeringVector:
     """`sum_i w_i W_dec[f_i]` at the SAE's site, optionally rescaled to `norm`.
 
@@ -80,8 +81,23 @@ def feature_vector(model, sae, features, *, weights="uniform", norm=None,
     "activation" (the selection's scores) or one number per feature. `norm`: None (keep the
     combination's own norm), a positive number, or a SteeringVector whose norm at the SAE's layer
     is matched.
+
+    Args:
+        model (Model): the model the SAE belongs to.
+        sae (sae_lens.SAE): the SAE.
+        features (FeatureSelection | Sequence[int] | int): the features to combine.
+        weights (str | Sequence[float]): "uniform", "activation" or one number per feature.
+        norm (float | SteeringVector | None): the target norm, or a vector whose norm to match.
+        label: recorded in the vector's `extra`.
+
+    Returns:
+        A `SteeringVector` (method "sae_features") at the SAE's layer and component.
+
+    Raises:
+        ValueError: if the selection is for another SAE, an id, weighting or norm is invalid, or
+            the weighted sum is zero.
     """
-    site = sae_site(model, sae)
+    site = check_sae(model, sae)
     selection = features if isinstance(features, FeatureSelection) else None
     if selection is not None:
         if selection.d_sae != int(sae.cfg.d_sae) or selection.hook_name != sae_hook_name(sae):
@@ -112,32 +128,68 @@ def feature_vector(model, sae, features, *, weights="uniform", norm=None,
     if label:
         extra["label"] = label
     return SteeringVector({site.layer: direction.float().cpu()}, component=site.component,
-                          method=METHOD, position="sae", model_id=runtime.model_id(model),
+                          method=METHOD, read_at="sae", model_id=runtime.model_id(model),
                           n_pairs=0, extra=extra)
 
 
-def single_feature_vector(model, sae, feature: int, *, norm=None) -> SteeringVector:
-    """One decoder row as a steering vector (optionally rescaled to `norm`)."""
+def single_feature_vector(model: Model, sae, feature: int, *, norm=None) -> SteeringVector:
+    """One decoder row as a steering vector (optionally rescaled to `norm`).
+
+    Args:
+        model (Model): the model the SAE belongs to.
+        sae (sae_lens.SAE): the SAE.
+        feature: the feature id.
+        norm (float | SteeringVector | None): the target norm, or a vector whose norm to match.
+
+    Returns:
+        A single-layer `SteeringVector`.
+    """
     return feature_vector(model, sae, [feature], norm=norm)
 
 
-def select_by_activation_diff(model, sae, domain_texts: Sequence[str],
+def select_by_activation_diff(model: Model, sae, domain_texts: Sequence[str],
                               neutral_texts: Sequence[str], k: int = 20,
                               **kw) -> FeatureSelection:
     """Top-k features by mean activation difference, domain minus neutral (see
-    `decompose.domain_features` for the keyword arguments)."""
+    `decompose.domain_features` for the keyword arguments).
+
+    Args:
+        model (Model): the model.
+        sae (sae_lens.SAE): the SAE.
+        domain_texts: texts of the target behaviour (e.g. positive completions).
+        neutral_texts: texts to compare against.
+        k: how many features.
+        **kw (Any): passed to `domain_features` (prompts, read_at, batch_size, chat, ...).
+
+    Returns:
+        A `FeatureSelection` (rule "activation_diff").
+
+    Raises:
+        ValueError: if k is out of range, or as `domain_features`.
+    """
     check_k(k, sae)
     return domain_features(model, sae, domain_texts, neutral_texts, **kw).selection(k)
 
 
-def token_ids(model, tokens: Sequence[int | str]) -> list[int]:
-    """Token ids from ids or single-token strings (a ValueError names any that split)."""
+def token_ids(model: Model, tokens: Sequence[int | str]) -> list[int]:
+    """Token ids from ids or single-token strings (a ValueError names any that split).
+
+    Args:
+        model (Model): its tokenizer encodes the strings.
+        tokens: token ids or single-token strings (one of either is accepted too).
+
+    Returns:
+        The token ids.
+
+    Raises:
+        ValueError: if the list is empty, a string is several tokens, or an id is out of range.
+    """
     if isinstance(tokens, (str, int)):
         tokens = [tokens]
     tokens = list(tokens)
     if not tokens:
         raise ValueError("Need at least one target token (an id or a single-token string).")
-    vocab = int(model.W_U.shape[1]) if hasattr(model, "W_U") else int(model.cfg.d_vocab)
+    vocab = runtime.d_vocab(model)
     out = []
     for t in tokens:
         if isinstance(t, str):
@@ -155,9 +207,17 @@ def token_ids(model, tokens: Sequence[int | str]) -> list[int]:
     return out
 
 
-def word_token_ids(model, words: Sequence[str]) -> tuple[dict[str, int], list[str]]:
+def word_token_ids(model: Model, words: Sequence[str]) -> tuple[dict[str, int], list[str]]:
     """Map words to single token ids, trying ' word' then 'word'; also return the words that are
-    several tokens either way (dropped)."""
+    several tokens either way (dropped).
+
+    Args:
+        model (Model): its tokenizer encodes the words.
+        words: the words.
+
+    Returns:
+        (word -> token id, the dropped words).
+    """
     found, dropped = {}, []
     for word in words:
         for form in (" " + word, word):
@@ -170,12 +230,26 @@ def word_token_ids(model, words: Sequence[str]) -> tuple[dict[str, int], list[st
     return found, dropped
 
 
-def output_scores(model, sae, targets: Sequence[int | str],
+def output_scores(model: Model, sae, targets: Sequence[int | str],
                   avoid: Sequence[int | str] | None = None,
                   chunk: int = 512) -> Float[Tensor, " d_sae"]:
     """Per feature: mean direct-logit effect of its decoder row on `targets`, centred by the vocab
-    mean (or minus the mean on `avoid` tokens when given)."""
-    sae_site(model, sae)
+    mean (or minus the mean on `avoid` tokens when given).
+
+    Args:
+        model (Model): the model.
+        sae (sae_lens.SAE): the SAE.
+        targets: target token ids or single-token strings.
+        avoid: tokens whose mean logit effect is subtracted instead of the vocabulary mean.
+        chunk: decoder rows per unembedding.
+
+    Returns:
+        One score per feature, [d_sae].
+
+    Raises:
+        ValueError: if the SAE does not fit the model or a token is invalid.
+    """
+    check_sae(model, sae)
     tgt = token_ids(model, targets)
     bad = token_ids(model, avoid) if avoid else None
     w_dec = sae.W_dec.detach()
@@ -189,9 +263,23 @@ def output_scores(model, sae, targets: Sequence[int | str],
     return torch.cat(out)
 
 
-def select_by_output_score(model, sae, target_tokens: Sequence[int | str], k: int = 20, *,
+def select_by_output_score(model: Model, sae, target_tokens: Sequence[int | str], k: int = 20, *,
                            avoid_tokens: Sequence[int | str] | None = None) -> FeatureSelection:
-    """Top-k features by output score towards `target_tokens` (see the module docstring)."""
+    """Top-k features by output score towards `target_tokens` (see the module docstring).
+
+    Args:
+        model (Model): the model.
+        sae (sae_lens.SAE): the SAE.
+        target_tokens: tokens the features should promote.
+        k: how many features.
+        avoid_tokens: tokens the features should not promote.
+
+    Returns:
+        A `FeatureSelection` (rule "output_score").
+
+    Raises:
+        ValueError: if k is out of range, or as `output_scores`.
+    """
     check_k(k, sae)
     scores = output_scores(model, sae, target_tokens, avoid_tokens)
     ids = torch.argsort(scores, descending=True, stable=True)[:k].tolist()

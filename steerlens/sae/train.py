@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -39,7 +39,35 @@ ARCHITECTURES = ("standard", "topk")
 @dataclass(frozen=True)
 class SAETrainConfig:
     """Everything that determines a training run. `l1_coefficient` is the sparsity setting
-    (standard SAEs); `k` is the number of active features (topk SAEs)."""
+    (standard SAEs); `k` is the number of active features (topk SAEs).
+
+    Validated on construction; round-trips through `to_dict` / `from_dict`, and `key()` names the
+    run, so re-running the same config resumes it.
+
+    Attributes:
+        d_in: the activation width.
+        d_sae: the number of features.
+        hook_name: the TransformerLens hook the activations come from.
+        model_name: the model, recorded in the SAE's metadata.
+        architecture: "standard" (ReLU + L1) or "topk".
+        l1_coefficient: the L1 sparsity coefficient (standard SAEs).
+        l1_warm_up_steps: steps over which the L1 coefficient ramps up.
+        k: active features per token (topk SAEs).
+        lr: the Adam learning rate.
+        lr_warm_up_steps: linear LR warm-up steps.
+        lr_decay_steps: LR decay steps at the end (0: none).
+        batch_size: activations per step.
+        train_tokens: training activations in all (steps = train_tokens // batch_size).
+        eval_shards: the cache's last shards, held out for evaluation.
+        seed: seed of initialisation and data order.
+        checkpoint_every: steps between checkpoints.
+        dead_feature_window: steps without firing after which a feature counts as dead.
+        context_size: the activation windows' length, recorded in the SAE's metadata.
+        autocast_bf16: SAELens' autocast: bf16 matmuls (fast on CPUs with AMX).
+
+    Raises:
+        ValueError: for an unknown architecture or a size, rate or coefficient out of range.
+    """
 
     d_in: int
     d_sae: int
@@ -76,13 +104,30 @@ class SAETrainConfig:
 
     @property
     def total_steps(self) -> int:
+        """Number of training steps, train_tokens // batch_size."""
         return self.train_tokens // self.batch_size
 
     def to_dict(self) -> dict:
+        """The config as a plain dict.
+
+        Returns:
+            Every field by name.
+        """
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> SAETrainConfig:
+        """Rebuild a config from `to_dict()` output.
+
+        Args:
+            d: field name -> value.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: listing unknown keys, or for invalid values.
+        """
         valid = {f.name for f in fields(cls)}
         bad = sorted(set(d) - valid)
         if bad:
@@ -90,12 +135,26 @@ class SAETrainConfig:
         return cls(**d)
 
     def key(self) -> str:
+        """A short hash of the config, to name a run directory.
+
+        Returns:
+            12 hex characters.
+        """
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
 class SAEMetrics:
-    """Reconstruction quality and sparsity on held-out activations (n_tokens of them)."""
+    """Reconstruction quality and sparsity on held-out activations (n_tokens of them).
+
+    Attributes:
+        n_tokens: number of held-out activations.
+        mse: mean over tokens and dimensions of (x - x_hat)^2, raw activation units.
+        explained_variance: 1 - sum |x - x_hat|^2 / sum |x - mean(x)|^2.
+        l0: mean number of active features per token.
+        dead_fraction: fraction of features that never fire on these tokens.
+        mean_norm: mean |x|, for scale.
+    """
 
     n_tokens: int
     mse: float  # mean over tokens and dimensions of (x - x_hat)^2, raw activation units
@@ -107,6 +166,18 @@ class SAEMetrics:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What a `train_sae` call did: config, held-out metrics and the loss curve.
+
+    Attributes:
+        config: the training config.
+        metrics: held-out metrics of the SAE as it stands after this call.
+        n_train_tokens: training activations seen in all (resumed steps included).
+        steps: training steps done in all.
+        train_seconds: seconds spent in this call only.
+        losses: per-step total loss of the steps run in this call.
+        resumed_from_step: the step this call started from (0 for a fresh run).
+        out_dir: the run directory.
+    """
     config: SAETrainConfig
     metrics: SAEMetrics
     n_train_tokens: int
@@ -128,7 +199,19 @@ def _metric_sums(sae, x: Tensor) -> tuple[float, float, float, Tensor]:
 
 
 def sae_metrics(sae, acts: Float[Tensor, "n d_in"], chunk: int = 4096) -> SAEMetrics:
-    """MSE, explained variance, L0 and dead fraction of `sae` on `acts` (fp32 arithmetic)."""
+    """MSE, explained variance, L0 and dead fraction of `sae` on `acts` (fp32 arithmetic).
+
+    Args:
+        sae (sae_lens.SAE): the SAE; its training mode is restored afterwards.
+        acts: held-out activations, [n, d_in].
+        chunk: activations encoded at a time.
+
+    Returns:
+        The `SAEMetrics`.
+
+    Raises:
+        ValueError: if acts is empty, not 2-D, or its width is not the SAE's d_in.
+    """
     if acts.ndim != 2 or acts.shape[0] == 0:
         raise ValueError(f"acts must be a non-empty [n, d_in] tensor, got shape {tuple(acts.shape)}.")
     if acts.shape[1] != sae.cfg.d_in:
@@ -157,7 +240,14 @@ def sae_metrics(sae, acts: Float[Tensor, "n d_in"], chunk: int = 4096) -> SAEMet
 
 
 def build_training_sae(config: SAETrainConfig):
-    """A fresh SAELens TrainingSAE for `config` (seeded)."""
+    """A fresh SAELens TrainingSAE for `config` (seeded).
+
+    Args:
+        config: the training config.
+
+    Returns:
+        (sae_lens.TrainingSAE): A SAELens `StandardTrainingSAE` or `TopKTrainingSAE`.
+    """
     from sae_lens.registry import get_sae_training_class
     from sae_lens.saes.sae import SAEMetadata
 
@@ -274,6 +364,18 @@ class TrainingInterrupted(RuntimeError):
 
 
 def split_shards(cache: ActivationCache, eval_shards: int) -> tuple[list[int], list[int]]:
+    """The training and held-out shard indices of a cache (the last `eval_shards` are held out).
+
+    Args:
+        cache: the activation cache.
+        eval_shards: how many shards to hold out.
+
+    Returns:
+        (training shard indices, evaluation shard indices).
+
+    Raises:
+        ValueError: if no shard would remain for training.
+    """
     if cache.n_shards <= eval_shards:
         raise ValueError(f"The activation cache has {cache.n_shards} shards; need more than "
                          f"eval_shards={eval_shards} so that some remain for training.")
@@ -282,6 +384,18 @@ def split_shards(cache: ActivationCache, eval_shards: int) -> tuple[list[int], l
 
 
 def eval_activations(cache: ActivationCache, eval_shards: int) -> Tensor:
+    """The held-out activations of a cache, in float32.
+
+    Args:
+        cache: the activation cache.
+        eval_shards: how many final shards are held out.
+
+    Returns:
+        The held-out activations, [n, d_model].
+
+    Raises:
+        ValueError: as `split_shards`.
+    """
     _, ev = split_shards(cache, eval_shards)
     return torch.cat([cache.load_shard(i) for i in ev]).float()
 
@@ -300,6 +414,21 @@ def train_sae(
     The final SAE is saved in SAELens format under `out_dir/sae` (fp32) with `metrics.json`.
     `max_steps` stops early after that many total steps (checkpointing first), which is how a run
     is split; `on_step(step, loss)` is called after every step and may raise to interrupt.
+
+    Args:
+        cache: the activation cache to train on (its last `config.eval_shards` shards are held out).
+        config: the training config.
+        out_dir: the run directory; an existing checkpoint there is resumed.
+        max_steps: stop after this many total steps (None: train to the end).
+        on_step: called as `on_step(step, loss)` after every step.
+        show_progress: show a progress bar.
+
+    Returns:
+        A `TrainResult`; metrics are on the held-out shards.
+
+    Raises:
+        ValueError: if the cache does not match the config (width, hook), has too few shards, or a
+            checkpoint in `out_dir` is corrupt or from another config.
     """
     from sae_lens.training.activation_scaler import ActivationScaler
 
@@ -375,7 +504,16 @@ def _finalise(trainer):
 
 
 def save_sae(sae, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Save an inference SAE in SAELens format (cfg.json + sae_weights.safetensors), atomically."""
+    """Save an inference SAE in SAELens format (cfg.json + sae_weights.safetensors), atomically.
+
+    Args:
+        sae (sae_lens.SAE): the SAE; it is returned to float32 afterwards.
+        path: the directory to write (replaced if it exists).
+        dtype: the dtype of the saved weights.
+
+    Returns:
+        The directory written.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -393,11 +531,16 @@ def save_sae(sae, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
 
 
 def result_dict(r: TrainResult) -> dict:
+    """A training result as a JSON-ready dict (written as `metrics.json`).
+
+    Args:
+        r: the result.
+
+    Returns:
+        A dict with the config, metrics, counts, timing and the final loss.
+    """
     return {"config": r.config.to_dict(), "metrics": asdict(r.metrics),
             "n_train_tokens": r.n_train_tokens, "steps": r.steps,
             "train_seconds_last_call": r.train_seconds, "resumed_from_step": r.resumed_from_step,
             "final_loss": r.losses[-1] if r.losses else None}
 
-
-def with_overrides(config: SAETrainConfig, **kw) -> SAETrainConfig:
-    return replace(config, **kw)

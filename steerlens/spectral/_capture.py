@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from ..backend import runtime
+from ..backend import Model, runtime
 from ..sites import check_layer
 
 KV_PARTS = ("k", "v", "rot_k")
@@ -39,7 +39,7 @@ class AttentionCapture:
         return tuple(int(n) for n in self.mask.sum(-1).tolist())
 
 
-def resolve_layers(model, layers: Sequence[int] | None) -> tuple[int, ...]:
+def resolve_layers(model: Model, layers: Sequence[int] | None) -> tuple[int, ...]:
     if layers is None:
         return tuple(range(runtime.n_layers(model)))
     out = tuple(check_layer(model, layer) for layer in layers)
@@ -50,7 +50,8 @@ def resolve_layers(model, layers: Sequence[int] | None) -> tuple[int, ...]:
     return out
 
 
-def encode_checked(model, prompts: Sequence[str], chat: bool, min_tokens: int = 2) -> runtime.TokenBatch:
+def encode_checked(model: Model, prompts: Sequence[str], chat: bool,
+                   min_tokens: int = 2) -> runtime.TokenBatch:
     """Encode prompts as one left-padded batch; every prompt must have >= min_tokens tokens."""
     if isinstance(prompts, str) or not prompts:
         raise ValueError("prompts must be a non-empty list of strings.")
@@ -67,7 +68,7 @@ def encode_checked(model, prompts: Sequence[str], chat: bool, min_tokens: int = 
 
 
 def capture_attention(
-    model,
+    model: Model,
     batch: runtime.TokenBatch,
     layers: Sequence[int],
     parts: Sequence[str],

@@ -27,7 +27,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from ..backend import runtime
+from ..backend import Model, runtime
+from ..extract import resolve_chat
 from ._capture import capture_attention, encode_checked, resolve_layers
 
 DEFAULT_THRESHOLD = 0.77
@@ -37,6 +38,17 @@ LAYER_STATS: tuple[str, ...] = ("min", "mean", "median")
 
 
 def check_threshold(threshold: float) -> float:
+    """Validate an eigengap threshold.
+
+    Args:
+        threshold: the threshold, a number in [0, 1].
+
+    Returns:
+        The threshold as a float.
+
+    Raises:
+        ValueError: if it is not a finite number in [0, 1].
+    """
     t = float(threshold)
     if not math.isfinite(t) or not 0.0 <= t <= 1.0:
         raise ValueError(f"Eigengap threshold must be a number in [0, 1], got {threshold!r}.")
@@ -50,8 +62,20 @@ def gram_top2(
 ) -> tuple[Float[Tensor, " *batch"], Float[Tensor, " *batch"]]:
     """The two largest eigenvalues of scale * X Xᵀ over the unmasked rows of every matrix.
 
-    One batched float64 `eigvalsh` call; the d x d side (Xᵀ X) is used when pos > d. `scale`
-    defaults to 1/d. Raises if a matrix has fewer than 2 unmasked rows.
+    One batched float64 `eigvalsh` call; the d x d side (Xᵀ X) is used when pos > d, which has the
+    same nonzero eigenvalues. Masked rows are zeroed, which only adds zero eigenvalues.
+
+    Args:
+        x: rows of every matrix, [..., pos, d].
+        mask: True for the rows to keep, [..., pos]; None keeps every row.
+        scale: factor on the Gram matrix (default 1/d).
+
+    Returns:
+        (λ1, λ2) per matrix, each of shape [...]; λ2 is clamped at 0.
+
+    Raises:
+        ValueError: if x is not [..., pos, d], the mask shape does not match, or a matrix has
+            fewer than 2 unmasked rows.
     """
     if x.ndim < 2:
         raise ValueError(f"Expected [..., pos, d] rows, got shape {tuple(x.shape)}.")
@@ -74,14 +98,33 @@ def gram_top2(
 
 
 def relative_gap(lam1: Tensor, lam2: Tensor) -> Tensor:
-    """Δ = (λ1 - λ2) / λ1, NaN where λ1 is 0."""
+    """Δ = (λ1 - λ2) / λ1, NaN where λ1 is 0.
+
+    Args:
+        lam1: the largest eigenvalues.
+        lam2: the second largest, same shape.
+
+    Returns:
+        The relative gaps, same shape, in [0, 1] where defined.
+    """
     return torch.where(lam1 > 0, (lam1 - lam2) / lam1.clamp_min(1e-300), torch.nan)
 
 
 def gram_gaps(
     x: Float[Tensor, "*batch pos d"], mask: Bool[Tensor, "*batch pos"] | None = None
 ) -> Float[Tensor, " *batch"]:
-    """Relative eigengap of each (1/d) X Xᵀ, batched."""
+    """Relative eigengap of each (1/d) X Xᵀ, batched.
+
+    Args:
+        x: rows of every matrix, [..., pos, d].
+        mask: True for the rows to keep, [..., pos]; None keeps every row.
+
+    Returns:
+        Δ per matrix, shape [...].
+
+    Raises:
+        ValueError: as `gram_top2`.
+    """
     return relative_gap(*gram_top2(x, mask))
 
 
@@ -91,6 +134,14 @@ class GapTable:
 
     Layer statistics take the min/mean/median over heads within each prompt, then average over
     prompts (`per_prompt` gives the prompt-level values, e.g. for bootstrap CIs).
+
+    Attributes:
+        kind: "keys", "rotated_keys" or "pattern".
+        layers: the layers, in the order of the gaps' layer axis.
+        gaps: relative gaps, [prompt, layer, head].
+        lambda1: largest eigenvalues, same shape.
+        lambda2: second largest eigenvalues, same shape.
+        threshold: layers whose weakest-link gap is at or below this are flagged.
     """
 
     kind: str
@@ -102,33 +153,58 @@ class GapTable:
 
     @property
     def n_prompts(self) -> int:
+        """Number of prompts."""
         return int(self.gaps.shape[0])
 
     @property
     def n_heads(self) -> int:
+        """Number of heads per layer (key/value heads for key gaps)."""
         return int(self.gaps.shape[2])
 
     def per_prompt(self, stat: LayerStat = "min") -> np.ndarray:
-        """[prompt, layer] statistic over heads."""
+        """[prompt, layer] statistic over heads.
+
+        Args:
+            stat: "min" (the weakest link), "mean" or "median".
+
+        Returns:
+            An array [prompt, layer].
+
+        Raises:
+            ValueError: for an unknown statistic.
+        """
         if stat not in LAYER_STATS:
             raise ValueError(f"Unknown layer statistic {stat!r}; valid ones are {list(LAYER_STATS)}.")
         fn = {"min": np.min, "mean": np.mean, "median": np.median}[stat]
         return fn(self.gaps, axis=2)
 
     def layer(self, stat: LayerStat = "min") -> np.ndarray:
-        """[layer] statistic over heads, averaged over prompts."""
+        """[layer] statistic over heads, averaged over prompts.
+
+        Args:
+            stat: "min" (the weakest link), "mean" or "median".
+
+        Returns:
+            An array [layer].
+
+        Raises:
+            ValueError: for an unknown statistic.
+        """
         return self.per_prompt(stat).mean(axis=0)
 
     @property
     def min_gap(self) -> np.ndarray:
+        """Weakest-link (min over heads) gap per layer, averaged over prompts."""
         return self.layer("min")
 
     @property
     def mean_gap(self) -> np.ndarray:
+        """Mean gap over heads per layer, averaged over prompts."""
         return self.layer("mean")
 
     @property
     def median_gap(self) -> np.ndarray:
+        """Median gap over heads per layer, averaged over prompts."""
         return self.layer("median")
 
     @property
@@ -137,11 +213,26 @@ class GapTable:
         return self.gaps.mean(axis=0)
 
     def flagged(self, threshold: float | None = None) -> tuple[int, ...]:
-        """Layers whose weakest-link gap is at or below the threshold."""
+        """Layers whose weakest-link gap is at or below the threshold.
+
+        Args:
+            threshold: the threshold in [0, 1]; None uses the table's.
+
+        Returns:
+            The flagged layers, in layer order.
+
+        Raises:
+            ValueError: if `threshold` is not in [0, 1].
+        """
         t = self.threshold if threshold is None else check_threshold(threshold)
         return tuple(layer for layer, g in zip(self.layers, self.min_gap) if g <= t)
 
     def rows(self) -> list[dict]:
+        """One dict per layer with its min, mean and median gap and whether it is flagged.
+
+        Returns:
+            The rows, in layer order.
+        """
         flagged = set(self.flagged())
         return [
             {"layer": layer, "min_gap": float(mn), "mean_gap": float(me), "median_gap": float(md),
@@ -150,6 +241,11 @@ class GapTable:
         ]
 
     def to_dict(self) -> dict:
+        """The table's summary as a JSON-ready dict (per-layer rows and the head-level gaps).
+
+        Returns:
+            A dict with kind, threshold, n_prompts, n_heads, the per-layer rows and `head_gap`.
+        """
         return {"kind": self.kind, "threshold": self.threshold, "n_prompts": self.n_prompts,
                 "n_heads": self.n_heads, "layers": self.rows(),
                 "head_gap": self.head_gap.tolist()}
@@ -157,7 +253,16 @@ class GapTable:
 
 @dataclass(frozen=True)
 class EigengapResult:
-    """Key gaps before/after rotary and pattern gaps for one model and prompt set."""
+    """Key gaps before/after rotary and pattern gaps for one model and prompt set.
+
+    Attributes:
+        model: the model's id.
+        n_tokens: the number of (non-padding) tokens of each prompt.
+        threshold: the flagging threshold.
+        keys: gaps of the key Gram matrices before the rotary embedding.
+        rotated_keys: the same after the rotary embedding (None for models without rotary).
+        patterns: gaps of the post-softmax attention patterns (None when not computed).
+    """
 
     model: str
     n_tokens: tuple[int, ...]
@@ -168,13 +273,26 @@ class EigengapResult:
 
     @property
     def n_prompts(self) -> int:
+        """Number of prompts."""
         return len(self.n_tokens)
 
     @property
     def layers(self) -> tuple[int, ...]:
+        """The layers analysed."""
         return self.keys.layers
 
     def table(self, kind: GapKind = "keys") -> GapTable:
+        """One kind of gap table.
+
+        Args:
+            kind: "keys", "rotated_keys" or "pattern".
+
+        Returns:
+            The `GapTable` of that kind.
+
+        Raises:
+            ValueError: for an unknown kind or one this result does not have.
+        """
         tables = {"keys": self.keys, "rotated_keys": self.rotated_keys, "pattern": self.patterns}
         if kind not in tables:
             raise ValueError(f"Unknown gap kind {kind!r}; valid kinds are {list(tables)}.")
@@ -184,6 +302,11 @@ class EigengapResult:
         return tables[kind]
 
     def to_dict(self) -> dict:
+        """The result as a JSON-ready dict (one entry per gap table).
+
+        Returns:
+            A dict with model, n_prompts, n_tokens, threshold and each table's `to_dict()` (or None).
+        """
         return {
             "model": self.model, "n_prompts": self.n_prompts, "n_tokens": list(self.n_tokens),
             "threshold": self.threshold,
@@ -200,7 +323,7 @@ def _table(kind: str, layers, lam1: Tensor, lam2: Tensor, threshold: float) -> G
 
 
 def eigengaps(
-    model,
+    model: Model,
     prompts: Sequence[str],
     layers: Sequence[int] | None = None,
     *,
@@ -212,12 +335,39 @@ def eigengaps(
     """Key-Gram (and pattern) eigengaps for every prompt, layer and head.
 
     `chat=None` applies the chat template for instruct models that have one. Keys are compared
-    before (`keys`) and after (`rotated_keys`, rotary models only) the rotary embedding.
+    before (`keys`) and after (`rotated_keys`, rotary models only) the rotary embedding. All
+    prompts run in left-padded batches; padding rows are excluded exactly.
+
+    Args:
+        model (Model): the model.
+        prompts: the prompts, each at least 2 tokens long.
+        layers: the layers to analyse (None: every layer).
+        chat: chat-template the prompts; None = auto.
+        threshold: layers whose weakest-link gap is at or below this are flagged.
+        patterns: also compute the post-softmax pattern gaps.
+        batch_size: most prompts per forward.
+
+    Returns:
+        An `EigengapResult` with one `GapTable` per kind of matrix.
+
+    Raises:
+        ValueError: for a bad threshold, layer, empty prompt list, or a prompt shorter than 2
+            tokens.
+
+    Example:
+        ```python
+        import steerlens as sl
+
+        model = sl.load_model()
+        gaps = sl.eigengaps(model, ["The capital of France is", "Write a poem about the sea."])
+        keys = gaps.table("keys")
+        print(keys.min_gap)       # weakest-link gap per layer, averaged over the prompts
+        print(keys.flagged())     # layers at or below the 0.77 threshold
+        ```
     """
     threshold = check_threshold(threshold)
     layers = resolve_layers(model, layers)
-    if chat is None:
-        chat = runtime.is_instruct(model) and runtime.has_chat_template(model)
+    chat = resolve_chat(model, chat, has_prompts=True)
     batch = encode_checked(model, prompts, chat)
     rotary = runtime.has_hook(model, runtime.key_hook_name(layers[0], rotated=True))
     parts = ["k"] + (["rot_k"] if rotary else []) + (["pattern"] if patterns else [])
@@ -254,6 +404,14 @@ def gated_layers(
     Layers whose weakest-link (min) gap is at or below `threshold` (default: the table's) are
     dropped; the rest are ordered by the `by` statistic. An `EigengapResult` uses its rotated keys
     when it has them, else its plain keys.
+
+    Args:
+        table: a `GapTable`, or an `EigengapResult`.
+        threshold: the gating threshold; None uses the table's.
+        by: the statistic to rank by: "min", "mean" or "median".
+
+    Returns:
+        The unflagged layers, highest gap first.
     """
     if isinstance(table, EigengapResult):
         table = table.rotated_keys if table.rotated_keys is not None else table.keys

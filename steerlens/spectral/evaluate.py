@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..backend import runtime
+from ..backend import Model, runtime
+from ..extract import resolve_chat
 from ..generate import generate
 from ..io import atomic_write_text
 from ..measures import get_scorer, kl_bits, safe_score, text_perplexity
@@ -45,7 +46,18 @@ from .weights import (
 
 
 def load_heldout(n: int | None = None, max_words: int | None = None) -> list[str]:
-    """The shipped held-out prose (original encyclopedic paragraphs), one text per paragraph."""
+    """The shipped held-out prose (original encyclopedic paragraphs), one text per paragraph.
+
+    Args:
+        n: keep the first n paragraphs (None: all).
+        max_words: truncate each paragraph to this many words (None: no limit).
+
+    Returns:
+        The paragraphs.
+
+    Raises:
+        ValueError: if n is outside 1..(number of shipped paragraphs).
+    """
     text = resources.files("steerlens").joinpath("data/heldout.txt").read_text(encoding="utf-8")
     paras = [p.strip() for p in text.split("\n\n") if p.strip()]
     if n is not None:
@@ -71,7 +83,20 @@ def _ci_from(d: dict | None) -> CI | None:
 
 @dataclass(frozen=True)
 class SpectralPoint:
-    """Measurements of one configuration (or of the unedited baseline, `config=None`)."""
+    """Measurements of one configuration (or of the unedited baseline, `config=None`).
+
+    Attributes:
+        label: the configuration's name ("baseline" for the unedited model).
+        config: the configuration, or None for the baseline.
+        n_clamped: factors clamped to min_factor.
+        nll: mean NLL (nats/token) per held-out text, with CI.
+        delta_nll: paired edited - baseline NLL per text (None for the baseline).
+        kl_bits: next-token KL (bits) from the unedited to the edited model per prompt.
+        score: behaviour score of greedy continuations (None without a scorer).
+        delta_score: paired edited - baseline score per prompt.
+        effective_rank_change: mean over edited layers of effective rank after - before.
+        control: True for a shuffled-factor control.
+    """
 
     label: str
     config: SpectralConfig | None
@@ -86,21 +111,30 @@ class SpectralPoint:
 
     @property
     def perplexity(self) -> float:
+        """exp of the mean held-out NLL."""
         return math.exp(self.nll.estimate)
 
     @property
     def perplexity_ci(self) -> tuple[float, float]:
+        """The NLL CI mapped through exp: (low, high) perplexity."""
         return math.exp(self.nll.low), math.exp(self.nll.high)
 
     @property
     def layer(self) -> int | None:
+        """The edited layer of a single-layer configuration (None otherwise)."""
         return self.config.edits[0].layer if self.config and len(self.config.edits) == 1 else None
 
     @property
     def alpha(self) -> float | None:
+        """The alpha of a single-layer configuration (None otherwise)."""
         return self.config.edits[0].alpha if self.config and len(self.config.edits) == 1 else None
 
     def to_dict(self) -> dict:
+        """The point as a JSON-ready dict (CIs as estimate/low/high/n).
+
+        Returns:
+            A dict of every field plus perplexity and its CI.
+        """
         return {
             "label": self.label, "config": self.config.to_dict() if self.config else None,
             "n_clamped": self.n_clamped, "nll": _ci_dict(self.nll),
@@ -112,6 +146,14 @@ class SpectralPoint:
 
     @classmethod
     def from_dict(cls, d: dict) -> SpectralPoint:
+        """Rebuild a point from `to_dict()` output (CIs lose their SE).
+
+        Args:
+            d: the dict `to_dict` wrote.
+
+        Returns:
+            The point.
+        """
         return cls(d["label"], SpectralConfig.from_dict(d["config"]) if d["config"] else None,
                    d["n_clamped"], _ci_from(d["nll"]), _ci_from(d["delta_nll"]),
                    _ci_from(d["kl_bits"]), _ci_from(d["score"]), _ci_from(d["delta_score"]),
@@ -120,7 +162,17 @@ class SpectralPoint:
 
 @dataclass(frozen=True)
 class SpectralSweepResult:
-    """A baseline and measured configurations on one model, texts and prompts."""
+    """A baseline and measured configurations on one model, texts and prompts.
+
+    Attributes:
+        model: the model's id.
+        baseline: the unedited model's measurements.
+        points: one measurement per configuration (controls included).
+        n_texts: number of held-out texts for perplexity.
+        n_prompts: number of prompts for KL and scores.
+        scorer: the scorer's label (None without one).
+        max_new_tokens: tokens generated per scored continuation.
+    """
 
     model: str
     baseline: SpectralPoint
@@ -131,16 +183,30 @@ class SpectralSweepResult:
     max_new_tokens: int
 
     def improves(self, point: SpectralPoint) -> bool:
-        """Score change CI above 0 and perplexity within the baseline perplexity's CI."""
+        """Score change CI above 0 and perplexity within the baseline perplexity's CI.
+
+        Args:
+            point: one of this result's points.
+
+        Returns:
+            True when the configuration improves the behaviour "for free".
+        """
         if point.delta_score is None or not math.isfinite(point.delta_score.low):
             return False
         return point.delta_score.low > 0 and point.perplexity <= self.baseline.perplexity_ci[1]
 
     @property
     def improvements(self) -> tuple[SpectralPoint, ...]:
+        """The points that `improves` accepts."""
         return tuple(p for p in self.points if self.improves(p))
 
     def table(self) -> pd.DataFrame:
+        """One row per point (baseline first) with every estimate and its CI.
+
+        Returns:
+            A DataFrame with label, layer, alpha, control, perplexity, each measure with
+            `_low`/`_high` columns and `improves`.
+        """
         rows = []
         for p in (self.baseline, *self.points):
             row = {"label": p.label, "layer": p.layer, "alpha": p.alpha, "control": p.control,
@@ -157,6 +223,11 @@ class SpectralSweepResult:
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict:
+        """The result as a JSON-ready dict.
+
+        Returns:
+            A dict with the settings, the baseline, every point and the improving labels.
+        """
         return {"model": self.model, "n_texts": self.n_texts, "n_prompts": self.n_prompts,
                 "scorer": self.scorer, "max_new_tokens": self.max_new_tokens,
                 "baseline": self.baseline.to_dict(),
@@ -167,7 +238,7 @@ class SpectralSweepResult:
 class _Measurer:
     """Measures the model as it currently is, against baseline values taken at construction."""
 
-    def __init__(self, model, texts, prompts, scorer, max_new_tokens, chat, batch_size,
+    def __init__(self, model: Model, texts, prompts, scorer, max_new_tokens, chat, batch_size,
                  n_boot, seed):
         self.model, self.texts, self.prompts = model, list(texts), list(prompts)
         self.scorer, self.max_new_tokens, self.chat = scorer, max_new_tokens, chat
@@ -211,14 +282,14 @@ class _Measurer:
         )
 
 
-def _fingerprint(model, texts, prompts, scorer_label, max_new_tokens, chat, n_boot, seed) -> str:
+def _fingerprint(model: Model, texts, prompts, scorer_label, max_new_tokens, chat, n_boot, seed) -> str:
     blob = json.dumps([runtime.model_id(model), texts, prompts, scorer_label, max_new_tokens, chat,
                        n_boot, seed])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def evaluate_configs(
-    model,
+    model: Model,
     configs: Sequence[SpectralConfig],
     *,
     texts: Sequence[str] | None = None,
@@ -239,6 +310,29 @@ def evaluate_configs(
     `texts` default to the shipped held-out paragraphs. `scorer` (a spec for
     `measures.get_scorer` or a callable) needs `prompts`. `controls` adds, per configuration, the
     same edits with shuffled factors (seeded by `control_seed`).
+
+    Args:
+        model (Model): the model; each configuration is applied and undone in turn.
+        configs: the configurations to measure.
+        texts: held-out texts for perplexity (None: `load_heldout()`).
+        prompts: prompts for next-token KL and scored continuations.
+        scorer (str | dict | Callable | None): the behaviour scorer, or None for no score.
+        max_new_tokens: tokens per greedy continuation.
+        chat: chat-template the prompts; None = auto.
+        controls: add each configuration's shuffled-factor control.
+        control_seed: seed of the first control's permutation.
+        batch_size: most texts per forward.
+        n_boot: bootstrap resamples per CI.
+        seed: bootstrap seed.
+        out_dir: stream one JSON per configuration here and resume from it (None: no files).
+        show_progress: show a progress bar.
+
+    Returns:
+        A `SpectralSweepResult`.
+
+    Raises:
+        ValueError: if a config is not a `SpectralConfig` or names an invalid layer, or a scorer is
+            given without prompts.
     """
     configs = list(configs)
     if not all(isinstance(c, SpectralConfig) for c in configs):
@@ -247,8 +341,7 @@ def evaluate_configs(
     prompts = list(prompts)
     if scorer is not None and not prompts:
         raise ValueError("A scorer needs prompts to generate continuations from.")
-    if chat is None:
-        chat = runtime.is_instruct(model) and runtime.has_chat_template(model)
+    chat = resolve_chat(model, chat, has_prompts=True)
     score_fn = get_scorer(scorer) if scorer is not None else None
     scorer_label = None if scorer is None else (scorer if isinstance(scorer, (str, dict))
                                                  else getattr(scorer, "__name__", "custom"))
@@ -293,14 +386,27 @@ def evaluate_configs(
 def grid_configs(
     layers: Sequence[int], alphas: Sequence[float], band: Band = "all", k: int | None = None
 ) -> list[SpectralConfig]:
-    """One single-layer configuration per (layer, alpha), alpha = 0 skipped (it is the baseline)."""
+    """One single-layer configuration per (layer, alpha), alpha = 0 skipped (it is the baseline).
+
+    Args:
+        layers: the layers.
+        alphas: the strengths.
+        band: the band every edit uses.
+        k: the band size for "top" / "tail".
+
+    Returns:
+        The configurations, named "L{layer} a={alpha}".
+
+    Raises:
+        ValueError: if an alpha is not a finite number.
+    """
     alphas = [check_alpha(a) for a in alphas]
     return [SpectralConfig((SpectralEdit(int(layer), a, band, k),), name=f"L{layer} a={a:+g}")
             for layer in layers for a in alphas if a != 0.0]
 
 
 def spectral_sweep(
-    model,
+    model: Model,
     layers: Sequence[int],
     alphas: Sequence[float],
     *,
@@ -310,6 +416,20 @@ def spectral_sweep(
     **kwargs,
 ) -> SpectralSweepResult:
     """A layer x alpha grid of single-layer edits (plus `extra` configurations), measured by
-    `evaluate_configs` (keyword arguments pass through)."""
+    `evaluate_configs` (keyword arguments pass through).
+
+    Args:
+        model (Model): the model.
+        layers: the layers to edit, one at a time.
+        alphas: the strengths (0 is skipped: it is the baseline).
+        band: the band every edit uses.
+        k: the band size for "top" / "tail".
+        extra: further configurations to measure (e.g. `HYBRID`).
+        **kwargs (Any): passed to `evaluate_configs` (texts, prompts, scorer, controls,
+            out_dir, ...).
+
+    Returns:
+        A `SpectralSweepResult`.
+    """
     with torch.no_grad():
         return evaluate_configs(model, [*grid_configs(layers, alphas, band, k), *extra], **kwargs)

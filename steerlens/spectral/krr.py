@@ -25,13 +25,25 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..backend import runtime
+from ..backend import Model, runtime
+from ..extract import resolve_chat
 from ._capture import capture_attention, encode_checked, resolve_layers
 
 DEFAULT_LAMBDAS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
 def check_lambdas(lambdas: Sequence[float]) -> tuple[float, ...]:
+    """Validate a grid of ridge strengths.
+
+    Args:
+        lambdas: the ridge strengths, each finite and > 0.
+
+    Returns:
+        The grid as a tuple of floats.
+
+    Raises:
+        ValueError: if the grid is empty or holds a value that is not finite and positive.
+    """
     lam = tuple(float(x) for x in lambdas)
     if not lam or any(not math.isfinite(x) or x <= 0 for x in lam):
         raise ValueError(f"lambdas must be a non-empty list of finite numbers > 0, got {lambdas!r}.")
@@ -48,7 +60,23 @@ def krr_predict(
 ) -> Float[Tensor, "heads n_lambda pos dv"]:
     """KRR prediction of every head's output for one prompt (no padding), in float64.
 
-    Query head h uses key/value head h // (heads / kv_heads).
+    Query head h uses key/value head h // (heads / kv_heads). One Cholesky factor per (kv head, λ)
+    serves every causal prefix, since each prefix system is a leading block of K_kk + λI.
+
+    Args:
+        q: queries per query head, [heads, pos, d].
+        k: keys per key/value head, [kv_heads, pos, d].
+        v: values per key/value head, [kv_heads, pos, dv].
+        lambdas: ridge strengths.
+        causal: regress query i on keys 0..i only (what a causal model sees).
+        relative: scale each λ by the mean eigenvalue of the key Gram matrix, tr(K_kk) / T.
+
+    Returns:
+        The predicted outputs, [heads, n_lambda, pos, dv].
+
+    Raises:
+        ValueError: if the query heads cannot be grouped over the key/value heads, or a λ is
+            invalid.
     """
     lam = torch.tensor(check_lambdas(lambdas), dtype=torch.float64, device=q.device)
     n_heads, t, d = q.shape
@@ -83,7 +111,15 @@ def krr_predict(
 def r2_score(
     target: Float[Tensor, "*#batch pos d"], pred: Float[Tensor, "*#batch pos d"]
 ) -> Float[Tensor, " *#batch"]:
-    """R² = 1 - Σ(z - ẑ)² / Σ(z - z̄)², summed over positions and dimensions (z̄ per dimension)."""
+    """R² = 1 - Σ(z - ẑ)² / Σ(z - z̄)², summed over positions and dimensions (z̄ per dimension).
+
+    Args:
+        target: actual outputs z, [..., pos, d].
+        pred: predictions ẑ, broadcastable to `target`.
+
+    Returns:
+        R² per leading index (unbounded below; -inf or NaN where z does not vary).
+    """
     target, pred = target.to(torch.float64), pred.to(torch.float64)
     sse = ((target - pred) ** 2).sum((-2, -1))
     sst = ((target - target.mean(-2, keepdim=True)) ** 2).sum((-2, -1))
@@ -92,7 +128,17 @@ def r2_score(
 
 @dataclass(frozen=True)
 class KRRResult:
-    """R² of the KRR reading of attention for every prompt, layer, query head and λ."""
+    """R² of the KRR reading of attention for every prompt, layer, query head and λ.
+
+    Attributes:
+        model: the model's id.
+        layers: the layers analysed.
+        lambdas: the λ grid.
+        relative: whether λ was relative to the key Gram matrix's mean eigenvalue.
+        causal: whether each query was regressed on its causal prefix only.
+        r2: R², [prompt, layer, head, lambda].
+        n_tokens: tokens per prompt.
+    """
 
     model: str
     layers: tuple[int, ...]
@@ -104,6 +150,7 @@ class KRRResult:
 
     @property
     def n_prompts(self) -> int:
+        """Number of prompts."""
         return int(self.r2.shape[0])
 
     # Summaries use medians: R² has no lower bound, and a head whose output barely varies over
@@ -131,6 +178,11 @@ class KRRResult:
         return self.head_r2.max(-1)
 
     def to_dict(self) -> dict:
+        """Per-layer median R² by λ and each head's best λ and R², as a JSON-ready dict.
+
+        Returns:
+            A dict with the model, n_prompts, the λ grid, the settings and one entry per layer.
+        """
         return {
             "model": self.model, "n_prompts": self.n_prompts, "lambdas": list(self.lambdas),
             "relative_lambda": self.relative, "causal": self.causal,
@@ -144,7 +196,7 @@ class KRRResult:
 
 
 def krr_fit(
-    model,
+    model: Model,
     prompts: Sequence[str],
     layers: Sequence[int] | None = None,
     lambdas: Sequence[float] = DEFAULT_LAMBDAS,
@@ -154,11 +206,30 @@ def krr_fit(
     chat: bool | None = None,
     batch_size: int = 8,
 ) -> KRRResult:
-    """R² of the KRR formula against each head's actual output, over a λ grid."""
+    """R² of the KRR formula against each head's actual output, over a λ grid.
+
+    Queries and keys are taken after the rotary embedding when the model has one; each prompt is
+    fitted on its own tokens (padding removed).
+
+    Args:
+        model (Model): the model.
+        prompts: the prompts.
+        layers: the layers to analyse (None: every layer).
+        lambdas: the λ grid (relative to the mean key-Gram eigenvalue when `relative`).
+        causal: regress query i on keys 0..i only.
+        relative: make λ relative to tr(K_kk) / T per prompt and head.
+        chat: chat-template the prompts; None = auto.
+        batch_size: most prompts per forward.
+
+    Returns:
+        A `KRRResult` with R² per (prompt, layer, head, λ).
+
+    Raises:
+        ValueError: for a bad λ grid, layer or prompt list.
+    """
     lambdas = check_lambdas(lambdas)
     layers = resolve_layers(model, layers)
-    if chat is None:
-        chat = runtime.is_instruct(model) and runtime.has_chat_template(model)
+    chat = resolve_chat(model, chat, has_prompts=True)
     batch = encode_checked(model, prompts, chat)
     rotary = runtime.has_hook(model, runtime.key_hook_name(layers[0], rotated=True))
     qk = ("rot_q", "rot_k") if rotary else ("q", "k")

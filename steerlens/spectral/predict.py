@@ -21,7 +21,22 @@ from .eigengap import EigengapResult, GapKind, GapTable, gated_layers
 
 @dataclass(frozen=True)
 class GapPrediction:
-    """Correlations between layer gaps and steering effect, and predicted vs best layer."""
+    """Correlations between layer gaps and steering effect, and predicted vs best layer.
+
+    Attributes:
+        kind: the gap table used ("keys", "rotated_keys" or "pattern").
+        layers: the layers both the gaps and the effect cover (the unit of analysis).
+        min_gap: weakest-link gap per layer.
+        mean_gap: mean gap per layer.
+        effect: the measured effect per layer.
+        effect_label: what the effect is, for tables and figures.
+        min_pearson: Pearson r of min gap vs effect, with CI and permutation p.
+        min_spearman: Spearman r of min gap vs effect.
+        mean_pearson: Pearson r of mean gap vs effect.
+        mean_spearman: Spearman r of mean gap vs effect.
+        ranking: eigengap-gated candidate layers, best first.
+        threshold: the gating threshold.
+    """
 
     kind: str
     layers: tuple[int, ...]
@@ -38,14 +53,17 @@ class GapPrediction:
 
     @property
     def n(self) -> int:
+        """Number of layers in the analysis."""
         return len(self.layers)
 
     @property
     def predicted_layer(self) -> int | None:
+        """The layer the gaps put first (None when every layer is gated out)."""
         return self.ranking[0] if self.ranking else None
 
     @property
     def best_layer(self) -> int:
+        """The layer with the largest measured effect."""
         return int(self.layers[int(np.nanargmax(self.effect))])
 
     @property
@@ -54,6 +72,12 @@ class GapPrediction:
         return self.ranking.index(self.best_layer) + 1 if self.best_layer in self.ranking else None
 
     def to_dict(self) -> dict:
+        """The prediction as a JSON-ready dict (correlations, layers, ranking).
+
+        Returns:
+            A dict with the four correlations, the predicted and best layers, the ranking and one row
+            per layer.
+        """
         def corr(c: CorrelationResult) -> dict:
             return {"r": c.r, "ci_low": c.ci_low, "ci_high": c.ci_high, "p_perm": c.p_perm,
                     "n": c.n, "method": c.method}
@@ -104,8 +128,26 @@ def predict_steering(
 ) -> GapPrediction:
     """Correlate per-layer min and mean gaps with a per-layer steering effect.
 
-    `gaps`: a GapTable or an EigengapResult (then `kind` picks the table; default rotated keys
-    when present). `effect`: {layer: value} or a `sweep.layer_effect` DataFrame for one vector.
+    Layers are the unit of analysis, so n is the number of layers both inputs share, and
+    neighbouring layers are not independent: read the CIs with that in mind.
+
+    Args:
+        gaps: a `GapTable`, or an `EigengapResult` (then `kind` picks the table).
+        effect (Mapping[int, float] | pandas.DataFrame): {layer: value}, or a
+            `sweep.layer_effect` DataFrame for one vector and strength.
+        kind: the gap table of an `EigengapResult` (default: rotated keys when present).
+        effect_label: what the effect is, for tables and figures.
+        threshold: the gating threshold for the ranking; None uses the table's.
+        n_boot: bootstrap resamples for each correlation's CI.
+        n_perm: permutations for each correlation's p-value.
+        seed: seed for resampling and permutations.
+
+    Returns:
+        A `GapPrediction`.
+
+    Raises:
+        ValueError: if `kind` does not match a `GapTable`, `effect` has the wrong shape or several
+            vectors, or fewer than 3 layers have both a gap and a finite effect.
     """
     if isinstance(gaps, EigengapResult):
         if kind is None:

@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..backend import runtime
+from ..backend import Model, runtime
 from ..sites import check_layer
 
 Band = str  # "all" | "top" | "tail"; validated with a ValueError
@@ -38,6 +38,17 @@ DEFAULT_MIN_FACTOR = 0.01
 
 
 def check_alpha(alpha: float) -> float:
+    """Validate a spectral edit strength.
+
+    Args:
+        alpha: the strength, a finite number (not a bool).
+
+    Returns:
+        alpha as a float.
+
+    Raises:
+        ValueError: if alpha is not a finite number.
+    """
     if isinstance(alpha, bool):
         raise ValueError(f"alpha must be a finite number, got {alpha!r}.")
     try:
@@ -55,6 +66,13 @@ class SpectralEdit:
 
     `shuffle_seed` turns the edit into its control: the same factors, randomly permuted over the
     band's singular values, so the spectrum's shape changes without following the z-scores.
+
+    Attributes:
+        layer: the layer whose MLP output matrix is edited.
+        alpha: the edit strength (> 0: more peaked spectrum, < 0: flatter).
+        band: "all", "top" (the k largest singular values) or "tail" (the k smallest).
+        k: the band size for "top" / "tail" (None for "all").
+        shuffle_seed: None for the real edit; an int for its shuffled control.
     """
 
     layer: int
@@ -79,17 +97,35 @@ class SpectralEdit:
             raise ValueError(f"shuffle_seed must be an int or None, got {self.shuffle_seed!r}.")
 
     def shuffled(self, seed: int) -> SpectralEdit:
-        """The control edit: this edit's factors applied to randomly permuted singular values."""
+        """The control edit: this edit's factors applied to randomly permuted singular values.
+
+        Args:
+            seed: seed of the permutation.
+
+        Returns:
+            A new `SpectralEdit` with `shuffle_seed=seed`.
+        """
         return SpectralEdit(self.layer, self.alpha, self.band, self.k, int(seed))
 
     def to_dict(self) -> dict:
+        """The edit as a JSON-ready dict (inverse: `SpectralEdit(**d)`).
+
+        Returns:
+            A dict of the five fields.
+        """
         return {"layer": self.layer, "alpha": self.alpha, "band": self.band, "k": self.k,
                 "shuffle_seed": self.shuffle_seed}
 
 
 @dataclass(frozen=True)
 class SpectralConfig:
-    """Edits to several layers (one each), each with its own alpha and band."""
+    """Edits to several layers (one each), each with its own alpha and band.
+
+    Attributes:
+        edits: the per-layer edits; each layer at most once.
+        name: a label for results and figures (e.g. "hybrid").
+        min_factor: the smallest factor a singular value may be multiplied by, in (0, 1].
+    """
 
     edits: tuple[SpectralEdit, ...]
     name: str = "custom"
@@ -109,21 +145,46 @@ class SpectralConfig:
     @classmethod
     def from_alphas(cls, alphas: Mapping[int, float], name: str = "custom", band: Band = "all",
                     k: int | None = None, min_factor: float = DEFAULT_MIN_FACTOR) -> SpectralConfig:
-        """One edit per layer: {layer: alpha}."""
+        """One edit per layer: {layer: alpha}.
+
+        Args:
+            alphas: layer -> alpha.
+            name: the config's label.
+            band: the band every edit uses.
+            k: the band size for "top" / "tail".
+            min_factor: the clamping floor for factors.
+
+        Returns:
+            The config, edits sorted by layer.
+        """
         return cls(tuple(SpectralEdit(int(layer), a, band, k) for layer, a in sorted(alphas.items())),
                    name, min_factor)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> SpectralConfig:
+        """Rebuild a config from `to_dict()` output.
+
+        Args:
+            d: a dict with "edits" (and optionally "name", "min_factor").
+
+        Returns:
+            The config.
+        """
         return cls(tuple(SpectralEdit(**e) for e in d["edits"]), d.get("name", "custom"),
                    d.get("min_factor", DEFAULT_MIN_FACTOR))
 
     def to_dict(self) -> dict:
+        """The config as a JSON-ready dict.
+
+        Returns:
+            A dict with name, min_factor and the edits.
+        """
         return {"name": self.name, "min_factor": self.min_factor,
                 "edits": [e.to_dict() for e in self.edits]}
 
     @property
     def layers(self) -> tuple[int, ...]:
+        """The edited layers, in edit order."""
         return tuple(e.layer for e in self.edits)
 
 
@@ -144,6 +205,20 @@ def rescale_spectrum(
     `s` is in descending order (as from an SVD). factor = 1 + alpha * (s - mean) / sd on the band,
     1 elsewhere; factors below min_factor are clamped to min_factor. With `shuffle_seed` the band's
     factors are permuted at random first (a control with the same factors but no link to s).
+
+    Args:
+        s: singular values, descending.
+        alpha: the edit strength.
+        band: "all", "top" or "tail".
+        k: the band size for "top" / "tail".
+        min_factor: the clamping floor for factors.
+        shuffle_seed: permute the band's factors with this seed (the control); None for the edit.
+
+    Returns:
+        (new singular values in float64, the factors, the number of clamped factors).
+
+    Raises:
+        ValueError: for an invalid alpha, band or k, or a spectrum with fewer than 2 values.
     """
     edit = SpectralEdit(0, alpha, band, k, shuffle_seed)
     if s.ndim != 1 or s.numel() < 2:
@@ -169,7 +244,14 @@ def rescale_spectrum(
 
 
 def effective_rank(s: np.ndarray) -> float:
-    """exp of the entropy of the normalised singular values (Roy & Vetterli 2007)."""
+    """exp of the entropy of the normalised singular values (Roy & Vetterli 2007).
+
+    Args:
+        s: singular values (zeros are ignored).
+
+    Returns:
+        The effective rank, between 1 and the number of nonzero values.
+    """
     p = np.asarray(s, dtype=float)
     p = p[p > 0] / p[p > 0].sum()
     return float(np.exp(-(p * np.log(p)).sum()))
@@ -177,7 +259,15 @@ def effective_rank(s: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class LayerSVD:
-    """SVD of one layer's W_out in float64, with a fingerprint of the weight it came from."""
+    """SVD of one layer's W_out in float64, with a fingerprint of the weight it came from.
+
+    Attributes:
+        layer: the layer.
+        u: left singular vectors, [d_mlp, k].
+        s: singular values, descending, [k].
+        vh: right singular vectors, [k, d_model].
+        fingerprint: (sum, sum of squares) of the weight, to detect a stale SVD.
+    """
 
     layer: int
     u: Tensor
@@ -191,8 +281,20 @@ def _fingerprint(w: Tensor) -> tuple[float, float]:
     return float(w64.sum()), float((w64 * w64).sum())
 
 
-def mlp_out_svd(model, layer: int) -> LayerSVD:
-    """SVD of a layer's MLP output matrix W_out [d_mlp, d_model] (float64, thin)."""
+def mlp_out_svd(model: Model, layer: int) -> LayerSVD:
+    """SVD of a layer's MLP output matrix W_out [d_mlp, d_model] (float64, thin).
+
+    Args:
+        model (Model): the model.
+        layer: the layer.
+
+    Returns:
+        The `LayerSVD`, reusable via `spectral_steering(..., svds=...)` while the weight is
+        unchanged.
+
+    Raises:
+        ValueError: if the layer is out of range or has no MLP output matrix.
+    """
     check_layer(model, layer)
     w = runtime.mlp_out_weight(model, layer).detach()
     u, s, vh = torch.linalg.svd(w.to(torch.float64), full_matrices=False)
@@ -201,7 +303,18 @@ def mlp_out_svd(model, layer: int) -> LayerSVD:
 
 @dataclass(frozen=True)
 class LayerEditReport:
-    """What an edit did to one layer: spectra before/after and any clamping."""
+    """What an edit did to one layer: spectra before/after and any clamping.
+
+    Attributes:
+        layer: the layer.
+        alpha: the edit strength.
+        band: the band edited.
+        k: the band size (None for "all").
+        n_clamped: how many factors were clamped to min_factor.
+        s_before: singular values before, descending.
+        s_after: singular values after, aligned with s_before (so not always sorted).
+        applied: False for an exact no-op (alpha = 0), where the weight is untouched.
+    """
 
     layer: int
     alpha: float
@@ -214,13 +327,20 @@ class LayerEditReport:
 
     @property
     def effective_rank_before(self) -> float:
+        """Effective rank of the spectrum before the edit."""
         return effective_rank(self.s_before)
 
     @property
     def effective_rank_after(self) -> float:
+        """Effective rank of the spectrum after the edit."""
         return effective_rank(self.s_after)
 
     def to_dict(self) -> dict:
+        """The report as a JSON-ready dict (effective ranks and top singular values, not spectra).
+
+        Returns:
+            A dict of the edit settings, clamping and the before/after summaries.
+        """
         return {"layer": self.layer, "alpha": self.alpha, "band": self.band, "k": self.k,
                 "n_clamped": self.n_clamped, "applied": self.applied,
                 "effective_rank_before": self.effective_rank_before,
@@ -231,7 +351,16 @@ class LayerEditReport:
 
 @dataclass(frozen=True)
 class SpectralEditResult:
-    """Per-layer reports of one applied SpectralConfig."""
+    """Per-layer reports of one applied SpectralConfig.
+
+    Index it by layer (`result[12]`) for that layer's `LayerEditReport`.
+
+    Attributes:
+        model: the model's id.
+        config: the config applied.
+        layers: one report per edited layer.
+        warnings: messages about clamped factors.
+    """
 
     model: str
     config: SpectralConfig
@@ -240,10 +369,12 @@ class SpectralEditResult:
 
     @property
     def n_clamped(self) -> int:
+        """Total clamped factors over all layers."""
         return sum(r.n_clamped for r in self.layers)
 
     @property
     def clamped(self) -> bool:
+        """Whether any factor was clamped."""
         return self.n_clamped > 0
 
     def __getitem__(self, layer: int) -> LayerEditReport:
@@ -253,6 +384,11 @@ class SpectralEditResult:
         raise KeyError(f"Layer {layer} was not edited; edited layers are {self.config.layers}.")
 
     def to_dict(self) -> dict:
+        """The result as a JSON-ready dict.
+
+        Returns:
+            A dict with the model, the config, n_clamped, warnings and the per-layer reports.
+        """
         return {"model": self.model, "config": self.config.to_dict(), "n_clamped": self.n_clamped,
                 "warnings": list(self.warnings), "layers": [r.to_dict() for r in self.layers]}
 
@@ -271,11 +407,24 @@ def _as_config(config: SpectralConfig | SpectralEdit | Sequence[SpectralEdit]) -
 
 
 def plan_edit(
-    model,
+    model: Model,
     config: SpectralConfig | SpectralEdit | Sequence[SpectralEdit],
     svds: Mapping[int, LayerSVD] | None = None,
 ) -> tuple[SpectralEditResult, dict[int, Tensor]]:
-    """Validate a config and compute the edited weights without touching the model."""
+    """Validate a config and compute the edited weights without touching the model.
+
+    Args:
+        model (Model): the model.
+        config: a `SpectralConfig`, one `SpectralEdit` or a list of edits.
+        svds: precomputed `mlp_out_svd`s by layer (checked against the current weights).
+
+    Returns:
+        (the `SpectralEditResult`, layer -> new W_out for every layer with alpha != 0).
+
+    Raises:
+        ValueError: for an invalid config or layer, or a cached SVD that no longer matches the
+            weight.
+    """
     config = _as_config(config)
     for e in config.edits:
         check_layer(model, e.layer)
@@ -308,7 +457,7 @@ def plan_edit(
 
 @contextlib.contextmanager
 def spectral_steering(
-    model,
+    model: Model,
     config: SpectralConfig | SpectralEdit | Sequence[SpectralEdit],
     svds: Mapping[int, LayerSVD] | None = None,
 ) -> Iterator[SpectralEditResult]:
@@ -316,6 +465,17 @@ def spectral_steering(
 
     `svds` optionally supplies precomputed `mlp_out_svd`s (checked against the current weights),
     which saves the decomposition when sweeping many alphas on one layer.
+
+    Args:
+        model (Model): the model; its weights are edited in place and restored on every exit path.
+        config: a `SpectralConfig`, one `SpectralEdit` or a list of edits.
+        svds: precomputed `mlp_out_svd`s by layer.
+
+    Yields:
+        The `SpectralEditResult` describing what was applied.
+
+    Raises:
+        ValueError: as `plan_edit`, before the model is touched.
     """
     result, new_weights = plan_edit(model, config, svds)
     originals: dict[int, Tensor] = {}

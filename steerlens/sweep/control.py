@@ -25,13 +25,48 @@ RANDOM_PREFIX = "random:"
 
 
 def random_label(seed: int, owner: str, n_real: int) -> str:
+    """The table name of a random control: "random:<seed>" ("...@<owner>" with several vectors).
+
+    Args:
+        seed: the control's seed.
+        owner: the real vector it controls.
+        n_real: how many real vectors the sweep has.
+
+    Returns:
+        The control's name in the sweep table.
+    """
     return f"{RANDOM_PREFIX}{seed}" if n_real == 1 else f"{RANDOM_PREFIX}{seed}@{owner}"
+
+
+def control_names(real: Sequence[str], n_random: int, seed: int) -> dict[str, str]:
+    """label -> owner for the random controls of `real` vectors (in the grid's order).
+
+    Args:
+        real: the real vectors' names.
+        n_random: controls per real vector.
+        seed: the first control's seed.
+
+    Returns:
+        Control name -> the real vector it controls.
+    """
+    return {random_label(seed + k, owner, len(real)): owner
+            for owner in real for k in range(n_random)}
 
 
 def random_controls(
     real: Mapping[str, SteeringVector], layers: Sequence[int], n_random: int, seed: int
 ) -> dict[str, tuple[SteeringVector, str]]:
-    """label -> (norm-matched random vector at `layers`, name of the real vector it controls)."""
+    """label -> (norm-matched random vector at `layers`, name of the real vector it controls).
+
+    Args:
+        real: name -> real vector.
+        layers: the swept layers (each control is matched to the real vector's norms there).
+        n_random: controls per real vector.
+        seed: the first control's seed (seeds seed .. seed + n_random - 1).
+
+    Returns:
+        Control name -> (random vector, owner name).
+    """
     out = {}
     for owner, vec in real.items():
         base = vec.select(list(layers))
@@ -56,6 +91,21 @@ def compare_random(
     `effect_values`). Columns: vector, layer, strength, n, real_mean, real_low, real_high,
     n_random, random_mean, random_low / random_high (lowest / highest control mean), p_value,
     percentile, beats_all (from `stats.compare_to_random`, one control = one random vector).
+    With k controls the smallest possible p_value is 1/(k+1).
+
+    Args:
+        result (SweepResult): a sweep run with `n_random >= 1`.
+        measure: the measure to compare (e.g. "kl_bits", "score").
+        alternative: "greater", "less" or "two-sided".
+        ci: confidence level of the real effect's CI.
+        n_boot: bootstrap resamples.
+        seed: bootstrap seed.
+
+    Returns:
+        (pandas.DataFrame): One row per real (vector, layer, strength) cell.
+
+    Raises:
+        ValueError: for an unknown alternative or a sweep without random controls.
     """
     from .result import effect_values
 

@@ -18,23 +18,29 @@ per-row strengths. Per cell: `text`; `changed` (greedy tokens differ from the ba
 gives NaN and an `error` entry, and the sweep goes on); `perplexity` of the exact continuation
 tokens under the unsteered model (`measures.generation_perplexity`), the coherence check.
 
-Every batch of results is appended to the store (`store.py`) as soon as it is computed, so an
+Settings are one `SweepConfig` (or its fields as keywords); `batch_size`, `out_dir` and progress
+are execution choices that do not change a cell's value, so they stay arguments. Every batch of
+results is appended to the store (`store.py`) as soon as it is computed, so an
 interrupted sweep rerun with the same settings and `out_dir` computes only the missing cells.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from ..backend import runtime
+from ..backend import Model, runtime
+from ..checks import check_batch_size
+from ..config import SweepConfig
 from ..generate import Generation, generate
 from ..measures import first_divergence, generation_perplexity, get_scorer, kl_bits, safe_score
 from ..progress import progress
 from ..steer import steer
-from .grid import SweepSpec, make_spec
+from .grid import SweepGrid, make_grid, scorer_label
 from .result import SweepResult, build_tables
 from .store import CellStore
 
@@ -61,7 +67,7 @@ def _cell(part: str, name: str, layer: int, strength: float, p: int) -> tuple:
 class _PromptChunk:
     """One chunk of prompts: its tokens, cached unsteered residuals and base next-token logits."""
 
-    def __init__(self, model, spec: SweepSpec, idxs: list[int], layers: list[int]) -> None:
+    def __init__(self, model: Model, spec: SweepGrid, idxs: list[int], layers: list[int]) -> None:
         self.model, self.spec, self.idxs, self.layers = model, spec, idxs, layers
         self.local = {p: i for i, p in enumerate(idxs)}
         self.batch: runtime.TokenBatch | None = None
@@ -96,7 +102,7 @@ class _PromptChunk:
             self.batch, self.resid, self.base_logits = None, {}, None
 
 
-def _kl_units(model, spec: SweepSpec, store: CellStore, counts: _Counts, batch_size: int
+def _kl_units(model: Model, spec: SweepGrid, store: CellStore, counts: _Counts, batch_size: int
               ) -> list[Callable[[], None]]:
     """Plan the KL work; strength-0 cells are recorded at once (0 bits, no forward)."""
     units: list[Callable[[], None]] = []
@@ -127,12 +133,12 @@ def _kl_units(model, spec: SweepSpec, store: CellStore, counts: _Counts, batch_s
     return units
 
 
-def _kl_record(spec: SweepSpec, name: str, layer: int, s: float, p: int, bits: float) -> dict:
+def _kl_record(spec: SweepGrid, name: str, layer: int, s: float, p: int, bits: float) -> dict:
     return {"part": "kl", "vector": name, "layer": layer, "strength": s, "prompt_idx": p,
             "kl_bits": bits}
 
 
-def _kl_unit(model, spec, store, counts, chunk: _PromptChunk, name: str, layer: int,
+def _kl_unit(model: Model, spec, store, counts, chunk: _PromptChunk, name: str, layer: int,
              rows: list[Row]) -> Callable[[], None]:
     def run() -> None:
         chunk.ensure(counts)
@@ -140,14 +146,11 @@ def _kl_unit(model, spec, store, counts, chunk: _PromptChunk, name: str, layer: 
         local = torch.tensor([chunk.local[p] for _, p in rows], device=batch.tokens.device)
         sub = runtime.TokenBatch(batch.tokens[local], batch.attention_mask[local],
                                  batch.span_start[local], batch.span_end[local])
-        with steer(model, spec.vectors[name].layer(layer), 1.0, spec.positions) as steerer:
+        with steer(model, spec.vectors[name].layer(layer), 1.0, spec.positions) as steerer, \
+                steerer.bound(sub):
             steerer.set_strength(0, [s for s, _ in rows])
-            steerer.context.bind(sub)
-            try:
-                final = runtime.run_from_layer(model, chunk.resid[layer][local],
-                                               sub.attention_mask, layer)
-            finally:
-                steerer.context.bind(None)
+            final = runtime.run_from_layer(model, chunk.resid[layer][local],
+                                           sub.attention_mask, layer)
         counts.passes["steered"] += 1
         bits = kl_bits(chunk.base_logits[local], runtime.unembed(model, final[:, -1])).cpu()
         recs = [_kl_record(spec, name, layer, s, p, float(b)) for (s, p), b in zip(rows, bits)]
@@ -161,7 +164,7 @@ def _kl_unit(model, spec, store, counts, chunk: _PromptChunk, name: str, layer: 
 # ------------------------------------------------------------------------------ generation
 
 
-def _measure_generation(model, gen: Generation, scorer, batch_size: int, counts: _Counts
+def _measure_generation(model: Model, gen: Generation, scorer, batch_size: int, counts: _Counts
                         ) -> tuple[list[float], list[float], list[str | None]]:
     """Perplexity under the unsteered model, scores and per-item scorer errors."""
     ppl = generation_perplexity(model, gen, batch_size=batch_size).perplexity
@@ -175,7 +178,7 @@ def _measure_generation(model, gen: Generation, scorer, batch_size: int, counts:
     return list(ppl), [float(x) for x in scores], errors
 
 
-def _gen_units(model, spec: SweepSpec, store: CellStore, counts: _Counts, scorer,
+def _gen_units(model: Model, spec: SweepGrid, store: CellStore, counts: _Counts, scorer,
                batch_size: int) -> list[Callable[[], None]]:
     units: list[Callable[[], None]] = []
     missing_base = [p for p in range(len(spec.prompts)) if ("base", p) not in store]
@@ -196,10 +199,10 @@ def _gen_units(model, spec: SweepSpec, store: CellStore, counts: _Counts, scorer
     return units
 
 
-def _base_unit(model, spec, store, counts, scorer, batch_size, idxs: list[int]):
+def _base_unit(model: Model, spec, store, counts, scorer, batch_size, idxs: list[int]):
     def run() -> None:
-        gen = generate(model, [spec.prompts[p] for p in idxs], None,
-                       max_new_tokens=spec.max_new_tokens, chat=spec.chat)
+        gen = generate(model, [spec.prompts[p] for p in idxs], chat=spec.chat,
+                       config=spec.config.generation)
         counts.passes["generate"] += 1
         ppl, scores, errors = _measure_generation(model, gen, scorer, batch_size, counts)
         recs = [{"part": "base", "prompt_idx": p, "text": gen.texts[i],
@@ -230,13 +233,13 @@ def _zero_unit(store, counts, cells: Sequence[tuple[str, int, float, int]]):
     return run
 
 
-def _gen_unit(model, spec, store, counts, scorer, batch_size, name: str, layer: int,
+def _gen_unit(model: Model, spec, store, counts, scorer, batch_size, name: str, layer: int,
               rows: list[Row]):
     def run() -> None:
         with steer(model, spec.vectors[name].layer(layer), 1.0, spec.positions) as steerer:
             steerer.set_strength(0, [s for s, _ in rows])
-            gen = generate(model, [spec.prompts[p] for _, p in rows], steerer,
-                           max_new_tokens=spec.max_new_tokens, chat=spec.chat)
+            gen = generate(model, [spec.prompts[p] for _, p in rows], steerer, chat=spec.chat,
+                           config=spec.config.generation)
         counts.passes["generate"] += 1
         ppl, scores, errors = _measure_generation(model, gen, scorer, batch_size, counts)
         recs = []
@@ -254,55 +257,85 @@ def _gen_unit(model, spec, store, counts, scorer, batch_size, name: str, layer: 
 
 
 def sweep(
-    model,
+    model: Model,
+    prompts: str | Iterable[str],
     vectors,
-    layers: int | Iterable,
-    strengths: float | int | Iterable,
-    prompts: str | Iterable,
+    config: SweepConfig | None = None,
     *,
-    measures: str | Sequence[str] = ("kl",),
     scorer=None,
-    max_new_tokens: int = 24,
-    n_random: int = 0,
-    random_seed: int = 0,
-    positions: str = "all",
-    chat: bool | None = None,
-    batch_size: int = 32,
     out_dir=None,
     resume: bool = True,
+    batch_size: int = 32,
     show_progress: bool = True,
+    **settings: Any,
 ) -> SweepResult:
     """Run a layers x strengths x prompts grid for one or several vectors; return a tidy table.
 
-    `vectors`: a SteeringVector or a dict name -> SteeringVector (column `vector`). `measures`:
-    "kl" (next-token KL in bits, always computed) and/or "generate" (greedy continuation of
-    `max_new_tokens` tokens: text, changed, score, perplexity, error). `scorer`: a callable
-    str -> float or a spec for `measures.get_scorer` (needs "generate"). `n_random`: random
-    directions matched in norm per real vector (rows "random:<seed>"). `positions`: steering
-    position mode. `batch_size`: most rows per forward. `out_dir`: stream results there and, with
-    `resume`, continue a sweep of identical settings (resume=False discards it).
+    Args:
+        model: the model.
+        prompts: one prompt or a list.
+        vectors (SteeringVector | SteeringVectorSet | Mapping[str, SteeringVector]): a
+            SteeringVector, a SteeringVectorSet or a dict name -> SteeringVector
+            (the table's `vector` column).
+        config: the grid and settings (`SweepConfig`); or pass its fields as keywords.
+        scorer (Callable[[str], float] | str | Mapping | None): a callable str -> float or a spec for
+            `measures.get_scorer` that scores generated text (needs "generate" in measures); recorded in
+            the config by its label.
+        out_dir (str | Path | None): stream results there; with `resume`, continue a sweep of identical
+            settings.
+        resume: False discards what `out_dir` holds and starts over.
+        batch_size: most rows per forward.
+        show_progress: show a progress bar.
+        **settings: `SweepConfig` field overrides, e.g. `layers=[4, 8], strengths=[0, 2],
+            n_random=20`; `max_new_tokens` sets `generation.max_new_tokens`.
+
+    Returns:
+        A `SweepResult`: `.table` (one row per cell), `.summary()` with CIs, `.config` (the saved
+        fingerprint, with the `SweepConfig` under "config").
+
+    Raises:
+        ValueError: for invalid settings, vectors, layers or prompts, or an `out_dir` that holds a
+            sweep with other settings.
+
+    Example:
+        >>> res = sl.sweep(model, prompts, vec, layers=[6, 10], strengths=[0, 4, 8],
+        ...                n_random=20)  # doctest: +SKIP
+        >>> res.summary()  # doctest: +SKIP
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
-    spec = make_spec(model, vectors, layers, strengths, prompts, measures=measures,
-                     scorer=scorer, max_new_tokens=max_new_tokens, n_random=n_random,
-                     random_seed=random_seed, positions=positions, chat=chat)
-    score_fn = get_scorer(scorer) if scorer is not None else None
-    store = CellStore.open(out_dir, spec.fingerprint(model), resume)
+    check_batch_size(batch_size)
+    if scorer is not None:
+        settings["scorer"] = scorer_label(scorer)
+    config = SweepConfig.from_settings(config, settings)
+    grid = make_grid(model, vectors, prompts, config)
+    score_fn = None
+    if grid.config.scorer is not None:
+        score_fn = get_scorer(scorer if scorer is not None else _scorer_spec(grid.config.scorer))
+    store = CellStore.open(out_dir, grid.fingerprint(model), resume)
     counts = _Counts()
-    units = _kl_units(model, spec, store, counts, batch_size)
-    if spec.generate:
-        units += _gen_units(model, spec, store, counts, score_fn, batch_size)
+    units = _kl_units(model, grid, store, counts, batch_size)
+    if grid.generate:
+        units += _gen_units(model, grid, store, counts, score_fn, batch_size)
     for run in progress(units, desc="sweep", enabled=show_progress and bool(units),
                         total=len(units)):
         run()
-    table, baseline = build_tables(spec, store)
+    table, baseline = build_tables(grid, store)
     return SweepResult(
         table=table,
         baseline=baseline,
-        config=spec.fingerprint(model),
+        config=grid.fingerprint(model),
         n_computed=counts.records,
         n_resumed=store.n_loaded,
         passes=dict(counts.passes),
         out_dir=None if out_dir is None else str(out_dir),
     )
+
+
+def _scorer_spec(label: str):
+    """A scorer spec back from its recorded label (a name, or a JSON spec)."""
+    if label.startswith("callable:"):
+        raise ValueError(f"The config records a callable scorer ({label}); pass the callable as "
+                         "sweep(scorer=...).")
+    try:
+        return json.loads(label)
+    except ValueError:
+        return label

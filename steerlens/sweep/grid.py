@@ -1,83 +1,164 @@
 """The grid a sweep runs over, validated up front, and the fingerprint that guards resuming.
 
-A sweep is the product vectors x layers x strengths x prompts. `make_spec` checks every axis
-before any model work starts (empty axes, non-finite or repeated strengths, layers a vector was
-not built for, unknown measures or position modes) and raises a ValueError that names the bad
-value and what is valid. It also adds the random-direction controls (`control.py`) as ordinary
-vectors of the grid. `fingerprint` reduces the settings that determine a cell's value (model,
-vector contents, grid, measures, generation settings) to a JSON dict; a results directory records
-it, and a rerun resumes only when its fingerprint is identical.
+A sweep is the product vectors x layers x strengths x prompts. Its settings are one public
+`SweepConfig` (`steerlens.config`); `make_grid` checks them against the model and the data before
+any model work starts (layers a vector was not built for, layers out of range, empty prompts) and
+raises a ValueError that names the bad value and what is valid. It also adds the random-direction
+controls (`control.py`) as ordinary vectors of the grid. `SweepGrid.fingerprint` is what a results
+directory records: the config's own `to_dict()` (with `chat` resolved) plus the identity of the
+data (model, vector hashes, prompts). A rerun resumes only when its fingerprint is identical, and
+`load_sweep` rebuilds the grid from it without the model.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..backend import runtime
+from ..backend import Model, runtime
+from ..config import SweepConfig
 from ..extract import resolve_chat
-from ..generate import check_generation_args
-from ..steer import POSITION_MODES
 from ..vectors import SteeringVector, SteeringVectorSet
-from .control import RANDOM_PREFIX, random_controls
+from .control import RANDOM_PREFIX, control_names, random_controls
 
-MEASURES: tuple[str, ...] = ("kl", "generate")
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass(frozen=True)
-class SweepSpec:
-    """A validated grid: named vectors (real ones first, then random controls) and the axes."""
+class SweepGrid:
+    """A validated grid: the config (chat resolved), named vectors and prompts.
 
-    vectors: Mapping[str, SteeringVector]
-    control_for: Mapping[str, str]  # vector name -> the real vector it belongs to (itself if real)
-    layers: tuple[int, ...]
-    strengths: tuple[float, ...]
+    `names` lists real vectors first, then random controls; `control_for` maps each name to the
+    real vector it belongs to (itself if real). `vectors` is None for a grid reloaded from disk.
+    """
+
+    config: SweepConfig
+    names: tuple[str, ...]
+    control_for: Mapping[str, str]
     prompts: tuple[str, ...]
-    generate: bool
-    scorer: str | None
-    max_new_tokens: int
-    positions: str
-    chat: bool
-    n_random: int
-    random_seed: int
+    vectors: Mapping[str, SteeringVector] | None = None
 
     @property
-    def names(self) -> list[str]:
-        return list(self.vectors)
+    def layers(self) -> tuple[int, ...]:
+        """The swept layers."""
+        return self.config.layers
+
+    @property
+    def strengths(self) -> tuple[float, ...]:
+        """The swept strengths."""
+        return self.config.strengths
+
+    @property
+    def generate(self) -> bool:
+        """Whether any measure needs generated continuations."""
+        return self.config.generate
+
+    @property
+    def positions(self) -> str:
+        """Where the vectors are written."""
+        return self.config.positions
+
+    @property
+    def chat(self) -> bool:
+        """Whether prompts are chat-templated (resolved at grid creation)."""
+        return bool(self.config.chat)
 
     @property
     def n_cells(self) -> int:
-        return len(self.vectors) * len(self.layers) * len(self.strengths) * len(self.prompts)
+        """Number of (vector, layer, strength, prompt) cells, controls included."""
+        return len(self.names) * len(self.layers) * len(self.strengths) * len(self.prompts)
 
     def is_random(self, name: str) -> bool:
+        """Whether a grid vector is a random control.
+
+        Args:
+            name: a name from `names`.
+
+        Returns:
+            True for a random control.
+        """
         return self.control_for[name] != name
 
-    def fingerprint(self, model) -> dict[str, Any]:
-        """JSON-able settings that determine every cell's value."""
-        real = {n: _vector_hash(v) for n, v in self.vectors.items() if not self.is_random(n)}
+    def fingerprint(self, model: Model) -> dict[str, Any]:
+        """JSON-able identity of every cell's value: data identity plus the config's dict.
+
+        Args:
+            model: the model the sweep runs on.
+
+        Returns:
+            The fingerprint a results directory records.
+
+        Raises:
+            ValueError: for a grid reloaded from disk (it has no vectors).
+        """
+        if self.vectors is None:
+            raise ValueError("A grid reloaded from disk has no vectors to fingerprint.")
+        real = {n: _vector_hash(self.vectors[n]) for n in self.names if not self.is_random(n)}
         return {
             "format": FORMAT,
             "model": runtime.model_id(model),
             "n_layers": runtime.n_layers(model),
             "d_model": runtime.d_model(model),
             "vectors": real,
-            "layers": list(self.layers),
-            "strengths": list(self.strengths),
             "prompts": list(self.prompts),
-            "measures": ["kl", "generate"] if self.generate else ["kl"],
-            "scorer": self.scorer,
-            "max_new_tokens": self.max_new_tokens if self.generate else None,
-            "positions": self.positions,
-            "chat": self.chat,
-            "n_random": self.n_random,
-            "random_seed": self.random_seed,
+            "config": self.config.to_dict(),
         }
+
+    @classmethod
+    def from_fingerprint(cls, data: Mapping[str, Any]) -> SweepGrid:
+        """Rebuild the grid (without vectors) from a fingerprint, for `load_sweep`.
+
+        Args:
+            data: a fingerprint (format 1 or 2).
+
+        Returns:
+            The grid, with `vectors` None.
+
+        Raises:
+            ValueError: when the fingerprint is malformed.
+        """
+        data = upgrade_fingerprint(data)
+        config = SweepConfig.from_dict(data["config"])
+        real = [str(n) for n in data["vectors"]]
+        control = control_names(real, config.n_random, config.random_seed)
+        return cls(config, tuple(real) + tuple(control), {**{n: n for n in real}, **control},
+                   tuple(str(p) for p in data["prompts"]))
+
+
+def upgrade_fingerprint(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A format-2 fingerprint from a format-1 one (steerlens 0.1 sweeps), else `data` unchanged.
+
+    Args:
+        data: a fingerprint.
+
+    Returns:
+        The format-2 fingerprint.
+
+    Raises:
+        ValueError: for an unknown format or missing keys.
+    """
+    data = dict(data)
+    fmt = data.get("format")
+    if fmt == FORMAT:
+        return data
+    if fmt != 1:
+        raise ValueError(f"Unknown sweep format {fmt!r}; this steerlens reads formats 1 and {FORMAT}.")
+    try:
+        mnt = data.get("max_new_tokens")
+        config = SweepConfig(
+            layers=data["layers"], strengths=data["strengths"], measures=data["measures"],
+            scorer=data.get("scorer"), n_random=data["n_random"],
+            random_seed=data["random_seed"], positions=data["positions"], chat=data["chat"],
+            **({"generation": {"max_new_tokens": mnt}} if mnt is not None else {}))
+    except KeyError as err:
+        raise ValueError(f"A format-1 sweep fingerprint lacks {err}.") from err
+    return {"format": FORMAT, "model": data["model"], "n_layers": data["n_layers"],
+            "d_model": data["d_model"], "vectors": data["vectors"], "prompts": data["prompts"],
+            "config": config.to_dict()}
 
 
 def _vector_hash(vec: SteeringVector) -> str:
@@ -89,7 +170,14 @@ def _vector_hash(vec: SteeringVector) -> str:
 
 
 def scorer_label(scorer) -> str | None:
-    """How a scorer is recorded in the fingerprint (a callable by its qualified name)."""
+    """How a scorer is recorded in the fingerprint (a callable by its qualified name).
+
+    Args:
+        scorer (str | Mapping | Callable | None): the sweep's scorer.
+
+    Returns:
+        A stable string, or None without a scorer.
+    """
     if scorer is None:
         return None
     if isinstance(scorer, Mapping):
@@ -101,7 +189,7 @@ def scorer_label(scorer) -> str | None:
     return f"callable:{mod}.{name}"
 
 
-def _check_vectors(model, vectors) -> dict[str, SteeringVector]:
+def _check_vectors(model: Model, vectors) -> dict[str, SteeringVector]:
     if isinstance(vectors, SteeringVector):
         vectors = {"vector": vectors}
     if isinstance(vectors, SteeringVectorSet):
@@ -130,7 +218,7 @@ def _check_vectors(model, vectors) -> dict[str, SteeringVector]:
     return out
 
 
-def _check_layers(model, layers, vectors: Mapping[str, SteeringVector]) -> tuple[int, ...]:
+def _check_layers(model: Model, layers, vectors: Mapping[str, SteeringVector]) -> tuple[int, ...]:
     if isinstance(layers, numbers.Integral):
         layers = [layers]
     layers = list(layers)
@@ -154,23 +242,6 @@ def _check_layers(model, layers, vectors: Mapping[str, SteeringVector]) -> tuple
     return tuple(layers)
 
 
-def _check_strengths(strengths) -> tuple[float, ...]:
-    if isinstance(strengths, (int, float)):
-        strengths = [strengths]
-    try:
-        vals = [float(s) for s in strengths]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"strengths must be a sequence of numbers ({err}).") from err
-    if not vals:
-        raise ValueError("The sweep grid is empty: no strengths were given.")
-    bad = [s for s in vals if not math.isfinite(s)]
-    if bad:
-        raise ValueError(f"Strengths must be finite numbers; got {bad} in {vals}.")
-    if len(set(vals)) != len(vals):
-        raise ValueError(f"Strengths must not repeat, got {vals}.")
-    return tuple(vals)
-
-
 def _check_prompts(prompts) -> tuple[str, ...]:
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -183,71 +254,29 @@ def _check_prompts(prompts) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _check_measures(measures) -> bool:
-    if isinstance(measures, str):
-        measures = [measures]
-    items = list(measures)
-    bad = [m for m in items if m not in MEASURES]
-    if bad or not items:
-        raise ValueError(
-            f"Unknown or missing measures {bad or items}; valid measures are {list(MEASURES)} "
-            "('kl' is always computed; 'generate' adds text, changed, score and perplexity)."
-        )
-    return "generate" in items
+def make_grid(model: Model, vectors, prompts, config: SweepConfig) -> SweepGrid:
+    """Validate vectors, prompts and the config against the model; add the random controls.
 
+    Args:
+        model: the model.
+        vectors (SteeringVector | SteeringVectorSet | Mapping[str, SteeringVector]): a
+            SteeringVector, a SteeringVectorSet or a dict name -> SteeringVector.
+        prompts (str | Sequence[str]): one prompt or a list.
+        config: the sweep's settings.
 
-def _check_count(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
-    return value
+    Returns:
+        The `SweepGrid` (chat resolved for this model).
 
-
-def make_spec(
-    model,
-    vectors,
-    layers,
-    strengths,
-    prompts,
-    *,
-    measures,
-    scorer,
-    max_new_tokens: int,
-    n_random: int,
-    random_seed: int,
-    positions: str,
-    chat: bool | None,
-) -> SweepSpec:
-    """Validate every axis and setting; add the random controls."""
+    Raises:
+        ValueError: for bad vectors, layers the vectors lack or the model lacks, or bad prompts.
+    """
     real = _check_vectors(model, vectors)
-    layer_t = _check_layers(model, layers, real)
-    strength_t = _check_strengths(strengths)
+    layers = _check_layers(model, config.layers, real)
     prompt_t = _check_prompts(prompts)
-    gen = _check_measures(measures)
-    if positions not in POSITION_MODES:
-        raise ValueError(f"Unknown positions {positions!r}; valid modes are {list(POSITION_MODES)}.")
-    _check_count(n_random, "n_random", 0)
-    _check_count(random_seed, "random_seed", 0)
-    if scorer is not None and not gen:
-        raise ValueError("A scorer needs generated text: pass measures=('kl', 'generate').")
-    if gen:
-        check_generation_args(max_new_tokens, 0.0, None, None)
-    controls = random_controls(real, layer_t, n_random, random_seed)
-    allv = {n: v.select(layer_t) for n, v in real.items()}
+    config = config.replace(chat=resolve_chat(model, config.chat, True))
+    controls = random_controls(real, layers, config.n_random, config.random_seed)
+    allv = {n: v.select(list(layers)) for n, v in real.items()}
     allv.update({n: v for n, (v, _) in controls.items()})
     control_for = {n: n for n in real}
     control_for.update({n: owner for n, (_, owner) in controls.items()})
-    return SweepSpec(
-        vectors=allv,
-        control_for=control_for,
-        layers=layer_t,
-        strengths=strength_t,
-        prompts=prompt_t,
-        generate=gen,
-        scorer=scorer_label(scorer),
-        max_new_tokens=int(max_new_tokens),
-        positions=positions,
-        chat=resolve_chat(model, chat, True),
-        n_random=n_random,
-        random_seed=random_seed,
-    )
-
+    return SweepGrid(config, tuple(allv), control_for, prompt_t, allv)

@@ -12,16 +12,15 @@ layer-selection analyses consume. `zones` labels each (layer, strength) of a vec
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ..config import SweepConfig
 from ..stats import bootstrap_ci, proportion_ci
 
 MEASURE_COLUMNS: tuple[str, ...] = ("kl_bits", "changed", "score", "perplexity")
@@ -33,7 +32,15 @@ def _nan(x) -> float:
 
 
 def build_tables(spec, store) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The cell table and the per-prompt baseline table from a completed store."""
+    """The cell table and the per-prompt baseline table from a completed store.
+
+    Args:
+        spec (SweepGrid): the grid (names, layers, strengths, prompts, control_for, generate).
+        store (CellStore): the store holding every record.
+
+    Returns:
+        (cell table, baseline table).
+    """
     rows = []
     for name in spec.names:
         for layer in spec.layers:
@@ -68,59 +75,21 @@ def build_tables(spec, store) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table, baseline
 
 
-@dataclass(frozen=True)
-class _SavedGrid:
-    """The grid axes recovered from a results directory's fingerprint (no vectors, no model)."""
-
-    names: list[str]
-    control_for: dict[str, str]
-    layers: list[int]
-    strengths: list[float]
-    prompts: list[str]
-    generate: bool
-
-
-def load_sweep(out_dir) -> SweepResult:
-    """Reopen a sweep written to `out_dir` (e.g. for figures) without the model.
-
-    Raises a ValueError if the directory is not a sweep or holds an unfinished one (rerun
-    `sweep(...)` with the same settings and out_dir to complete it).
-    """
-    from .control import random_label
-    from .store import CELLS_FILE, CONFIG_FILE, CellStore, _load
-
-    directory = Path(out_dir)
-    cfg_path = directory / CONFIG_FILE
-    if not cfg_path.exists():
-        raise ValueError(f"{directory} holds no sweep ({CONFIG_FILE} is missing).")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        real = list(cfg["vectors"])
-        names = real + [random_label(cfg["random_seed"] + k, owner, len(real))
-                        for owner in real for k in range(cfg["n_random"])]
-        control = {n: n for n in real}
-        control.update({random_label(cfg["random_seed"] + k, owner, len(real)): owner
-                        for owner in real for k in range(cfg["n_random"])})
-        grid = _SavedGrid(names, control, [int(x) for x in cfg["layers"]],
-                          [float(x) for x in cfg["strengths"]], list(cfg["prompts"]),
-                          "generate" in cfg["measures"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{cfg_path} is not a valid sweep config ({err}).") from err
-    store = CellStore(directory, _load(directory / CELLS_FILE), 0)
-    n_parts = 2 if grid.generate else 1
-    n_cells = len(names) * len(grid.layers) * len(grid.strengths) * len(grid.prompts)
-    missing = n_cells * n_parts + (len(grid.prompts) if grid.generate else 0) - len(store.records)
-    if missing > 0:
-        raise ValueError(f"The sweep in {directory} is unfinished ({missing} records missing); "
-                         "rerun sweep(...) with the same settings and out_dir to complete it.")
-    table, baseline = build_tables(grid, store)
-    return SweepResult(table, baseline, cfg, 0, len(store.records), {}, str(directory))
-
-
 @dataclass(frozen=True, eq=False)
 class SweepResult:
     """A finished sweep: `table` (one row per cell), the unsteered `baseline` per prompt (when
-    generating), the settings fingerprint, and what this call computed vs resumed."""
+    generating), the settings fingerprint, and what this call computed vs resumed.
+
+    Attributes:
+        table: one row per (vector, layer, strength, prompt) cell, random controls included.
+        baseline: the unsteered continuation's text, score and perplexity per prompt (empty for
+            KL-only sweeps).
+        config: the fingerprint the results directory records (`settings` reads it back).
+        n_computed: records computed in this call.
+        n_resumed: records loaded from `out_dir`.
+        passes: model passes run in this call, by kind.
+        out_dir: the results directory, if any.
+    """
 
     table: pd.DataFrame
     baseline: pd.DataFrame
@@ -132,19 +101,40 @@ class SweepResult:
 
     @property
     def n_cells(self) -> int:
+        """Number of (vector, layer, strength, prompt) cells in the table."""
         return len(self.table)
 
     @property
+    def settings(self) -> SweepConfig:
+        """The sweep's `SweepConfig` (chat resolved), read back from the fingerprint."""
+        return SweepConfig.from_dict(self.config["config"])
+
+    @property
     def measures(self) -> list[str]:
+        """The measure columns this sweep has ("kl_bits", and with generation "changed",
+        "score", "perplexity").
+        """
         return [m for m in MEASURE_COLUMNS if m in self.table.columns]
 
     @property
     def vectors(self) -> list[str]:
+        """Vector names in table order: real vectors first, then random controls."""
         return list(dict.fromkeys(self.table["vector"]))
 
     def summary(self, ci: float = 0.95, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
         """Per (vector, layer, strength): n and, per measure, mean with CI (`<m>_mean/low/high`)
-        and the number of non-missing values (`<m>_n`)."""
+        and the number of non-missing values (`<m>_n`).
+
+        The change rate gets a Wilson interval; the other measures a percentile bootstrap over prompts.
+
+        Args:
+            ci: confidence level.
+            n_boot: bootstrap resamples.
+            seed: bootstrap seed.
+
+        Returns:
+            (pandas.DataFrame): One row per (vector, layer, strength).
+        """
         out = []
         for key, grp in self.table.groupby(KEYS, sort=False):
             row = dict(zip(KEYS, key))
@@ -184,6 +174,16 @@ def effect_values(result: SweepResult, measure: str = "kl_bits") -> pd.DataFrame
 
     kl_bits and changed are already relative (0 when unsteered); score and perplexity are
     differences steered - baseline continuation of the same prompt.
+
+    Args:
+        result: the sweep result.
+        measure: one of `result.measures`.
+
+    Returns:
+        (pandas.DataFrame): The key columns, prompt_idx and `effect`, one row per cell.
+
+    Raises:
+        ValueError: if the sweep did not record `measure`.
     """
     _check_measure(result, measure)
     t = result.table
@@ -216,6 +216,20 @@ def layer_effect(
     effect is as in `effect_values` (KL bits, change rate, or score / perplexity change from the
     unsteered continuation). Columns: vector, control_for, is_random, layer, strength, measure,
     effect, low, high, n.
+
+    Args:
+        result: the sweep result.
+        measure: one of `result.measures`.
+        strength: the strength to read (default: the largest in magnitude).
+        ci: confidence level.
+        n_boot: bootstrap resamples.
+        seed: bootstrap seed.
+
+    Returns:
+        (pandas.DataFrame): One row per (vector, layer), what `predict_steering` consumes.
+
+    Raises:
+        ValueError: if the strength is not in the sweep or the measure was not recorded.
     """
     eff = effect_values(result, measure)
     if strength is None:
@@ -264,6 +278,16 @@ def zones(
     model needs 5 extra bits, a 32x likelihood ratio, to code the base model's next token),
     frozen below `frozen_kl` bits (0.1), sweet spot between. Thresholds are heuristics; pass your
     own. Strength-0 cells are frozen by definition.
+
+    Args:
+        result: the sweep result.
+        frozen_change: change rate below which a cell is frozen (generation sweeps).
+        unstable_ppl_ratio: perplexity ratio above which a cell is unstable (generation sweeps).
+        frozen_kl: mean KL (bits) below which a cell is frozen (KL-only sweeps).
+        unstable_kl: mean KL (bits) above which a cell is unstable (KL-only sweeps).
+
+    Returns:
+        (pandas.DataFrame): One row per (vector, layer, strength) with n, the means used and `zone`.
     """
     t = result.table
     gen = "changed" in t.columns
