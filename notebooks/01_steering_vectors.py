@@ -186,7 +186,7 @@ sl.figures.ci_forest(shifts, title=f"VADER shift vs unsteered, layer {LAYER} (n=
 # answer, after its prompt in the chat template (as it was generated). The circuitsvis view
 # colours each token by that KL: darker tokens are positions whose prediction the vector disturbs
 # most. Typically the disturbance concentrates on a few tokens where a sentiment word could come
-# next. (The view is HTML, so this cell imports IPython's display helpers.)
+# next.
 
 # %%
 from IPython.display import HTML, display

@@ -36,27 +36,9 @@
 # Runtime: under a minute on 2 CPU cores (no generation).
 
 # %%
-import os
+import steerlens as sl
 
-import torch
-from IPython.display import HTML, display
-
-from steerlens.backend import load_model
-from steerlens.figures.logit_lens import residual_lens_heatmap, vector_lens_table
-from steerlens.figures.tokens import token_kl_view
-from steerlens.measures import (
-    per_token_kl,
-    residual_lens,
-    residual_norms,
-    scale_to_residual,
-    vector_lens,
-)
-from steerlens.methods import build_vector, random_like
-from steerlens.pairs import load_behaviour
-
-torch.set_num_threads(int(os.environ.get("STEERLENS_THREADS", "2")))
-torch.manual_seed(0)
-model = load_model()
+model = sl.load_model()
 
 # %% [markdown]
 # ## The vector lens of a sentiment vector
@@ -67,12 +49,12 @@ model = load_model()
 # on the vector's norm.
 
 # %%
-sentiment = load_behaviour("sentiment")
+sentiment = sl.load_behaviour("sentiment")
 layers = [3, 9, 15, 21, 27]
-vector = build_vector(model, sentiment.train, layers=layers, show_progress=False)
-lens = vector_lens(model, vector, k=8)
-vector_lens_table(lens, title="Sentiment vector (positive - negative): promoted / suppressed "
-                  "tokens").show()
+vector = sl.build_vector(model, sentiment.train, layers=layers, show_progress=False)
+lens = sl.vector_lens(model, vector, k=8)
+sl.figures.vector_lens_table(lens, title="Sentiment vector (positive - negative): promoted / "
+                             "suppressed tokens").show()
 for layer in (layers[0], layers[-1]):
     print(f"L{layer} promotes: {[t.token for t in lens.promoted[layer]]}")
     print(f"L{layer} suppresses: {[t.token for t in lens.suppressed[layer]]}")
@@ -85,21 +67,24 @@ for layer in (layers[0], layers[-1]):
 # vector.
 
 # %%
-control_lens = vector_lens(model, random_like(vector, seed=0), k=8)
-vector_lens_table(control_lens, title="Random direction of equal norm (control)").show()
+control_lens = sl.vector_lens(model, sl.random_like(vector, seed=0), k=8)
+sl.figures.vector_lens_table(control_lens, title="Random direction of equal norm (control)").show()
 
 # %% [markdown]
 # ## The residual lens of a prompt
 #
 # `residual_lens` runs one prompt and reads the residual stream entering every block (plus the
-# final one) at the last position. With a `target` token it also reports the target's rank and
-# probability per layer. **What to look for:** early layers guess frequent tokens (punctuation,
-# " the"); the answer appears at some depth and climbs to rank 1.
+# final one) at one token, `read_at=-1` (the default: the last position). With a `target` token it
+# also reports the target's rank and probability per layer. The prompt is a sentence to complete,
+# not a question, so we pass `chat=False`: like every steerlens function, `residual_lens` applies
+# the chat template on instruct models by default (`chat=None`), and inside the template the next
+# token would be the assistant's reply, not " Paris". **What to look for:** early layers guess
+# frequent tokens (punctuation, " the"); the answer appears at some depth and climbs to rank 1.
 
 # %%
 prompt = "The capital of France is"
-clean = residual_lens(model, prompt, k=5, target=" Paris")
-residual_lens_heatmap(clean, title=f"Residual lens: {prompt!r}").show()
+clean = sl.residual_lens(model, prompt, k=5, read_at=-1, target=" Paris", chat=False)
+sl.figures.residual_lens_heatmap(clean, title=f"Residual lens: {prompt!r}").show()
 first = next((i for i, r in enumerate(clean.target_rank) if r == 0), None)
 print("target rank per layer:", list(clean.target_rank))
 print("first layer where ' Paris' is the top guess:",
@@ -108,16 +93,18 @@ print("first layer where ' Paris' is the top guess:",
 # %% [markdown]
 # ## The residual lens under steering
 #
-# The same prompt with the sentiment vector added at layer 15 (strength 0.3 × the median
-# residual norm there, via `scale_to_residual`). Layers before 15 are unchanged by construction;
-# from layer 15 on we can watch the push move the guesses, and whether the model recovers its
-# answer by the last layer.
+# The same prompt with the sentiment vector added at layer 15 (strength 0.3 × the median residual
+# norm there, via `scale_to_residual`), passed like every steered measure's vector and strength:
+# `residual_lens(model, prompt, vector, strength, ...)`. Layers before 15 are unchanged by
+# construction; from layer 15 on we can watch the push move the guesses, and whether the model
+# recovers its answer by the last layer.
 
 # %%
-norms = residual_norms(model, list(sentiment.eval_prompts[:6]), [15])
-push = scale_to_residual(vector.select([15]), norms)
-steered = residual_lens(model, prompt, k=5, target=" Paris", steering=push, strength=0.3)
-residual_lens_heatmap(steered, title="Residual lens, steered at L15 by +0.3 x residual norm").show()
+norms = sl.measures.residual_norms(model, list(sentiment.eval_prompts[:6]), [15])
+push = sl.measures.scale_to_residual(vector.select([15]), norms)
+steered = sl.residual_lens(model, prompt, push, 0.3, k=5, target=" Paris", chat=False)
+sl.figures.residual_lens_heatmap(steered, title="Residual lens, steered at L15 by +0.3 x residual "
+                                 "norm").show()
 print("target rank per layer, clean:  ", list(clean.target_rank))
 print("target rank per layer, steered:", list(steered.target_rank))
 
@@ -126,12 +113,15 @@ print("target rank per layer, steered:", list(steered.target_rank))
 #
 # The lens looks at one position. The circuitsvis view below colours every token of a short
 # text by the KL divergence (bits) between the clean and steered next-token distributions at
-# that position: where does the push matter most along a sentence?
+# that position: where does the push matter most along a sentence? The text is raw (no
+# `prompt=`, so no chat template). The view is HTML, shown with IPython's display helpers.
 
 # %%
+from IPython.display import HTML, display
+
 text = "The capital of France is Paris. I visited it last spring and the food was"
-token_kl = per_token_kl(model, text, push, strength=0.3)
-display(HTML(token_kl_view(token_kl).local_src))
+token_kl = sl.per_token_kl(model, text, push, 0.3)
+display(HTML(sl.figures.token_kl_view(token_kl).local_src))
 print({tok: round(bits, 2) for tok, bits in zip(token_kl.tokens, token_kl.bits)})
 
 # %% [markdown]

@@ -26,46 +26,17 @@
 # **Spectral weight steering.** Instead of adding a vector, edit a weight: take the SVD of a
 # layer's MLP output matrix W_out = U S Vᵀ and rescale each singular value s by 1 + α·z(s), where
 # z is its z-score in the spectrum. α > 0 makes the spectrum more peaked (lower effective rank),
-# α < 0 flatter. The claim to test: some edit improves a behaviour "for free", without raising
-# perplexity. steerlens applies the edit inside a context manager that restores the weights
-# bit-exactly.
+# α < 0 flatter (α is the edit's own parameter, not a steering strength). The claim to test:
+# some edit improves a behaviour "for free", without raising perplexity. steerlens applies the
+# edit inside a context manager that restores the weights bit-exactly.
 #
 # Both are tested here the same way as everything else: against a measured effect, with CIs, and
 # with a control. Runtime: about 2 minutes on 2 CPU cores (n = 6 prompts, 4 held-out texts).
 
 # %%
-import os
+import steerlens as sl
 
-import numpy as np
-import torch
-
-from steerlens.backend import load_model
-from steerlens.figures.spectral import (
-    alpha_curves,
-    eigengap_profile,
-    gap_vs_effect,
-    spectrum_before_after,
-)
-from steerlens.figures.sweep import kl_by_layer
-from steerlens.measures import residual_norms, scale_to_residual
-from steerlens.methods import build_vector
-from steerlens.pairs import load_behaviour
-from steerlens.spectral import (
-    SpectralEdit,
-    eigengaps,
-    evaluate_configs,
-    gated_layers,
-    grid_configs,
-    load_heldout,
-    mlp_out_svd,
-    predict_steering,
-    spectral_steering,
-)
-from steerlens.sweep import layer_effect, sweep
-
-torch.set_num_threads(int(os.environ.get("STEERLENS_THREADS", "2")))
-torch.manual_seed(0)
-model = load_model()
+model = sl.load_model()
 
 # %% [markdown]
 # ## Eigengaps per layer
@@ -77,12 +48,12 @@ model = load_model()
 # weakest link (min), mean and median per layer; layers under the threshold (0.77) are flagged.
 
 # %%
-sentiment = load_behaviour("sentiment")
+sentiment = sl.load_behaviour("sentiment")
 prompts = list(sentiment.eval_prompts[:6])
-gaps = eigengaps(model, prompts)
-eigengap_profile(gaps).show()
+gaps = sl.eigengaps(model, prompts)
+sl.figures.eigengap_profile(gaps).show()
 print("flagged layers (weakest link <= threshold), rotated keys:", gaps.rotated_keys.flagged())
-print("gated candidate layers, best first:", gated_layers(gaps.rotated_keys))
+print("gated candidate layers, best first:", sl.spectral.gated_layers(gaps.rotated_keys))
 
 # %% [markdown]
 # ## Does the weakest link predict where steering works?
@@ -98,16 +69,17 @@ print("gated candidate layers, best first:", gated_layers(gaps.rotated_keys))
 
 # %%
 layers = list(range(1, 30, 2))
-vector = build_vector(model, sentiment.train, layers=layers, show_progress=False)
-vector = scale_to_residual(vector, residual_norms(model, prompts, layers))
-kl = sweep(model, prompts, {"sentiment": vector}, layers=layers, strengths=[0.1], measures=("kl",), n_random=1,
-           show_progress=False)
-kl_by_layer(kl, strength=0.1).show()
-effect = layer_effect(kl, "kl_bits", 0.1)
+vector = sl.build_vector(model, sentiment.train, layers=layers, show_progress=False)
+vector = sl.measures.scale_to_residual(vector, sl.measures.residual_norms(model, prompts, layers))
+kl = sl.sweep(model, prompts, {"sentiment": vector}, layers=layers, strengths=[0.1], n_random=1,
+              show_progress=False)
+sl.figures.kl_by_layer_at_strength(kl, strength=0.1).show()
+effect = sl.layer_effect(kl, "kl_bits", 0.1)
 real = effect[~effect["is_random"].astype(bool)]
-prediction = predict_steering(gaps, dict(zip(real["layer"], real["effect"])), kind="rotated_keys",
-                              effect_label="next-token KL (bits)", n_boot=500, n_perm=500)
-gap_vs_effect(prediction).show()
+prediction = sl.spectral.predict_steering(gaps, dict(zip(real["layer"], real["effect"])),
+                                          kind="rotated_keys", effect_label="next-token KL (bits)",
+                                          n_boot=500, n_perm=500)
+sl.figures.gap_vs_effect(prediction).show()
 c = prediction.min_pearson
 print(f"r(min gap, KL) = {c.r:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}], p_perm = {c.p_perm:.3f}, "
       f"n = {c.n} layers; predicted layer {prediction.predicted_layer}, "
@@ -122,17 +94,17 @@ print(f"r(min gap, KL) = {c.r:+.2f} [{c.ci_low:+.2f}, {c.ci_high:+.2f}], p_perm 
 # the weights come back bit-exactly afterwards.
 
 # %%
-svd = mlp_out_svd(model, 15)
+svd = sl.spectral.mlp_out_svd(model, 15)
 print(f"layer 15 W_out: {len(svd.s)} singular values, top {float(svd.s[0]):.2f}, "
       f"smallest {float(svd.s[-1]):.3g}")
-energy = np.cumsum(svd.s.numpy() ** 2) / np.sum(svd.s.numpy() ** 2)
-print(f"share of squared singular values in the top 10%: {energy[len(energy) // 10]:.2f}")
+energy = (svd.s ** 2).cumsum(0) / (svd.s ** 2).sum()
+print(f"share of squared singular values in the top 10%: {float(energy[len(energy) // 10]):.2f}")
 before = [p.detach().clone() for p in model.parameters()]
-with spectral_steering(model, SpectralEdit(15, 0.3)) as edit:
+with sl.spectral.spectral_steering(model, sl.spectral.SpectralEdit(15, 0.3)) as edit:
     print(f"inside the block: {edit.n_clamped} factors clamped")
-restored = all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+restored = all(bool((a == b).all()) for a, b in zip(before, model.parameters()))
 print("weights restored bit-exactly:", restored)
-spectrum_before_after(edit).show()
+sl.figures.spectrum_before_after(edit).show()
 
 # %% [markdown]
 # ## Does any edit improve the behaviour for free?
@@ -147,11 +119,12 @@ spectrum_before_after(edit).show()
 # The grid is 2 layers × 2 α on n = 4 texts and 6 prompts, for speed.
 
 # %%
-configs = grid_configs([9, 21], [-0.3, 0.3])
-texts = load_heldout(4, max_words=60)
-edits = evaluate_configs(model, configs, texts=texts, prompts=prompts, scorer=sentiment.scorer,
-                         max_new_tokens=12, n_boot=500, show_progress=False)
-alpha_curves(edits).show()
+configs = sl.spectral.grid_configs([9, 21], [-0.3, 0.3])
+texts = sl.spectral.load_heldout(4, max_words=60)
+edits = sl.spectral.evaluate_configs(model, configs, texts=texts, prompts=prompts,
+                                     scorer=sentiment.scorer, max_new_tokens=12, n_boot=500,
+                                     show_progress=False)
+sl.figures.alpha_curves(edits).show()
 table = edits.table()
 table[["label", "perplexity", "delta_nll", "delta_nll_low", "delta_nll_high", "delta_score",
        "delta_score_low", "delta_score_high", "improves"]].round(3)
@@ -163,9 +136,9 @@ table[["label", "perplexity", "delta_nll", "delta_nll_low", "delta_nll_high", "d
 
 # %%
 strongest = max(edits.points, key=lambda p: abs(p.delta_nll.estimate))
-control = evaluate_configs(model, [strongest.config], texts=texts, prompts=prompts,
-                           scorer=sentiment.scorer, max_new_tokens=12, controls=True, n_boot=500,
-                           show_progress=False)
+control = sl.spectral.evaluate_configs(model, [strongest.config], texts=texts, prompts=prompts,
+                                       scorer=sentiment.scorer, max_new_tokens=12, controls=True,
+                                       n_boot=500, show_progress=False)
 control.table()[["label", "control", "perplexity", "delta_nll", "delta_score"]].round(3)
 
 # %% [markdown]
@@ -179,7 +152,7 @@ control.table()[["label", "control", "perplexity", "delta_nll", "delta_score"]].
 #   is **not supported** on this model, and untestable on Gemma 3 270M (one KV head per layer).
 #   The premise that post-softmax pattern gaps collapse to ~0.99 did not hold (0.40-0.995), and the
 #   KRR formula did not reproduce head outputs (median R² −0.42).
-# - Spectral weight steering (`analyses/spectral_weights.py`, 4 layers × 4 α plus the published
+# - Spectral weight steering (`python -m analyses.spectral_weights`, 4 layers × 4 α plus the published
 #   "hybrid" configuration, 12 texts, 10 prompts) found **no** configuration that improves the
 #   score without a perplexity cost (best Δscore +0.10 [−0.04, +0.26]); the hybrid raised held-out
 #   perplexity from 21.8 to 32.4. A null result.

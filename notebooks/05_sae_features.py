@@ -41,35 +41,19 @@
 #   i.e. what the contrast means in feature space (the SAE only sees real activations).
 #
 # We use the SAE that ships with steerlens (trained on SmolLM2's `blocks.12.hook_resid_pre`, see
-# `analyses/train_sae.py`). Runtime: about 2-3 minutes on 2 CPU cores; n is small everywhere
+# `python -m analyses.train_sae`). Runtime: about 2-3 minutes on 2 CPU cores; n is small everywhere
 # (n = 6 prompts for generation), so numbers illustrate the method and establish nothing.
 
 # %%
-import os
-
 import pandas as pd
-import torch
 from IPython.display import HTML, display
 
-from steerlens.backend import load_model
-from steerlens.figures.sae import decomposition_bar, diffusion_bar, feature_view, overlap_heatmap
-from steerlens.generate import generate
-from steerlens.measures import get_scorer, residual_norms, scale_to_residual
-from steerlens.methods import build_vector, random_like
-from steerlens.pairs import load_behaviour
-from steerlens.sae.decompose import behaviour_domain, decompose, decompose_pairs, overlap_table
-from steerlens.sae.features import feature_contexts
-from steerlens.sae.load import list_shipped_saes, load_sae
-from steerlens.sae.site import sae_site
-from steerlens.sae.targeted import feature_vector, select_by_output_score, word_token_ids
-from steerlens.spectral.evaluate import load_heldout
+import steerlens as sl
 
-torch.set_num_threads(int(os.environ.get("STEERLENS_THREADS", "2")))
-torch.manual_seed(0)
-model = load_model()  # SmolLM2-135M-Instruct
-print("shipped SAEs:", list_shipped_saes())
-sae = load_sae("smollm2-135m-instruct-l12-resid_pre-4608")
-site = sae_site(model, sae)  # checks the hook exists and d_in matches d_model
+model = sl.load_model()  # SmolLM2-135M-Instruct
+print("shipped SAEs:", sl.sae.list_shipped_saes())
+sae = sl.sae.load_sae("smollm2-135m-instruct-l12-resid_pre-4608")
+site = sl.sae.check_sae(model, sae)  # the hook is a residual site of this model, d_in matches
 print(f"SAE at {site} ({sae.cfg.metadata.hook_name}), d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}")
 
 # %% [markdown]
@@ -80,9 +64,9 @@ print(f"SAE at {site} ({sae.cfg.metadata.hook_name}), d_in={sae.cfg.d_in}, d_sae
 # control throughout.
 
 # %%
-sentiment = load_behaviour("sentiment")
-vec = build_vector(model, sentiment.train, [site.layer], show_progress=False)
-rnd = random_like(vec, seed=0)
+sentiment = sl.load_behaviour("sentiment")
+vec = sl.build_vector(model, sentiment.train, [site.layer], show_progress=False)
+rnd = sl.random_like(vec, seed=0)
 print(f"vector norm at layer {site.layer}: {vec.norms[site.layer]:.2f}")
 
 # %% [markdown]
@@ -96,6 +80,7 @@ print(f"vector norm at layer {site.layer}: {vec.norms[site.layer]:.2f}")
 # direction: a number only means something next to its control.
 
 # %%
+decompose = sl.sae.decompose
 decs = {
     "sentiment (encoder)": decompose(model, sae, vec, encoding="encoder", label="sentiment"),
     "random (encoder)": decompose(model, sae, rnd, encoding="encoder", label="random"),
@@ -103,14 +88,14 @@ decs = {
                                      relative=False, label="sentiment"),
     "random (raw, >0)": decompose(model, sae, rnd, encoding="raw", threshold=0.0, relative=False,
                                   label="random"),
-    "pair feature difference": decompose_pairs(model, sae, sentiment.train, read_at="last",
-                                               label="sentiment pairs"),
+    "pair feature difference": sl.sae.decompose_pairs(model, sae, sentiment.train, read_at="last",
+                                                      label="sentiment pairs"),
 }
 display(pd.DataFrame([{"decomposition": k, "active": d.n_active, "diffusion": round(d.diffusion, 3),
                        "participation": round(d.participation, 4), "threshold": d.threshold}
                       for k, d in decs.items()]))
-diffusion_bar(decs).show()
-decomposition_bar(decs["pair feature difference"], k=15).show()
+sl.figures.diffusion_bar(decs).show()
+sl.figures.decomposition_bar(decs["pair feature difference"], k=15).show()
 
 # %% [markdown]
 # ## Domain features and overlap
@@ -122,16 +107,16 @@ decomposition_bar(decs["pair feature difference"], k=15).show()
 # 20-subsets of 4608 features share on average (20²/4608 ≈ 0.09).
 
 # %%
-prose = load_heldout(n=12, max_words=120)
-dom = behaviour_domain(model, sae, sentiment.train)
-dom_prose = behaviour_domain(model, sae, sentiment.train, neutral=prose)
-table = overlap_table(
+prose = sl.spectral.load_heldout(n=12, max_words=120)  # shipped neutral prose
+dom = sl.sae.behaviour_domain(model, sae, sentiment.train)
+dom_prose = sl.sae.behaviour_domain(model, sae, sentiment.train, neutral=prose)
+table = sl.sae.overlap_table(
     {"vector (encoder)": decs["sentiment (encoder)"],
      "pair feature difference": decs["pair feature difference"],
      "random (encoder)": decs["random (encoder)"]},
     {"positive vs negative": dom, "positive vs prose": dom_prose}, k=20)
 display(table.frame())
-overlap_heatmap(table).show()
+sl.figures.overlap_heatmap(table).show()
 
 # %% [markdown]
 # ## What are these features?
@@ -145,11 +130,11 @@ overlap_heatmap(table).show()
 # %%
 top = list(dom.top(6))
 texts = sentiment.train.positives + sentiment.train.negatives + prose
-ctx = feature_contexts(model, sae, texts, top, k=5, window=6)
+ctx = sl.sae.feature_contexts(model, sae, texts, top, k=5, window=6)
 for f, toks in zip(ctx.features, ctx.top_tokens):
     print(f"feature {f}: fires on {ctx.frequency[ctx.features.index(f)]:.1%} of tokens; "
           f"top tokens {[t for t, _ in toks[:6]]}")
-display(HTML(feature_view(ctx).local_src))
+display(HTML(sl.figures.feature_view(ctx).local_src))
 
 # %% [markdown]
 # ## Feature-targeted vectors
@@ -167,37 +152,37 @@ display(HTML(feature_view(ctx).local_src))
 # sentiment, because SmolLM2's unsteered answers are already positive.
 
 # %%
-neg_words, _ = word_token_ids(model, ["terrible", "awful", "hate", "sad", "horrible", "miserable",
-                                      "worst", "bad", "boring", "gloomy"])
-pos_words, _ = word_token_ids(model, ["great", "wonderful", "love", "happy", "beautiful",
-                                      "amazing", "excellent", "good", "lovely", "fantastic"])
-sel_out = select_by_output_score(model, sae, list(neg_words.values()), k=10,
-                                 avoid_tokens=list(pos_words.values()))
-sel_act = behaviour_domain(model, sae, sentiment.train).selection(10)  # positive side
+neg_words, _ = sl.sae.word_token_ids(model, ["terrible", "awful", "hate", "sad", "horrible",
+                                             "miserable", "worst", "bad", "boring", "gloomy"])
+pos_words, _ = sl.sae.word_token_ids(model, ["great", "wonderful", "love", "happy", "beautiful",
+                                             "amazing", "excellent", "good", "lovely", "fantastic"])
+sel_out = sl.sae.select_by_output_score(model, sae, list(neg_words.values()), k=10,
+                                        avoid_tokens=list(pos_words.values()))
+sel_act = dom.selection(10)  # the top-10 positive-side domain features from above
 prompts = sentiment.eval_prompts[:6]
-norms = residual_norms(model, prompts, [site.layer])
+norms = sl.measures.residual_norms(model, prompts, [site.layer])
 conditions = {
     "contrastive": -vec,
-    "act top-10 (negated)": -feature_vector(model, sae, sel_act),
-    "out-score top-10": feature_vector(model, sae, sel_out),
-    "random": random_like(vec, seed=1),
+    "act top-10 (negated)": -sl.sae.feature_vector(model, sae, sel_act),
+    "out-score top-10": sl.sae.feature_vector(model, sae, sel_out),
+    "random": sl.random_like(vec, seed=1),
 }
-conditions = {k: scale_to_residual(v, norms) for k, v in conditions.items()}
+conditions = {k: sl.measures.scale_to_residual(v, norms) for k, v in conditions.items()}
 print({k: round(v.norms[site.layer], 1) for k, v in conditions.items()})
 
 # %% [markdown]
 # Note that "act top-10 (negated)" subtracts the *positive*-sentiment features, which is not the
-# same as adding negative-sentiment ones; `analyses/sae_steering.py` selects features on the
-# target side directly. Now generate (greedy, 24 tokens) with each vector at strength 0.2 and
+# same as adding negative-sentiment ones; `python -m analyses.sae_steering` selects features on
+# the target side directly. Now generate (greedy, 24 tokens) with each vector at strength 0.2 and
 # score the answers with VADER (compound sentiment in [−1, 1]).
 
 # %%
-vader = get_scorer(sentiment.scorer)
-base = generate(model, prompts, max_new_tokens=24)
+vader = sl.measures.get_scorer(sentiment.scorer)
+base = sl.generate(model, prompts, max_new_tokens=24)
 rows = [{"condition": "unsteered", "mean VADER": sum(map(vader, base.texts)) / len(prompts),
          "example": base.texts[0]}]
 for name, v in conditions.items():
-    out = generate(model, prompts, steering=v, strength=0.2, max_new_tokens=24)
+    out = sl.generate(model, prompts, v, 0.2, max_new_tokens=24)
     rows.append({"condition": name, "mean VADER": sum(map(vader, out.texts)) / len(prompts),
                  "example": out.texts[0]})
 pd.set_option("display.max_colwidth", 120)
@@ -212,5 +197,5 @@ display(pd.DataFrame(rows))
 # - Generation here uses n = 6 prompts and one strength, with no confidence intervals: it shows
 #   how to use the API, not which method is better. The full comparison (3 behaviours, a strength
 #   sweep, perplexity and KL, bootstrap CIs over 14 prompts, a random control) is
-#   `analyses/sae_steering.py`; its numbers are in `results/sae_steering/findings.json` and the
-#   README.
+#   `python -m analyses.sae_steering`; its numbers are in `results/sae_steering/findings.json`
+#   and `results/FINDINGS.md`.

@@ -5,9 +5,11 @@ load a model (`load_model`), build a vector from a behaviour's pairs (`load_beha
 `build_vector`, `random_like` for the control), steer and generate (`steer`, `schedule`,
 `generate` with a `GenerationConfig`), measure (`next_token_kl`, `per_token_kl`, `vector_lens`,
 `residual_lens`, `bootstrap_ci`), sweep layers x strengths (`sweep`, `SweepConfig`, `load_sweep`)
-and score layers spectrally (`eigengaps`). Everything else stays in its subpackage, reachable as an
+and read sweeps (`layer_effect`, `zones`, `compare_random`), and score layers spectrally
+(`eigengaps`). Everything else stays in its subpackage, reachable as an
 attribute without another import line (loaded on first use): `sl.measures`, `sl.stats`,
-`sl.sweep`, `sl.spectral`, `sl.sae`, `sl.figures`, `sl.backend`, `sl.config`.
+`sl.spectral`, `sl.sae`, `sl.figures`, `sl.backend`, `sl.config` (`sl.sweep` and `sl.steer` are the
+functions; `import steerlens.sweep` reaches the rest of that package).
 """
 
 import importlib
@@ -23,7 +25,7 @@ from .pairs import ContrastPair, ContrastSet, load_behaviour
 from .spectral import eigengaps
 from .stats import bootstrap_ci
 from .steer import Injection, schedule, steer
-from .sweep import load_sweep, sweep
+from .sweep import compare_random, layer_effect, load_sweep, sweep, zones
 from .vectors import SteeringVector, SteeringVectorSet
 
 __all__ = [
@@ -40,10 +42,12 @@ __all__ = [
     "available_models",
     "bootstrap_ci",
     "build_vector",
+    "compare_random",
     "eigengaps",
     "extract",
     "generate",
     "generate_stream",
+    "layer_effect",
     "load_behaviour",
     "load_model",
     "load_sweep",
@@ -55,10 +59,12 @@ __all__ = [
     "steer",
     "sweep",
     "vector_lens",
+    "zones",
 ]
 
+# `sl.sweep` and `sl.steer` are the functions; their modules stay importable by name.
 _SUBPACKAGES = ("arena", "backend", "config", "figures", "measures", "methods", "pairs", "sae",
-                "spectral", "stats", "steer", "sweep", "vectors")
+                "spectral", "stats", "vectors")
 
 
 def __getattr__(name: str):

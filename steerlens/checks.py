@@ -90,3 +90,30 @@ def check_texts(texts: str | Sequence[str], what: str = "prompts") -> list[str]:
         raise ValueError(f"All {what} must be strings; item {bad[0]} is "
                          f"{type(items[bad[0]]).__name__}.")
     return items
+
+
+class NonFiniteError(ValueError):
+    """A computation produced NaN or infinity (e.g. a strength too large for the model's dtype).
+
+    Raised instead of returning garbage: steerlens never lets a non-finite number leave a
+    measure, a generation or a sweep cell unannounced. Sweeps record it per cell instead.
+    """
+
+
+def check_finite_tensor(x, what: str) -> None:
+    """Raise `NonFiniteError` if the tensor `x` holds NaN or infinity.
+
+    Args:
+        x (torch.Tensor): the tensor to check.
+        what: what it is, for the message (e.g. "steered logits").
+
+    Raises:
+        NonFiniteError: naming `what` and how many entries are not finite.
+    """
+    import torch
+
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise NonFiniteError(f"The {what} contain {int(bad.sum())} non-finite value(s) (NaN or "
+                             "inf); the steering strength is probably too large for the model's "
+                             "dtype. Nothing was computed from them.")

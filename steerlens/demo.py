@@ -19,6 +19,7 @@ from .methods import build_vector, random_like
 from .pairs import load_behaviour
 
 DEMO_STRENGTHS = (-6.0, -3.0, 0.0, 3.0, 6.0)
+REPORT_FILE = "demo.html"
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def run_demo_result(model: Model, layer: int | None = None, n_prompts: int = 4,
 
     Args:
         model: the model.
-        layer: the layer to steer (default: a third of the depth).
+        layer: the layer to steer (default: a third of the depth, at least layer 1).
         n_prompts: held-out prompts to use.
         strengths (Sequence[float]): the strengths (0 is the unsteered baseline).
         max_new_tokens: tokens per continuation.
@@ -80,7 +81,9 @@ def run_demo_result(model: Model, layer: int | None = None, n_prompts: int = 4,
     from .measures.scorers import get_scorer
 
     behaviour = load_behaviour("sentiment")
-    layer = runtime.n_layers(model) // 3 if layer is None else layer
+    # a third of the depth, never the embedding layer (resid_pre 0 holds only token embeddings)
+    n = runtime.n_layers(model)
+    layer = min(max(1, n // 3), n - 1) if layer is None else layer
     vec = build_vector(model, behaviour.train, [layer], show_progress=False)
     score = get_scorer(behaviour.scorer)
     prompts = list(behaviour.eval_prompts[:n_prompts])
@@ -98,15 +101,12 @@ def run_demo_result(model: Model, layer: int | None = None, n_prompts: int = 4,
                       max_new_tokens)
 
 
-def run_demo(model_name: str | None = None, device: str | None = None,
-             out_dir: Path = Path("figures"), layer: int | None = None) -> Path:
-    """Load the model, run the demo, print a summary and write `out_dir/demo.html`.
+def write_report(result: DemoResult, out_dir: str | Path) -> Path:
+    """Write the demo's self-contained HTML report to `out_dir/demo.html` (atomically).
 
     Args:
-        model_name: the model (default: the embedded SmolLM2-135M-Instruct).
-        device: where to run it (default: CUDA when available).
-        out_dir: the report directory.
-        layer: the layer to steer (default: a third of the depth).
+        result: what `run_demo_result` computed.
+        out_dir: the report directory (created if missing).
 
     Returns:
         The path of the report.
@@ -114,8 +114,15 @@ def run_demo(model_name: str | None = None, device: str | None = None,
     from .figures import save_html
     from .figures.demo import demo_figure
 
-    model = load_model(model_name, device=device) if model_name else load_model(device=device)
-    result = run_demo_result(model, layer=layer)
+    return save_html(demo_figure(result), Path(out_dir) / REPORT_FILE)
+
+
+def print_summary(result: DemoResult) -> None:
+    """Print every continuation with its sentiment, and the mean sentiment per condition.
+
+    Args:
+        result: what `run_demo_result` computed.
+    """
     print(f"model {result.model}, layer {result.layer}, |v| = {result.vector_norm:.2f}, "
           f"{result.n_pairs} train pairs")
     for row in result.rows:
@@ -126,4 +133,25 @@ def run_demo(model_name: str | None = None, device: str | None = None,
         mean = sum(vals) / len(vals)
         sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / max(len(vals) - 1, 1))
         print(f"mean VADER {cond:8s} {s:+5.1f}: {mean:+.3f} (sd {sd:.3f}, n={len(vals)})")
-    return save_html(demo_figure(result), Path(out_dir) / "demo.html")
+
+
+def run_demo(model_name: str | None = None, device: str | None = None,
+             out_dir: Path = Path("figures"), layer: int | None = None) -> Path:
+    """Load the model, run the demo, print a summary and write `out_dir/demo.html`.
+
+    The report is written only once every generation has run (`steerlens demo` also checks the
+    directory before loading the model and stages it, so a failed run writes nothing).
+
+    Args:
+        model_name: the model (default: the embedded SmolLM2-135M-Instruct).
+        device: where to run it (default: CUDA when available).
+        out_dir: the report directory.
+        layer: the layer to steer (default: a third of the depth).
+
+    Returns:
+        The path of the report.
+    """
+    model = load_model(model_name, device=device) if model_name else load_model(device=device)
+    result = run_demo_result(model, layer=layer)
+    print_summary(result)
+    return write_report(result, out_dir)

@@ -12,6 +12,7 @@ yields after every step (for live displays); closing it early removes its hooks.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .backend import Model, runtime
-from .checks import check_texts
+from .backend import Model, runtime, streams
+from .checks import check_finite_tensor, check_texts
 from .config import GenerationConfig, resolve_generation
 from .extract import resolve_chat
 from .steer import PositionMode, Steerer, steer, steered_forward
@@ -83,6 +84,18 @@ def _steerer(stack: contextlib.ExitStack, model: Model, steering, strength: floa
     return stack.enter_context(steer(model, steering, strength, positions))
 
 
+def _warn_foreign_hooks(model: Model) -> None:
+    """Warn when an unsteered generate() would still run through hooks someone else attached."""
+    streams.close_abandoned(model)
+    n = runtime.attached_hook_count(model)
+    if n:
+        warnings.warn(
+            f"generate() was called without steering, but {n} hook(s) are attached to the model "
+            "(an enclosing steer() block, or hooks added outside steerlens), so the output is "
+            "not the unsteered model's. Pass the active Steerer as `steering` (which also binds "
+            "its position modes), or generate outside the block.", RuntimeWarning, stacklevel=3)
+
+
 def generate(
     model: Model,
     prompts: str | Sequence[str],
@@ -114,6 +127,8 @@ def generate(
     Raises:
         ValueError: for empty or non-string prompts, invalid settings, a prompt that does not fit
             the context with `max_new_tokens`, or invalid steering.
+        NonFiniteError: when the logits become NaN or infinite (e.g. a strength too large for the
+            model's dtype) instead of returning garbage tokens.
 
     Example:
         >>> gen = sl.generate(model, ["Tell me about your weekend."], vec.layer(10), 4.0,
@@ -122,6 +137,8 @@ def generate(
     """
     config = resolve_generation(config, settings)
     prompts, use_chat, batch = _prepare(model, prompts, config, chat)
+    if steering is None:
+        _warn_foreign_hooks(model)
     with contextlib.ExitStack() as stack:
         steerer = _steerer(stack, model, steering, strength, positions)
         tokens = _decode_loop(model, batch, steerer, config)
@@ -149,6 +166,7 @@ def _decode_steps(model: Model, batch: runtime.TokenBatch, steerer: Steerer | No
         offset = 0 if cache is None or step == 0 else tokens.shape[1] - 1
         logits = steered_forward(model, batch, steerer, feed=feed, offset=offset,
                                  kv_cache=cache)[:, -1]
+        check_finite_tensor(logits, f"next-token logits at decoding step {step}")
         nxt = _sample(logits, config, gen)
         yield nxt, ~done
         if config.stop_at_eos and len(stop_ids):
@@ -193,6 +211,55 @@ class StreamStep:
     token_ids: tuple[tuple[int, ...], ...]
 
 
+class TokenStream(Iterator[StreamStep]):
+    """The iterator `generate_stream` returns: decoding steps, with guaranteed hook removal.
+
+    Its steering hooks are attached when the first step runs and removed when it ends, raises,
+    is closed (`close()`, or a `with` block), or is dropped. If it is left unfinished and another
+    steerlens call uses the model, that call closes it first with a RuntimeWarning, so an abandoned
+    stream can never steer later work.
+    """
+
+    def __init__(self, model: Model, steps: Iterator[StreamStep]) -> None:
+        self._model = model
+        self._steps = steps
+        self.started = False
+        self.finished = False
+        streams.register(model, self)
+
+    def __iter__(self) -> TokenStream:
+        return self
+
+    def __next__(self) -> StreamStep:
+        if self.finished:
+            raise StopIteration
+        self.started = True
+        try:
+            with streams.running(self):
+                return next(self._steps)
+        except BaseException:
+            self._finish()
+            raise
+
+    def close(self) -> None:
+        """Stop decoding and remove this stream's hooks now (idempotent)."""
+        self._steps.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        self.finished = True
+        streams.unregister(self._model, self)
+
+    def __enter__(self) -> TokenStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self._steps.close()
+
+
 def generate_stream(
     model: Model,
     prompts: str | Sequence[str],
@@ -203,13 +270,13 @@ def generate_stream(
     chat: bool | None = None,
     config: GenerationConfig | None = None,
     **settings: Any,
-) -> Iterator[StreamStep]:
+) -> TokenStream:
     """`generate()` one step at a time: yields a `StreamStep` after every decoding step.
 
     Same arguments and the same tokens as `generate()` (it runs the same decoding loop). The
-    arguments are checked when the first step is requested. Steering hooks that this function
-    attaches are removed when the stream ends, raises, or is closed early by its consumer
-    (`close()`, or leaving a `for` loop over a generator that is then garbage-collected).
+    arguments are checked at the call. Steering hooks that this function attaches are removed
+    when the stream ends, raises, is closed (`close()` or `with generate_stream(...) as s:`) or
+    dropped, and, with a RuntimeWarning, when another steerlens call uses the model first.
 
     Args:
         model: the model.
@@ -222,14 +289,23 @@ def generate_stream(
         config: decoding settings (default `GenerationConfig()`).
         **settings: `GenerationConfig` field overrides.
 
-    Yields:
-        One `StreamStep` per decoding step.
+    Returns:
+        A `TokenStream` yielding one `StreamStep` per decoding step.
 
     Raises:
         ValueError: as for `generate()`.
     """
     config = resolve_generation(config, settings)
-    prompts, use_chat, batch = _prepare(model, prompts, config, chat)
+    prompts, _, batch = _prepare(model, prompts, config, chat)
+    if steering is None and strength is not None:
+        raise ValueError("strength was given but steering is None; pass the vector to steer with.")
+    return TokenStream(model, _stream_steps(model, prompts, batch, steering, strength, positions,
+                                            config))
+
+
+def _stream_steps(model: Model, prompts: list[str], batch: runtime.TokenBatch, steering,
+                  strength: float | None, positions: PositionMode,
+                  config: GenerationConfig) -> Iterator[StreamStep]:
     stop = set(runtime.eos_ids(model)) if config.stop_at_eos else set()
     n = len(prompts)
     ids: list[list[int]] = [[] for _ in range(n)]

@@ -16,11 +16,18 @@ returns one direction [d]:
 
 `build_vector` extracts activations for a ContrastSet at several layers in one pass and applies a
 method (one of the names above, or any callable of the same shape) per layer, returning a
-`SteeringVector` with full provenance.
+`SteeringVector` with full provenance. Degenerate contrasts are announced rather than silently
+turned into zero vectors: pairs whose positive and negative texts are identical (all of them: an
+error naming them; some: a warning naming them); a layer where the two sides' activations
+coincide for every pair (to float32 rounding, `COINCIDE_RTOL`; e.g. layer 0 of a rotary model
+when every pair ends in the same token and read_at="last") gets an exactly zero direction and a
+warning naming it, and an error when that is every layer; a method that returns an all-zero
+direction where the activations do differ is an error.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,6 +41,11 @@ from .sites import Component
 from .vectors import SteeringVector
 
 Method = Callable[[Float[Tensor, "n d"], Float[Tensor, "n d"]], Float[Tensor, " d"]]
+
+# Two float32 forwards of the same text in different batch rows (other padding, other kernels)
+# differ by ~1e-6 of the activation norm; a contrast whose every pair differs by less than 1e-5 of
+# the largest activation norm carries no direction, only that rounding.
+COINCIDE_RTOL = 1e-5
 
 
 def _check_pair_shapes(pos: Tensor, neg: Tensor) -> None:
@@ -192,6 +204,56 @@ def _method_name(method: str | Method) -> str:
     return f"custom:{name}"
 
 
+def _few(indices: Sequence[int], limit: int = 10) -> str:
+    shown = ", ".join(str(i) for i in indices[:limit])
+    more = f", ... ({len(indices)} in all)" if len(indices) > limit else ""
+    return f"[{shown}{more}]"
+
+
+def identical_pairs(pairs: ContrastSet) -> list[int]:
+    """Indices of the pairs whose positive and negative texts are identical.
+
+    Args:
+        pairs: the contrast pairs.
+
+    Returns:
+        The indices (0-based), ascending.
+    """
+    return [i for i, p in enumerate(pairs) if p.positive == p.negative]
+
+
+def _check_identical(pairs: ContrastSet) -> list[int]:
+    same = identical_pairs(pairs)
+    if same and len(same) == len(pairs):
+        raise ValueError(
+            f"Every pair of {pairs.name!r} has identical positive and negative texts (pairs "
+            f"{_few(same)}), so every direction would be a zero vector; the two sides must differ "
+            "in the behaviour."
+        )
+    if same:
+        warnings.warn(
+            f"Pairs {_few(same)} of {pairs.name!r} have identical positive and negative texts; "
+            "they carry no contrast and only dilute the direction. Remove them.",
+            UserWarning, stacklevel=3,
+        )
+    return same
+
+
+def _coincide(pos: Tensor, neg: Tensor) -> bool:
+    """Whether positive and negative activations agree for every pair, to float32 rounding."""
+    diff = float((pos.double() - neg.double()).norm(dim=1).max())
+    scale = float(torch.cat([pos, neg]).double().norm(dim=1).max())
+    return diff <= COINCIDE_RTOL * scale
+
+
+def _degenerate_message(layers: Sequence[int], read_at: str, same: Sequence[int]) -> str:
+    why = (f"pairs {_few(list(same))} have identical texts and the others differ only after the "
+           f"token(s) read (read_at={read_at!r})" if same else
+           f"the texts differ, but not at the token(s) read (read_at={read_at!r})")
+    return (f"At layer(s) {list(layers)} the positive and negative activations coincide for every "
+            f"pair ({why}), so there is no direction there")
+
+
 def _apply(fn: Method, pos: Tensor, neg: Tensor, layer: int, name: str) -> Tensor:
     out = fn(pos, neg)
     if not isinstance(out, Tensor) or out.shape != (pos.shape[1],):
@@ -200,6 +262,8 @@ def _apply(fn: Method, pos: Tensor, neg: Tensor, layer: int, name: str) -> Tenso
                          f"layer {layer}; got {got}.")
     if not torch.isfinite(out).all():
         raise ValueError(f"Method {name!r} returned a non-finite direction at layer {layer}.")
+    if not bool(out.any()):
+        raise ValueError(f"Method {name!r} returned an all-zero direction at layer {layer}.")
     return out.float()
 
 
@@ -234,8 +298,14 @@ def build_vector(
         A `SteeringVector` with one direction per layer and provenance metadata.
 
     Raises:
-        ValueError: for an unknown method, bad pairs or layers, or a method that returns a
-            wrongly shaped or non-finite direction.
+        ValueError: for an unknown method, bad pairs or layers, pairs that are all identical,
+            activations that coincide at every layer, or a method that returns a wrongly shaped,
+            non-finite or all-zero direction.
+
+    Warns:
+        UserWarning: naming the pairs whose positive and negative texts are identical, when
+            only some are, and the layers where the two sides' activations coincide (their
+            directions are exactly zero), when only some do.
 
     Example:
         >>> pairs = sl.load_behaviour("sentiment").train
@@ -245,10 +315,25 @@ def build_vector(
     name = _method_name(method)
     read_at = resolve_read_at(read_at, position, "build_vector")
     pairs = as_contrast_set(pairs)
+    same = _check_identical(pairs)
     acts = extract_pairs(model, pairs, layers, component=component, read_at=read_at,
                          batch_size=batch_size, chat=chat, show_progress=show_progress)
-    dirs = {layer: _apply(fn, acts.positive[layer], acts.negative[layer], layer, name)
-            for layer in acts.layers}
+    dirs = {}
+    flat = []
+    for layer in acts.layers:
+        pos, neg = acts.positive[layer], acts.negative[layer]
+        if _coincide(pos, neg):  # rounding noise only: an exact zero, announced below
+            flat.append(layer)
+            dirs[layer] = torch.zeros(pos.shape[1])
+        else:
+            dirs[layer] = _apply(fn, pos, neg, layer, name)
+    if flat and len(flat) == len(dirs):
+        raise ValueError(_degenerate_message(flat, read_at, same) + "; every direction would be "
+                         "a zero vector.")
+    if flat:
+        warnings.warn(_degenerate_message(flat, read_at, same) + "; their directions are zero "
+                      "(steering there does nothing). Read elsewhere or choose other layers.",
+                      UserWarning, stacklevel=2)
     return SteeringVector(dirs, component=component, method=name, read_at=read_at,
                           model_id=runtime.model_id(model), n_pairs=len(pairs),
                           extra={"pairs": pairs.name})

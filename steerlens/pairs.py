@@ -12,13 +12,22 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .io import atomic_write_text
+
+
+class IdenticalPairWarning(UserWarning):
+    """Some contrast pairs have identical positive and negative texts.
+
+    Such a pair adds nothing to the contrast; a set made only of them gives a zero vector, which
+    `build_vector` refuses.
+    """
 
 
 @dataclass(frozen=True)
@@ -130,18 +139,14 @@ class ContrastSet:
             The contrast set.
 
         Raises:
-            ValueError: naming the first row that lacks "positive" or "negative", or a pair with an
-                empty completion.
+            ValueError: naming the first row that is not a dict, lacks "positive" or "negative",
+                or has a non-string or empty completion (or a non-string prompt).
+
+        Warns:
+            IdenticalPairWarning: naming the pairs whose positive and negative texts are identical.
         """
-        pairs = []
-        for i, row in enumerate(rows):
-            missing = {"positive", "negative"} - set(row)
-            if missing:
-                raise ValueError(
-                    f"Pair {i} of {name!r} lacks {sorted(missing)}; each needs 'positive' and "
-                    f"'negative' (and optionally 'prompt'). Got keys {sorted(row)}."
-                )
-            pairs.append(ContrastPair(row["positive"], row["negative"], row.get("prompt")))
+        pairs = [_pair_from_row(row, f"Pair {i} of {name!r}") for i, row in enumerate(rows)]
+        _warn_identical(pairs, [f"set {name!r}"] * len(pairs))
         return cls(tuple(pairs), name)
 
     @classmethod
@@ -157,20 +162,34 @@ class ContrastSet:
 
         Raises:
             FileNotFoundError: if the file does not exist.
-            ValueError: naming the line that is not a valid JSON object or lacks a required key.
+            IsADirectoryError: if it is a directory.
+            ValueError: naming the file and line that is not valid UTF-8, not a valid JSON
+                object, or lacks a required key or has a bad value; naming the file when it is not
+                a regular file or holds no pairs.
+
+        Warns:
+            IdenticalPairWarning: naming the file, lines and pair indices of pairs whose positive
+                and negative texts are identical.
         """
         path = Path(path)
-        rows = []
+        pairs, where = [], []
         for lineno, line in enumerate(_read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{lineno} is not valid JSON ({err.msg}).") from err
-            if not isinstance(rows[-1], dict):
-                raise ValueError(f"{path}:{lineno} must be a JSON object, got {rows[-1]!r}.")
-        return cls.from_dicts(rows, name or path.stem)
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno} must be a JSON object, got "
+                                 f"{_short(row)}.")
+            pairs.append(_pair_from_row(row, f"{path}:{lineno}"))
+            where.append(f"{path}:{lineno}")
+        if not pairs:
+            raise ValueError(f"{path} holds no contrast pairs (it is empty or only blank lines); "
+                             'each line needs {"positive": ..., "negative": ...}.')
+        _warn_identical(pairs, where)
+        return cls(tuple(pairs), name or path.stem)
 
     def to_jsonl(self, path: str | Path) -> Path:
         """Write the pairs as JSONL (one object per line), atomically.
@@ -204,23 +223,37 @@ class ContrastSet:
 
         Raises:
             FileNotFoundError: if the file does not exist.
-            ValueError: if the file is not a JSON list of objects with the three keys.
+            IsADirectoryError: if it is a directory.
+            ValueError: naming the file (and item) if it is not valid UTF-8 JSON, not a non-empty
+                list of objects with the three keys, or an item's question or answers are not
+                strings (an answer may be a one-element list holding a string).
+
+        Warns:
+            IdenticalPairWarning: naming the items whose two answers are identical.
         """
         path = Path(path)
         try:
             data = json.loads(_read_text(path))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err.msg}).") from err
+            raise ValueError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}).") \
+                from err
         if not isinstance(data, list):
-            raise ValueError(f"{path}: the CAA format is a JSON list of objects.")
+            raise ValueError(f"{path}: the CAA format is a JSON list of objects, got a "
+                             f"{type(data).__name__}.")
+        if not data:
+            raise ValueError(f"{path} holds no contrast pairs (an empty list).")
         keys = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
-        rows = []
+        pairs, where = [], []
         for i, item in enumerate(data):
+            loc = f"{path}: item {i}"
             if not isinstance(item, dict) or any(k not in item for k in keys):
-                raise ValueError(f"{path}: item {i} needs keys {list(keys)}.")
-            pos, neg = (_answer(item[k], strip_paren) for k in keys[1:])
-            rows.append({"prompt": item["question"], "positive": pos, "negative": neg})
-        return cls.from_dicts(rows, name or path.stem)
+                raise ValueError(f"{loc} needs keys {list(keys)}, got {_short(item)}.")
+            pos, neg = (_answer(item[k], strip_paren, f"{loc}: {k}") for k in keys[1:])
+            pairs.append(_pair_from_row({"prompt": item["question"], "positive": pos,
+                                         "negative": neg}, loc))
+            where.append(loc)
+        _warn_identical(pairs, where)
+        return cls(tuple(pairs), name or path.stem)
 
     def to_caa_json(self, path: str | Path) -> Path:
         """Write the pairs in the CAA A/B JSON format, atomically (inverse of `from_caa_json`).
@@ -242,16 +275,74 @@ class ContrastSet:
         return atomic_write_text(Path(path), json.dumps(rows, indent=1, ensure_ascii=False))
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _pair_from_row(row: Any, where: str) -> ContrastPair:
+    """A ContrastPair from a dict, with every problem raised as a ValueError starting `where`."""
+    if not isinstance(row, Mapping):
+        raise ValueError(f"{where} must be a dict with 'positive' and 'negative', got "
+                         f"{_short(row)}.")
+    missing = {"positive", "negative"} - set(row)
+    if missing:
+        raise ValueError(
+            f"{where} lacks {sorted(missing)}; each pair needs 'positive' and 'negative' (and "
+            f"optionally 'prompt'). Got keys {sorted(map(str, row))}."
+        )
+    for key in ("positive", "negative"):
+        value = row[key]
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{where}: {key!r} must be a non-empty string, got {_short(value)}.")
+    prompt = row.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise ValueError(f"{where}: 'prompt' must be a string or absent, got {_short(prompt)}.")
+    return ContrastPair(row["positive"], row["negative"], prompt)
+
+
+def _warn_identical(pairs: Sequence[ContrastPair], where: Sequence[str]) -> None:
+    """One IdenticalPairWarning naming every pair whose two texts are identical."""
+    same = [i for i, p in enumerate(pairs) if p.positive == p.negative]
+    if not same:
+        return
+    shown = ", ".join(f"pair {i} ({where[i]})" for i in same[:10])
+    more = f" and {len(same) - 10} more" if len(same) > 10 else ""
+    if len(same) == 1:
+        msg = f"{where[same[0]]}: pair {same[0]} has identical positive and negative texts"
+    else:
+        msg = f"{len(same)} of {len(pairs)} pairs have identical positive and negative texts: " \
+              f"{shown}{more}"
+    whole = " (every pair: the vector would be zero)" if len(same) == len(pairs) else ""
+    warnings.warn(f"{msg}{whole}; such a pair adds nothing to the contrast.",
+                  IdenticalPairWarning, stacklevel=3)
+
+
 def _read_text(path: Path) -> str:
+    """The UTF-8 text of a pairs file (a BOM is dropped); errors name the file."""
     if not path.exists():
         raise FileNotFoundError(f"Contrast-pair file {path} does not exist.")
-    return path.read_text(encoding="utf-8")
+    if path.is_dir():
+        raise IsADirectoryError(f"Contrast-pair file {path} is a directory; give a .jsonl or "
+                                "CAA .json file.")
+    if not path.is_file():
+        raise ValueError(f"Contrast-pair file {path} is not a regular file (a device or pipe?).")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line} is not valid UTF-8 text (byte {err.start}: "
+                         f"{err.reason}); save the file as UTF-8.") from None
 
 
-def _answer(value: Any, strip_paren: bool) -> str:
-    if isinstance(value, list):  # some CAA files hold a one-element list
-        value = value[0] if value else ""
-    text = str(value).strip()
+def _answer(value: Any, strip_paren: bool, where: str) -> str:
+    if isinstance(value, list) and len(value) == 1:  # some CAA files hold a one-element list
+        value = value[0]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where} must be a non-empty string (or a one-element list holding "
+                         f"one), got {_short(value)}.")
+    text = value.strip()
     return text[:-1] if strip_paren and re.fullmatch(r"\([A-Z]\)", text) else text
 
 

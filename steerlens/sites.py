@@ -55,7 +55,7 @@ class Site:
         check_layer(model, self.layer)
         return self
 
-    def hook_name(self, model: Model=None) -> str:
+    def hook_name(self, model: Model | None = None) -> str:
         """The backend hook name (validated against `model` when one is given).
 
         Args:

@@ -214,6 +214,12 @@ class Steerer:
         self._row_strengths: dict[int, Tensor] = {}
         self._dirs = [{lay: inj.vector[lay].to(dev, dtype) for lay in inj.vector.layers}
                       for inj in injections]
+        self._dtype = dtype
+        self._d_model = runtime.d_model(model)
+        self._amax = [max(float(inj.vector[lay].double().abs().max()) for lay in inj.vector.layers)
+                      for inj in injections]
+        for i, inj in enumerate(injections):
+            self._check_in_dtype(i, float(inj.strength))
 
     @property
     def names(self) -> list[str | None]:
@@ -246,6 +252,28 @@ class Steerer:
             raise ValueError(f"Injection index {key!r} out of range 0..{len(self.injections) - 1}.")
         return key
 
+    def _check_in_dtype(self, index: int, strength: float) -> None:
+        """Refuse a strength whose push the model cannot represent or normalise.
+
+        Two limits: the steered entry itself must fit the model's dtype, and the final/block
+        norms square and sum the residual (in float32 at least, as TransformerLens upcasts half
+        precision there), so |entry| must stay below sqrt(max / d_model) or the norm's scale
+        overflows and the output is garbage while still looking finite.
+        """
+        dtype = self._dtype
+        wide = torch.float64 if dtype == torch.float64 else torch.float32
+        limit = min(float(torch.finfo(dtype).max),
+                    math.sqrt(float(torch.finfo(wide).max) / self._d_model))
+        push = abs(strength) * self._amax[index]
+        if not push < limit:
+            raise ValueError(
+                f"Strength {strength:g} times the vector's largest entry ({self._amax[index]:.3g}) "
+                f"is {push:.3g}, beyond the largest value a "
+                f"{str(dtype).removeprefix('torch.')} model can carry and normalise here "
+                f"({limit:.4g}): the steered activations would overflow to inf/NaN. Use a "
+                "strength of a few times the residual norm at most."
+            )
+
     def set_strength(self, key: int | str, strength: StrengthValue) -> None:
         """Change an injection's strength; takes effect at the next forward.
 
@@ -257,11 +285,14 @@ class Steerer:
             strength: one finite strength, or one per batch row.
 
         Raises:
-            ValueError: for an unknown key, a non-finite strength or an empty per-row sequence.
+            ValueError: for an unknown key, a non-finite strength, one too large for the model's
+                dtype, or an empty per-row sequence.
         """
         index = self.index(key)
         if isinstance(strength, (int, float)) and not isinstance(strength, bool):
-            self.strengths[index] = check_strength(strength)
+            value = check_strength(strength)
+            self._check_in_dtype(index, value)
+            self.strengths[index] = value
             self._row_strengths.pop(index, None)
             return
         try:
@@ -271,6 +302,7 @@ class Steerer:
                              f"{strength!r}.") from err
         if rows.numel() == 0 or not torch.isfinite(rows).all():
             raise ValueError("Per-row strengths must be a non-empty sequence of finite numbers.")
+        self._check_in_dtype(index, float(rows.abs().max()))
         self.strengths[index] = 1.0
         self._row_strengths[index] = rows
 

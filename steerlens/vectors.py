@@ -5,14 +5,27 @@ metadata needed to trust and reuse it: model id, d_model, method, token position
 per-layer norm and library version. Vectors add, scale and negate layer-wise. `vector.layer(l)`
 selects a single layer. They are saved as safetensors (one tensor per layer, key `layer.{i}`) plus
 a JSON metadata file, and loaded without pickle; loading against a model refuses a mismatched
-d_model or a layer the model lacks. The methods that build vectors live in `methods.py`.
+d_model or a layer the model lacks, and warns (or with `strict=True` refuses) when the vector was
+built on another model. The methods that build vectors live in `methods.py`.
 A `SteeringVectorSet` is a named collection of vectors (e.g. one per behaviour) for multi-vector work.
+
+Saving is crash-safe: the two files of a vector (and `set.json` plus the vector directories of a
+set) are replaced together with `io.commit_entries` (new files under temp names, then a commit
+record written atomically, then renames), so a reader sees the old version or the new one even if
+the saving process is killed. Loading checks the metadata against the tensors: the SHA-256 of the
+tensors file recorded at save time, and the per-layer norms (float32 norms recomputed in float64,
+relative tolerance 1e-5), so tensors and metadata from different saves never load as one vector.
+Metadata files are read with a 1 MB cap and refused unless they are regular files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
+import re
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,16 +38,67 @@ from torch import Tensor
 
 from ._version import __version__
 from .backend import Model, runtime
-from .io import atomic_path, atomic_write_text
+from .io import commit_entries, read_bounded, resolve_entry, resolve_path
 from .sites import COMPONENTS, Site, check_layer
 
 VECTOR_FILE = "vector.safetensors"
 META_FILE = "vector.json"
+SET_FILE = "set.json"
 FORMAT_VERSION = 1
+MAX_META_BYTES = 1 << 20  # vector.json / set.json: a few kB in practice
+# Recorded norms are float32 norms (torch's cascade summation, relative error ~1e-7 * log2(d),
+# under 1e-6 for any d_model) written with full float precision; the check recomputes them in
+# float64, so a factor-10 margin over 1e-6 never fails a genuine file, while tensors from another
+# save differ by far more (and equal-norm vectors are caught by the SHA-256 of the tensors file).
+NORM_RTOL = 1e-5
+# temp files of the older two-rename save (".vector.json.XXXX.tmp"), removed by the next save
+_LEGACY_TEMP = re.compile(r"^\.(vector\.safetensors|vector\.json|set\.json)\..+\.tmp$")
 
 
 class VectorFileError(ValueError):
     """A vector file is missing, truncated, corrupt or inconsistent with its metadata."""
+
+
+class ModelMismatchWarning(UserWarning):
+    """A vector (or set) built on one model is loaded for another model of the same width."""
+
+
+def _legacy_temp(name: str) -> bool:
+    return bool(_LEGACY_TEMP.match(name))
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Model ids that name the same model ("HuggingFaceTB/SmolLM2-135M-Instruct" and
+    "smollm2-135m-instruct" do: case and a hub organisation are ignored)."""
+    return a.rsplit("/", 1)[-1].lower() == b.rsplit("/", 1)[-1].lower()
+
+
+def check_model_id(built_on: str, model: Model, strict: bool, where: str | Path) -> None:
+    """Warn (or with `strict`, raise) when a vector built on `built_on` is used with `model`.
+
+    Args:
+        built_on: the vector's recorded model id.
+        model (Model): the model it is loaded for.
+        strict: raise instead of warning; a vector that records no model id is refused too.
+        where: the file or directory, for the message.
+
+    Raises:
+        ValueError: with `strict`, if the ids differ or the vector records no model id.
+    """
+    target = runtime.model_id(model)
+    if built_on in ("", "unknown"):
+        if strict:
+            raise ValueError(f"{where} records no model id, so strict=True cannot confirm it was "
+                             f"built on {target!r}.")
+        return
+    if _same_model(built_on, target):
+        return
+    msg = (f"{where} was built on model {built_on!r} but is being loaded for model {target!r}; "
+           "a direction from another model is meaningless there even when the widths match")
+    if strict:
+        raise ValueError(msg + ".")
+    warnings.warn(msg + " (pass strict=True to make this an error).", ModelMismatchWarning,
+                  stacklevel=3)
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,11 +226,17 @@ class SteeringVector:
             A new vector; its method is tagged "|normalized".
 
         Raises:
-            ValueError: if `norm` is not finite.
+            ValueError: if `norm` is not finite, or a layer's direction is zero (it has no
+                direction to rescale).
         """
         if not math.isfinite(norm):
             raise ValueError(f"norm must be finite, got {norm}.")
-        return self._map(lambda t: t * (norm / t.norm().clamp_min(1e-12)), "normalized")
+        zero = [lay for lay, t in self.directions.items() if not bool(t.any())]
+        if zero:
+            raise ValueError(f"Cannot normalise: the direction at layer(s) {zero} is zero "
+                             f"(method {self.method!r}), so it has no direction to rescale.")
+        return self._map(lambda t: (t.double() * (norm / t.double().norm())).float(),
+                         "normalized")
 
     def cosine(self, other: SteeringVector) -> dict[int, float]:
         """Per-layer cosine similarity with another vector (shared layers).
@@ -290,16 +360,24 @@ class SteeringVector:
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Write `vector.safetensors` + `vector.json` into `directory` (each atomically).
+        """Write `vector.safetensors` + `vector.json` into `directory`, together and crash-safely.
 
         The tensors file holds one float32 tensor per layer (key `layer.{i}`); the JSON file holds
-        `metadata()`. No pickle is involved, so loading a vector never runs code.
+        `metadata()` plus the SHA-256 of the tensors file. No pickle is involved, so loading a
+        vector never runs code. Both files are replaced in one commit (`io.commit_entries`): if
+        the process dies mid-save, the directory still loads as the previous vector (or, once the
+        commit point is passed, as this one), and the next save removes the temp files a killed
+        save left. Other files in `directory` are left alone.
 
         Args:
             directory: the directory to write into (created if missing).
 
         Returns:
             The directory, as a Path.
+
+        Raises:
+            ValueError: if `directory` is a file or lies under one.
+            TypeError: if `extra` holds values JSON cannot represent (nothing is written).
 
         Example:
             ```python
@@ -310,30 +388,41 @@ class SteeringVector:
             path = vec.save("vectors/mine")   # writes vector.safetensors + vector.json there
             ```
         """
-        from safetensors.torch import save_file
+        from safetensors.torch import save as to_bytes
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tensors = {f"layer.{k}": v.contiguous() for k, v in self.directions.items()}
-        with atomic_path(directory / VECTOR_FILE) as tmp:
-            save_file(tensors, str(tmp), metadata={"steerlens_format": str(FORMAT_VERSION)})
-        atomic_write_text(directory / META_FILE, json.dumps(self.metadata(), indent=2))
-        return directory
+        blob = to_bytes(tensors, metadata={"steerlens_format": str(FORMAT_VERSION)})
+        meta = {**self.metadata(), "tensors_sha256": hashlib.sha256(blob).hexdigest()}
+        text = json.dumps(meta, indent=2)
+        return commit_entries(directory, {
+            VECTOR_FILE: lambda p: p.write_bytes(blob),
+            META_FILE: lambda p: p.write_text(text, encoding="utf-8"),
+        }, stray=_legacy_temp)
 
     @classmethod
-    def load(cls, directory: str | Path, model: Model | None = None) -> SteeringVector:
+    def load(cls, directory: str | Path, model: Model | None = None, *,
+             strict: bool = False) -> SteeringVector:
         """Load a saved vector (no pickle); with `model`, check it fits that model.
+
+        The metadata must agree with the tensors (layers, d_model, per-layer norms and, for files
+        that record it, the tensors file's SHA-256), so files from two different
+        saves never load as one vector. A vector built on another model than `model` (by its
+        recorded `model_id`) loads with a `ModelMismatchWarning`; `strict=True` makes that an
+        error.
 
         Args:
             directory: the directory `save` wrote (or either file in it).
             model (Model | None): when given, the vector's d_model and layers are checked against it.
+            strict: with `model`, refuse a vector whose model id is another model's or missing.
 
         Returns:
             The loaded vector, metadata included.
 
         Raises:
-            VectorFileError: if a file is missing, corrupt, truncated or inconsistent with the metadata.
-            ValueError: if `model` is given and the vector does not fit it.
+            VectorFileError: naming the file, if a file is missing, not a regular file, too large,
+                corrupt, truncated or inconsistent with the other.
+            ValueError: if `model` is given and the vector does not fit it (or, with `strict`,
+                was built on another model).
 
         Example:
             ```python
@@ -348,26 +437,37 @@ class SteeringVector:
         directory = Path(directory)
         if directory.is_file():
             directory = directory.parent
-        tpath, mpath = directory / VECTOR_FILE, directory / META_FILE
+        for attempt in range(3):
+            try:
+                vec = cls._load_files(resolve_path(directory))
+                break
+            except FileNotFoundError as err:  # a concurrent save renamed a file under us: retry
+                if attempt == 2:
+                    raise VectorFileError(f"{err.filename} does not exist (it disappeared while "
+                                          "being read; is another process saving there?).") from err
+        if model is not None:
+            vec.check_model(model)
+            check_model_id(vec.model_id, model, strict, directory)
+        return vec
+
+    @classmethod
+    def _load_files(cls, directory: Path) -> SteeringVector:
+        tpath, mpath = resolve_entry(directory, VECTOR_FILE), resolve_entry(directory, META_FILE)
         for p in (tpath, mpath):
             if not p.exists():
                 raise VectorFileError(
                     f"{p} does not exist; a saved vector is a directory with {VECTOR_FILE} and "
                     f"{META_FILE}."
                 )
-        try:
-            meta = json.loads(mpath.read_text(encoding="utf-8"))
-            if not isinstance(meta, dict):
-                raise ValueError("metadata is not a JSON object")
-        except (ValueError, UnicodeDecodeError) as err:
-            raise VectorFileError(f"{mpath} is not valid vector metadata JSON ({err}).") from err
-        tensors = _read_safetensors(tpath)
+        meta = _parse_meta(read_bounded(mpath, MAX_META_BYTES, "vector metadata file",
+                                        VectorFileError), mpath)
+        blob = read_bounded(tpath, 1 << 36, "vector tensors file", VectorFileError)
         dirs: dict[int, Tensor] = {}
-        for key, t in tensors.items():
+        for key, t in _read_safetensors(tpath, blob).items():
             if not key.startswith("layer.") or not key[6:].isdigit():
                 raise VectorFileError(f"{tpath} has an unexpected tensor key {key!r}.")
             dirs[int(key[6:])] = t
-        if sorted(dirs) != sorted(int(x) for x in meta.get("layers", dirs)):
+        if sorted(dirs) != sorted(meta.get("layers", dirs)):
             raise VectorFileError(
                 f"{tpath} holds layers {sorted(dirs)} but {mpath} lists {meta.get('layers')}."
             )
@@ -378,28 +478,88 @@ class SteeringVector:
                 method=meta.get("method", "custom"),
                 read_at=meta.get("read_at", meta.get("position", "last")),
                 model_id=meta.get("model_id", "unknown"),
-                n_pairs=int(meta.get("n_pairs", 0)),
+                n_pairs=meta.get("n_pairs", 0),
                 extra=meta.get("extra", {}),
                 version=meta.get("version", "unknown"),
             )
         except ValueError as err:
             raise VectorFileError(f"{tpath}: {err}") from err
-        if "d_model" in meta and int(meta["d_model"]) != vec.d_model:
+        if "d_model" in meta and meta["d_model"] != vec.d_model:
             raise VectorFileError(
-                f"{mpath} says d_model {meta['d_model']} but the tensors have {vec.d_model}."
+                f"{mpath} says d_model {meta['d_model']} but the tensors in {tpath} have "
+                f"{vec.d_model}."
             )
-        if model is not None:
-            vec.check_model(model)
+        recorded = meta.get("tensors_sha256")
+        if recorded is not None and hashlib.sha256(blob).hexdigest() != recorded:
+            raise VectorFileError(
+                f"{tpath} does not match {mpath}: its SHA-256 differs from the one the metadata "
+                f"records, so the two files come from different saves. (If you replaced the "
+                f"tensors on purpose, delete \"tensors_sha256\" from {META_FILE}.)"
+            )
+        norms = meta.get("norms", {})
+        if "norms" in meta and set(norms) != {str(x) for x in vec.layers}:
+            raise VectorFileError(f"{mpath}: 'norms' has layers {sorted(norms)} but the tensors "
+                                  f"in {tpath} have layers {vec.layers}.")
+        for layer, want in norms.items():
+            got = float(vec[int(layer)].double().norm())
+            if not math.isclose(want, got, rel_tol=NORM_RTOL, abs_tol=1e-20):
+                raise VectorFileError(
+                    f"{mpath} records norm {want:.7g} at layer {layer} but the tensors in {tpath} "
+                    f"have norm {got:.7g}: the two files come from different saves or one was "
+                    "edited."
+                )
         return vec
 
 
-def _read_safetensors(path: Path) -> dict[str, Tensor]:
-    """Read a safetensors file, turning every failure into a VectorFileError."""
+def _parse_meta(raw: bytes, mpath: Path) -> dict[str, Any]:
+    """Parse and type-check vector metadata, raising VectorFileError naming `mpath`."""
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not a JSON object")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise VectorFileError(f"{mpath} is not valid vector metadata JSON ({err}).") from err
+
+    def bad(key: str, want: str) -> VectorFileError:
+        return VectorFileError(f"{mpath}: {key!r} must be {want}, got {meta[key]!r}.")
+
+    def count(x: object) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+    for key in ("component", "method", "read_at", "position", "model_id", "version",
+                "tensors_sha256"):
+        if key in meta and not isinstance(meta[key], str):
+            raise bad(key, "a string")
+    for key in ("format", "d_model", "n_pairs"):
+        if key in meta and not count(meta[key]):
+            raise bad(key, "a non-negative integer")
+    if meta.get("format", FORMAT_VERSION) > FORMAT_VERSION:
+        raise VectorFileError(f"{mpath} has format {meta['format']}, newer than the format "
+                              f"{FORMAT_VERSION} this steerlens reads; upgrade steerlens.")
+    if "layers" in meta and not (isinstance(meta["layers"], list)
+                                 and all(count(x) for x in meta["layers"])):
+        raise bad("layers", "a list of non-negative integers")
+    if "extra" in meta and not isinstance(meta["extra"], dict):
+        raise bad("extra", "a JSON object")
+    norms = meta.get("norms", {})
+    if not (isinstance(norms, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in norms.values())):
+        raise bad("norms", "an object mapping each layer to a finite number")
+    layers = {str(x) for x in meta.get("layers", [])}
+    if "norms" in meta and "layers" in meta and set(norms) != layers:
+        raise VectorFileError(f"{mpath}: 'norms' has layers {sorted(norms)} but 'layers' lists "
+                              f"{meta['layers']}.")
+    return meta
+
+
+def _read_safetensors(path: Path, blob: bytes) -> dict[str, Tensor]:
+    """Parse the bytes of safetensors file `path`, turning every failure into a VectorFileError."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     try:
-        return load_file(str(path), device="cpu")
+        return load(blob)
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise VectorFileError(f"{path} is corrupt or truncated ({err}).") from err
     except Exception as err:  # safetensors raises bare Exceptions on some malformed headers
@@ -459,6 +619,10 @@ class SteeringVectorSet:
     def save(self, directory: str | Path) -> Path:
         """Save each vector to `directory/NAME/` and the list of names to `directory/set.json`.
 
+        All of it is replaced in one commit (`io.commit_entries`), so a reader sees the old set or
+        the new one even if the process dies mid-save; vectors of the old set that the new one
+        lacks are removed in the same commit.
+
         Args:
             directory: the directory to write into (created if missing).
 
@@ -466,36 +630,72 @@ class SteeringVectorSet:
             The directory, as a Path.
 
         Raises:
-            ValueError: if a name cannot be used as a directory name (empty, with "/", or hidden).
+            ValueError: if a name cannot be used as a directory name (not a string, empty, with
+                "/" or "\\", hidden, or "set.json"), or `directory` is a file.
         """
         directory = Path(directory)
-        for name, vec in self.vectors.items():
-            if not name or "/" in name or name.startswith("."):
+        for name in self.vectors:
+            if (not isinstance(name, str) or not name or name == SET_FILE
+                    or name.startswith(".") or any(c in name for c in "/\\\x00")):
                 raise ValueError(f"Vector name {name!r} cannot be used as a directory name.")
-            vec.save(directory / name)
-        atomic_write_text(directory / "set.json", json.dumps({"names": list(self.vectors)}))
-        return directory
+        index = json.dumps({"names": list(self.vectors)})
+        writers: dict[str, Any] = {SET_FILE: lambda p: p.write_text(index, encoding="utf-8")}
+        for name, vec in self.vectors.items():
+            writers[name] = vec.save
+        old: list[str] = []
+        if (directory / SET_FILE).is_file():
+            with contextlib.suppress(ValueError, OSError):
+                old = _read_set_names(directory / SET_FILE)
+        return commit_entries(directory, writers,
+                              remove=[n for n in old if n not in self.vectors], stray=_legacy_temp)
 
     @classmethod
-    def load(cls, directory: str | Path, model: Model | None = None) -> SteeringVectorSet:
+    def load(cls, directory: str | Path, model: Model | None = None, *,
+             strict: bool = False) -> SteeringVectorSet:
         """Load a set written by `SteeringVectorSet.save`.
 
         Args:
             directory: the directory `save` wrote.
-            model (Model | None): when given, every vector is checked against it.
+            model (Model | None): when given, every vector is checked against it, with a
+                `ModelMismatchWarning` for vectors built on another model.
+            strict: with `model`, refuse vectors built on another model (or on an unrecorded one).
 
         Returns:
             The loaded set, in the saved order.
 
         Raises:
-            VectorFileError: if `set.json` or a vector's files are missing or corrupt.
+            VectorFileError: if `set.json` or a vector's files are missing, corrupt or inconsistent.
+            ValueError: if `model` is given and a vector does not fit it (or, with `strict`, was
+                built on another model).
         """
-        directory = Path(directory)
-        index = directory / "set.json"
+        directory = resolve_path(Path(directory))
+        index = resolve_entry(directory, SET_FILE)
         if not index.exists():
             raise VectorFileError(f"{index} does not exist; is {directory} a saved vector set?")
-        try:
-            names = json.loads(index.read_text())["names"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise VectorFileError(f"{index} is corrupt ({err}).") from err
-        return cls({n: SteeringVector.load(directory / n, model) for n in names})
+        names = _read_set_names(index)
+        vectors = {n: SteeringVector.load(resolve_entry(directory, n)) for n in names}
+        if model is not None:
+            by_model: dict[str, list[str]] = {}
+            for n, vec in vectors.items():
+                vec.check_model(model)
+                by_model.setdefault(vec.model_id, []).append(n)
+            for built_on, members in by_model.items():
+                check_model_id(built_on, model, strict, f"{directory} (vectors {members})")
+        return cls(vectors)
+
+
+def _read_set_names(index: Path) -> list[str]:
+    """The vector names listed in a set's `set.json`, validated (VectorFileError naming it)."""
+    try:
+        names = json.loads(read_bounded(index, MAX_META_BYTES, "vector set index",
+                                        VectorFileError).decode("utf-8"))["names"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        if isinstance(err, VectorFileError):
+            raise
+        raise VectorFileError(f"{index} is corrupt ({type(err).__name__}: {err}).") from err
+    if (not isinstance(names, list) or not names or len(set(map(str, names))) != len(names)
+            or not all(isinstance(n, str) and n and not n.startswith(".") and n != SET_FILE
+                       and not any(c in n for c in "/\\\x00") for n in names)):
+        raise VectorFileError(f"{index} is corrupt: 'names' must be a non-empty list of distinct "
+                              f"plain names, got {names!r}.")
+    return names

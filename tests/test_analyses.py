@@ -56,8 +56,9 @@ def test_scale_to_residual_and_norms_match_a_hand_loop(tiny):
     g = torch.Generator().manual_seed(0)
     vec = SteeringVector({0: torch.randn(64, generator=g), 1: torch.randn(64, generator=g)})
     scaled = common.scale_to_residual(vec, {0: 2.0, 1: 5.0})
-    assert scaled.norms[0] == pytest.approx(2.0, rel=1e-6)
-    assert scaled.norms[1] == pytest.approx(5.0, rel=1e-6)
+    # float32 rescaling of a float32 vector: a few ulps (~1e-7 relative) from the target norm
+    assert scaled.norms[0] == pytest.approx(2.0, rel=1e-5)
+    assert scaled.norms[1] == pytest.approx(5.0, rel=1e-5)
     assert torch.nn.functional.cosine_similarity(scaled[1], vec[1], dim=0) > 0.99999
     with pytest.raises(ValueError, match="No residual norm"):
         common.scale_to_residual(vec, {0: 1.0})
@@ -297,7 +298,8 @@ def test_base_vs_instruct_quick_same_model_twice(tiny, tmp_path):
     out = mod.main(_args("bvi", tmp_path), models=(tiny, tiny))
     kl = out["kl_summary"]
     assert len(kl) == 2
-    assert kl["kl_mean"].iloc[0] == pytest.approx(kl["kl_mean"].iloc[1])  # same model: same KL
+    # same model and prompts, two runs: the same float32 KL up to summation order
+    assert kl["kl_mean"].iloc[0] == pytest.approx(kl["kl_mean"].iloc[1], rel=1e-5, abs=1e-9)
     # the degeneration ratio recomputed from text_perplexity directly
     from steerlens.measures import text_perplexity
     from steerlens.spectral.evaluate import load_heldout
@@ -313,7 +315,8 @@ def test_base_vs_instruct_quick_same_model_twice(tiny, tmp_path):
     p0 = text_perplexity(tiny, texts).perplexity
     p1 = text_perplexity(tiny, texts, steering=scaled.layer(1), strength=0.5).perplexity
     np.testing.assert_allclose(real["log2_ratio"].to_numpy(),
-                               [math.log2(b / a) for a, b in zip(p0, p1)], rtol=1e-6)
+                               [math.log2(b / a) for a, b in zip(p0, p1)], rtol=1e-5,
+                               atol=1e-5)  # log2 of float32 perplexity ratios near 1
     # the gallery rebuilds the KL table from the saved sweeps (kl_table.csv is not written)
     d = tmp_path / "bvi"
     assert not (d / "kl_table.csv").exists() and not (d / "gen_table.csv").exists()

@@ -35,6 +35,7 @@ def test_notebook_runs(path: Path, tmp_path: Path, monkeypatch):
     assert any(c.cell_type == "code" for c in nb.cells), f"{path.name} has no code cells"
     threads = os.environ.get("STEERLENS_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
     monkeypatch.setenv("STEERLENS_THREADS", threads)
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)  # torch in the kernel reads this at start-up
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     client = nbclient.NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})

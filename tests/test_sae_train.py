@@ -215,6 +215,34 @@ def test_max_steps_then_continue(cache, tmp_path):
     assert rest.resumed_from_step == 6 and rest.steps == 12
 
 
+def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(cache, tmp_path, monkeypatch):
+    from steerlens.checks import NonFiniteError
+    from steerlens.sae import train as T
+
+    real = T._trainer
+
+    def poisoned(config, sae, data):
+        tr = real(config, sae, data)
+        step = tr.step
+
+        def bad_step(batch):
+            out = step(batch)
+            if tr.n_training_steps == 6:  # the 7th step diverges
+                out.loss = out.loss * float("nan")
+            return out
+
+        tr.step = bad_step
+        return tr
+
+    cfg = tiny_config(train_tokens=128 * 12, checkpoint_every=5)
+    monkeypatch.setattr(T, "_trainer", poisoned)
+    with pytest.raises(NonFiniteError, match="loss became nan at step 7"):
+        train_sae(cache, cfg, tmp_path, show_progress=False)
+    monkeypatch.setattr(T, "_trainer", real)
+    assert not (tmp_path / "sae").exists()
+    assert train_sae(cache, cfg, tmp_path, show_progress=False).resumed_from_step == 5
+
+
 def test_topk_trains(cache, tmp_path):
     res = train_sae(cache, tiny_config(architecture="topk", k=8, train_tokens=128 * 10),
                     tmp_path, show_progress=False)

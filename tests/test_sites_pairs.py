@@ -111,3 +111,24 @@ def test_calendar_positives_are_json():
     b = load_behaviour("calendar_json")
     for p in (*b.train, *b.test):
         assert isinstance(json.loads(p.positive), dict)
+
+
+def test_identical_pairs_warn_naming_them(tmp_path):
+    import warnings
+
+    from steerlens.pairs import IdenticalPairWarning
+
+    with pytest.warns(IdenticalPairWarning, match=r"set 'x': pair 1 has identical"):
+        ContrastSet.from_dicts([{"positive": "a", "negative": "b"},
+                                {"positive": "c", "negative": "c"}], "x")
+    item = {"question": "Q", "answer_matching_behavior": "(A)",
+            "answer_not_matching_behavior": "(B)"}
+    path = tmp_path / "caa.json"
+    path.write_text(json.dumps([item, {**item, "answer_not_matching_behavior": "(A)"},
+                                {**item, "answer_matching_behavior": "(B)"}]))
+    with pytest.warns(IdenticalPairWarning, match=r"2 of 3 pairs .*pair 1 \(.*caa.json: item 1\)"):
+        ContrastSet.from_caa_json(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IdenticalPairWarning)
+        for name in BEHAVIOURS:  # the shipped sets have none
+            load_behaviour(name)

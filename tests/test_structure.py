@@ -218,3 +218,26 @@ def test_boundary_checker_flags_planted_reads():
                                      "reads hf_model.cfg", "getattr(..., 'W_U')"}
     assert not any("sae" in w or "d_vocab" in w for _, w in found)
     assert len(found) == 11
+
+
+def unannotated_models(text: str) -> list[tuple[int, str]]:
+    """(line, function) of every `model` parameter not annotated with the `Model` alias."""
+    out = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            for a in args.posonlyargs + args.args + args.kwonlyargs:
+                if a.arg != "model":
+                    continue
+                ann = ast.unparse(a.annotation) if a.annotation is not None else ""
+                if ann not in ("Model", "Model | None"):
+                    out.append((a.lineno, node.name))
+    return out
+
+
+def test_model_is_annotated_with_one_alias_everywhere():
+    bad = {name: hits for name, path in _sources().items()
+           if (hits := unannotated_models(path.read_text(encoding="utf-8")))}
+    assert not bad, f"`model` parameters without the Model annotation: {bad}"
+    planted = "def f(model, x):\n    pass\n\ndef g(model: Model):\n    pass\n"
+    assert unannotated_models(planted) == [(1, "f")]  # the checker can fail

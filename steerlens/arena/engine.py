@@ -16,7 +16,9 @@ continuation gets its per-token KL(base || steered) in bits from `measures.kl.pe
 
 Strength multiplies the raw vector (the mean difference, whose norm the page shows), and
 |strength| is capped at `MAX_STRENGTH`. Every event is a JSON-ready dict; closing the event
-generator early (a client that went away) removes the hooks and releases the lock.
+generator early (a client that went away) removes the hooks and releases the lock. A request that
+waits for the lock polls a `cancelled` callback (the server's "has the client gone?") and is dropped
+without touching the model when it returns True.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,7 @@ MAX_TEMPERATURE = 2.0
 MAX_SEED = 2**31 - 1
 PAIR_SEPARATOR = "|||"
 LENS_K = 12
+QUEUE_POLL_S = 0.1
 CUSTOM = "custom"
 
 
@@ -182,7 +185,9 @@ class Arena:
         self._vectors: dict[tuple[str, int], SteeringVector] = {}
         self.behaviours = tuple(list_behaviours())
         self.n_aborted = 0
+        self.n_dropped = 0
         self.n_runs = 0
+        self._count_lock = threading.Lock()
 
     # ------------------------------------------------------------------ options and checking
     def options(self) -> dict[str, Any]:
@@ -208,10 +213,11 @@ class Arena:
         """Whether a run holds the model, how many hooks are on it now, and run counters.
 
         Returns:
-            A JSON-ready dict with busy, hooks_attached, runs and aborted.
+            A JSON-ready dict with busy, hooks_attached, runs, aborted (stopped midway: the client
+            left) and dropped (abandoned while queued, the model never ran).
         """
         return {"busy": self.lock.locked(), "hooks_attached": runtime.attached_hook_count(self.model),
-                "runs": self.n_runs, "aborted": self.n_aborted}
+                "runs": self.n_runs, "aborted": self.n_aborted, "dropped": self.n_dropped}
 
     def parse_request(self, payload: Any) -> ArenaRequest:
         """Check a request (a JSON object) without running the model; raises ArenaInputError.
@@ -240,7 +246,10 @@ class Arena:
         behaviour = payload.get("behaviour", self.behaviours[0])
         pairs = None
         if behaviour == CUSTOM:
-            pairs = parse_pairs(payload.get("pairs", ""))
+            raw_pairs = payload.get("pairs", "")
+            if not isinstance(raw_pairs, str):
+                raise ArenaInputError("Custom pairs must be text, one pair per line.")
+            pairs = parse_pairs(raw_pairs)
             behaviour = None
         elif behaviour not in self.behaviours:
             raise ArenaInputError(
@@ -288,28 +297,52 @@ class Arena:
                                               [req.layer], show_progress=False)
         return self._vectors[key]
 
-    def run(self, req: ArenaRequest) -> Iterator[dict[str, Any]]:
+    def run(self, req: ArenaRequest, *, cancelled: Callable[[], bool] | None = None,
+            poll_s: float = QUEUE_POLL_S) -> Iterator[dict[str, Any]]:
         """Events of one run: queued?, vector, lens, step..., kl..., done.
 
         The baseline and every strength decode in one batch under one `steer()` with per-row strengths.
         Closing the generator early (a client that went away) removes the hooks and frees the model.
+        While another run holds the model this one waits, calling `cancelled` every `poll_s`
+        seconds (and once before and once after taking the lock); when it returns True the
+        request is dropped: the generator ends without running the model (counted in `n_dropped`).
 
         Args:
             req: a request checked by `parse_request`.
+            cancelled: returns True once the request's client has gone (None: never).
+            poll_s: how often a queued request calls `cancelled`, in seconds.
 
         Yields:
             JSON-ready event dicts, each with a "type".
         """
+        gone = cancelled if cancelled is not None else (lambda: False)
+        if gone():
+            self._dropped()
+            return
         if not self.lock.acquire(blocking=False):
-            yield {"type": "queued", "message": "Waiting for another generation to finish..."}
-            self.lock.acquire()
+            try:
+                yield {"type": "queued", "message": "Waiting for another generation to finish..."}
+            except GeneratorExit:  # closed while queued: the client went away
+                self._dropped()
+                raise
+            while not self.lock.acquire(timeout=poll_s):
+                if gone():
+                    self._dropped()
+                    return
         try:
+            if gone():  # the client left just as the model came free
+                self._dropped()
+                return
             yield from self._run_locked(req)
         except GeneratorExit:
             self.n_aborted += 1
             raise
         finally:
             self.lock.release()
+
+    def _dropped(self) -> None:
+        with self._count_lock:
+            self.n_dropped += 1
 
     def _run_locked(self, req: ArenaRequest) -> Iterator[dict[str, Any]]:
         t0 = time.perf_counter()

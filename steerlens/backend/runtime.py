@@ -19,6 +19,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .loading import quiet_backend
+from .streams import close_abandoned
 from .types import Model
 
 COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -475,6 +476,7 @@ def attached(model: Model, hooks: Sequence[tuple[str, HookFn]]) -> Iterator[None
     Yields:
         Nothing; the hooks are active inside the block.
     """
+    close_abandoned(model)
     with quiet_backend(), model.hooks(fwd_hooks=list(hooks), reset_hooks_end=True):
         yield
 
@@ -499,6 +501,7 @@ def forward(
     Returns:
         Logits [batch, pos, d_vocab], or the residual stream [batch, pos, d_model].
     """
+    close_abandoned(model)
     with quiet_backend(), torch.inference_mode():
         return model(
             batch.tokens,

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..backend import Model, runtime
-from ..checks import check_batch_size, check_texts
+from ..checks import check_batch_size, check_finite_tensor, check_texts
 from ..extract import resolve_chat
 from ..steer import PositionMode, Steerer, steer, steered_forward
 
@@ -80,6 +80,7 @@ def span_logprobs(
             out.append(torch.zeros(0, dtype=torch.float64))
             continue
         logits = runtime.unembed(model, resid[i, start - 1 : end - 1]).double()
+        check_finite_tensor(logits, f"logits of row {i}")
         targets = batch.tokens[i, start:end]
         lp = logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
         out.append(lp.cpu())

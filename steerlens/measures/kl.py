@@ -25,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..backend import Model, runtime
+from ..checks import NonFiniteError
 from ..steer import PositionMode
 from ._common import (
     check_batch_size,
@@ -57,6 +58,7 @@ def kl_bits(
 
     Raises:
         ValueError: if the shapes differ or the vocabulary axis is empty.
+        NonFiniteError: if either input holds NaN or +inf (never a finite KL for garbage).
     """
     if p_logits.shape != q_logits.shape:
         raise ValueError(
@@ -65,6 +67,13 @@ def kl_bits(
         )
     if p_logits.ndim == 0 or p_logits.shape[-1] == 0:
         raise ValueError("Logits need a non-empty last (vocabulary) axis.")
+    for name, x in (("p_logits", p_logits), ("q_logits", q_logits)):
+        # -inf is a legitimate logit (a token with probability 0); NaN and +inf are garbage
+        bad = torch.isnan(x) | (x == float("inf"))
+        if bool(bad.any()):
+            raise NonFiniteError(f"kl_bits: {name} contain {int(bad.sum())} NaN/+inf value(s); "
+                                 "the steering strength is probably too large for the model's "
+                                 "dtype. No KL is returned for them.")
     logp = p_logits.double().log_softmax(-1)
     logq = q_logits.double().log_softmax(-1).to(logp.device)
     terms = logp.exp() * (logp - logq)

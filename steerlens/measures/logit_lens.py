@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..backend import Model, runtime
+from ..checks import check_finite_tensor
 from ..steer import PositionMode, steered_forward
 from ..vectors import SteeringVector
 from ._common import steering_context, token_strings, use_chat
@@ -239,6 +240,7 @@ def residual_lens(
             runtime.attached(model, [(n, grab(n)) for n in names]):
         steered_forward(model, batch, steerer, stop_at_layer=n_layers, return_type=None)
     resid = torch.stack([captured[n] for n in names])
+    check_finite_tensor(resid, "residual stream read by the lens")
     probs = runtime.unembed(model, resid).double().softmax(-1).cpu()
     top = probs.topk(k, dim=-1)
     top_ids = tuple(tuple(row) for row in top.indices.tolist())

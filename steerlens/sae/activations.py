@@ -8,7 +8,9 @@ returned residual is the site itself, other components are caught with a hook on
 needed). Position 0 is never kept: in SmolLM2 the first position carries a "massive activation"
 (norm ~25,000 at layer 12 against a median ~140, with or without BOS), which would dominate the
 MSE. Any other token whose norm exceeds `outlier_factor` x the batch median is also dropped and
-counted. Activations are stored as fp16 safetensors shards of `seqs_per_shard` windows in a
+counted, as is a token with an entry beyond float16's range (|x| > 65504, which would be stored as
+inf); a NaN or inf in the model's own activations raises `NonFiniteError` instead of being
+cached. Activations are stored as fp16 safetensors shards of `seqs_per_shard` windows in a
 directory keyed by a hash of everything that determines them; each shard is written atomically,
 so an interrupted run resumes by skipping the shards already on disk.
 """
@@ -27,11 +29,12 @@ import torch
 from jaxtyping import Float
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
-from safetensors.torch import save_file
+from safetensors.torch import save as save_bytes
 from torch import Tensor
 
 from ..backend import Model, runtime
 from ..backend.loading import cache_root
+from ..checks import NonFiniteError
 from ..io import atomic_path, atomic_write_text
 from ..progress import progress
 from ..sites import Site
@@ -339,8 +342,8 @@ def cache_activations(
                 shard.unlink()
         rows = windows[i * seqs_per_shard:(i + 1) * seqs_per_shard]
         acts, n_out = _shard_acts(model, rows, site, batch_size, outlier_factor, autocast_bf16)
-        with atomic_path(shard) as tmp:
-            save_file({"acts": acts, "n_outliers": torch.tensor([n_out])}, str(tmp))
+        with atomic_path(shard) as tmp:  # bytes, not save_file: that makes files 0600
+            tmp.write_bytes(save_bytes({"acts": acts, "n_outliers": torch.tensor([n_out])}))
         sizes.append(int(acts.shape[0]))
         outliers += n_out
     done = ActivationCache(path, spec, tuple(sizes), outliers, time.perf_counter() - t0)
@@ -358,8 +361,14 @@ def _shard_acts(model: Model, rows, site, batch_size, outlier_factor,
         toks = torch.tensor(rows[b:b + batch_size], dtype=torch.long, device=dev)
         acts = site_activations(model, toks, site, autocast_bf16)[:, 1:]
         acts = acts.reshape(-1, runtime.d_model(model))
+        if not bool(torch.isfinite(acts).all()):
+            raise NonFiniteError(
+                f"The model's activations at {site} contain NaN or inf (batch of windows "
+                f"{b}..{b + len(rows[b:b + batch_size]) - 1} of this shard); they cannot be "
+                "cached. Check the model's dtype and weights.")
         norms = acts.float().norm(dim=-1)
-        keep = norms <= outlier_factor * norms.median()
+        fits_fp16 = (acts.float().abs() <= torch.finfo(torch.float16).max).all(dim=-1)
+        keep = (norms <= outlier_factor * norms.median()) & fits_fp16
         n_out += int((~keep).sum())
         parts.append(acts[keep].to(torch.float16).cpu())
     return torch.cat(parts).contiguous(), n_out

@@ -6,10 +6,13 @@ steerlens (`list_shipped_saes()`), a path to a SAELens-format directory (`cfg.js
 `sae_weights.safetensors`), or a pretrained release and id (`load_sae("gpt2-small-res-jb",
 "blocks.8.hook_resid_pre")`), which are checked offline against SAELens' bundled directory of
 releases before the Hugging Face hub is contacted; only that last case needs the hub. Files are
-validated before SAELens reads them, so a truncated weights file or a broken `cfg.json` gives an
-error that names the file. `check_sae` ties an SAE to a model: its hook must be one of the
-model's residual-stream sites and its `d_in` must match the model's width; it returns that
-`Site`, the space in which steerlens vectors at that layer live.
+validated before SAELens reads them, so a truncated weights file, a broken or oversized `cfg.json`
+(read with a 1 MB cap, regular files only), sizes below 1 or non-finite weights give an error that
+names the file instead of an opaque torch error or all-NaN results later. A directory that
+`save_sae` was replacing when its process died is read as the old or the new SAE. `check_sae` ties
+an SAE to a model: its hook must be one of the model's residual-stream sites and its `d_in` must
+match the model's width; it returns that `Site`, the space in which steerlens vectors at that layer
+live.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import os
 from pathlib import Path
 
 from ..backend import Model, runtime
+from ..io import read_bounded, resolve_path
 from ..sites import COMPONENTS, Site
 
 SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "data" / "saes"
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 _REQUIRED_CFG = ("d_in", "d_sae", "architecture")
+MAX_CFG_BYTES = 1 << 20
 
 
 class SAEHubUnavailable(RuntimeError):
@@ -49,15 +54,22 @@ def _validate_dir(path: Path) -> dict:
                          f"holding {CFG_FILE} and {WEIGHTS_FILE}.")
     cfg_path, w_path = path / CFG_FILE, path / WEIGHTS_FILE
     for f in (cfg_path, w_path):
+        if f.exists() and not f.is_file():
+            raise ValueError(f"SAE file {f} is not a regular file (a directory, device or FIFO).")
         if not f.is_file():
             raise ValueError(f"SAE directory {path} has no {f.name}; a SAELens-format SAE holds "
                              f"{CFG_FILE} and {WEIGHTS_FILE}.")
+    raw = read_bounded(cfg_path, MAX_CFG_BYTES, "SAE config")
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"SAE config {cfg_path} is not valid JSON ({e}).") from e
     if not isinstance(cfg, dict) or any(k not in cfg for k in _REQUIRED_CFG):
         raise ValueError(f"SAE config {cfg_path} lacks required keys; it needs {list(_REQUIRED_CFG)}.")
+    for key in ("d_in", "d_sae"):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"SAE config {cfg_path}: {key} must be an integer >= 1, got {v!r}.")
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -90,17 +102,30 @@ def load_sae_dir(path: str | Path, device: str = "cpu", dtype: str = "float32"):
         (sae_lens.SAE): The SAELens `SAE`.
 
     Raises:
-        ValueError: naming the file if the directory, config or weights are missing, invalid,
-            truncated or inconsistent, or if SAELens cannot load them.
+        ValueError: naming the file if the directory, config or weights are missing, invalid
+            (sizes below 1, a config over 1 MB or not a regular file), truncated, inconsistent
+            or not finite, or if SAELens cannot load them.
     """
     from sae_lens import SAE
 
-    path = Path(path)
+    path = resolve_path(Path(path))
     _validate_dir(path)
     try:
-        return SAE.load_from_disk(str(path), device=device, dtype=dtype)
+        sae = SAE.load_from_disk(str(path), device=device, dtype=dtype)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise ValueError(f"SAELens could not load the SAE in {path} ({type(e).__name__}: {e}).") from e
+    return _check_finite(sae, f"SAE weights file {path / WEIGHTS_FILE}")
+
+
+def _check_finite(sae, where: str):
+    import torch
+
+    bad = [k for k, v in sae.state_dict().items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{where} holds non-finite values (NaN or inf) in {bad}; the SAE is "
+                         "unusable (its training probably diverged).")
+    return sae
 
 
 def _check_release(release: str, sae_id: str) -> None:
@@ -140,8 +165,8 @@ def load_sae(source: str | Path, sae_id: str | None = None, device: str = "cpu",
         (sae_lens.SAE): The SAELens `SAE`.
 
     Raises:
-        ValueError: for an unknown name, release or id (with the closest valid ones), or an
-            invalid directory.
+        ValueError: for an unknown name, release or id (with the closest valid ones), an
+            invalid directory, or non-finite weights.
         SAEHubUnavailable: if a valid pretrained release cannot be fetched from the hub.
     """
     if sae_id is None:
@@ -159,13 +184,14 @@ def load_sae(source: str | Path, sae_id: str | None = None, device: str = "cpu",
     from sae_lens import SAE
 
     try:
-        return SAE.from_pretrained(str(source), sae_id, device=device, dtype=dtype)
+        sae = SAE.from_pretrained(str(source), sae_id, device=device, dtype=dtype)
     except Exception as e:  # noqa: BLE001 - hub/network failures come in many types
         raise SAEHubUnavailable(
             f"Could not fetch SAELens release {source!r} id {sae_id!r} from the Hugging Face hub "
             f"({type(e).__name__}: {e}). Pretrained releases need the hub to be reachable; offline, "
             f"use a shipped SAE ({list_shipped_saes()}) or a SAELens-format directory."
         ) from e
+    return _check_finite(sae, f"SAELens release {source!r} id {sae_id!r}")
 
 
 def _valid_hooks(model: Model) -> str:

@@ -7,8 +7,10 @@ firing statistics (`SAETrainer.step`), and the input scaling (`ActivationScaler`
 scaled to mean norm sqrt(d_in) while training and the factor is folded into the weights at the
 end, so the L1 coefficient means the same thing at any site). steerlens adds the glue: a
 deterministic data provider over the activation cache (`activations.iter_batches`), a config
-dataclass that round-trips through dicts, pickle-free atomic checkpoints (weights, Adam moments,
-schedulers, firing counters and the data position, as safetensors + JSON) written every
+dataclass that round-trips through dicts, pickle-free crash-safe checkpoints (weights, Adam
+moments, schedulers, firing counters and the data position, as safetensors + JSON in the run's
+`checkpoint/` directory, replaced in one commit by `io.commit_entries` so that a run killed at any
+moment resumes from the previous checkpoint or the new one, never a mix) written every
 `checkpoint_every` steps so that re-running the same config resumes exactly where it stopped, and
 evaluation on held-out activations: MSE, explained variance, L0 and the fraction of features that
 never fire. The last `eval_shards` shards of the cache are never trained on.
@@ -18,8 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
+import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -27,13 +29,20 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 from torch import Tensor
 
-from ..io import atomic_write_text
+from ..checks import NonFiniteError
+from ..io import apply_umask, atomic_write_text, commit_entries, read_bounded, resolve_entry
 from .activations import ActivationCache, iter_batches
 
 ARCHITECTURES = ("standard", "topk")
+CHECKPOINT_DIR = "checkpoint"
+MAX_TRAINER_JSON_BYTES = 64 << 20
+# the older layout: ckpt-NNNNNNN/ directories named by latest.json, and their temp directories
+_LEGACY_CKPT = re.compile(r"^ckpt-\d{7}$")
+_LEGACY_TEMP = re.compile(r"^\.(ckpt-\d{7}|sae)\.tmp$")
 
 
 @dataclass(frozen=True)
@@ -286,11 +295,8 @@ _TRAINER_TENSORS = ("act_freq_scores", "n_forward_passes_since_fired")
 
 
 def _save_checkpoint(run_dir: Path, trainer, config: SAETrainConfig) -> Path:
+    """Replace `run_dir/checkpoint/` (state.safetensors + trainer.json) in one commit."""
     step = trainer.n_training_steps
-    ck = run_dir / f"ckpt-{step:07d}"
-    tmp = run_dir / f".ckpt-{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     opt = trainer.optimizer.state_dict()
     tensors = {f"sae.{k}": v.detach().contiguous() for k, v in trainer.sae.state_dict().items()}
     for idx, st in opt["state"].items():
@@ -298,8 +304,7 @@ def _save_checkpoint(run_dir: Path, trainer, config: SAETrainConfig) -> Path:
             tensors[f"opt.{idx}.{name}"] = torch.as_tensor(v).detach().contiguous()
     for name in _TRAINER_TENSORS:
         tensors[f"trainer.{name}"] = getattr(trainer, name).contiguous()
-    save_file(tensors, str(tmp / "state.safetensors"))
-    meta = {
+    meta = json.dumps({
         "config": config.to_dict(),
         "step": step,
         "n_training_samples": trainer.n_training_samples,
@@ -309,34 +314,61 @@ def _save_checkpoint(run_dir: Path, trainer, config: SAETrainConfig) -> Path:
         "coefficient_schedulers": {k: s.state_dict()
                                    for k, s in trainer.coefficient_schedulers.items()},
         "scaling_factor": trainer.activation_scaler.scaling_factor,
-    }
-    (tmp / "trainer.json").write_text(json.dumps(meta))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    shutil.rmtree(ck, ignore_errors=True)
-    os.replace(tmp, ck)
-    atomic_write_text(run_dir / "latest.json", json.dumps({"checkpoint": ck.name, "step": step}))
-    for old in run_dir.glob("ckpt-*"):
-        if old != ck:
-            shutil.rmtree(old, ignore_errors=True)
-    return ck
+    })
+
+    def write(ck: Path) -> None:
+        ck.mkdir()
+        (ck / "state.safetensors").write_bytes(save_bytes(tensors))  # save_file would be 0600
+        (ck / "trainer.json").write_text(meta, encoding="utf-8")
+
+    legacy = [p.name for p in run_dir.glob("ckpt-*") if _LEGACY_CKPT.match(p.name)]
+    if (run_dir / "latest.json").exists():
+        legacy.append("latest.json")
+    commit_entries(run_dir, {CHECKPOINT_DIR: write}, remove=legacy,
+                   stray=lambda n: bool(_LEGACY_TEMP.match(n)))
+    return run_dir / CHECKPOINT_DIR
+
+
+def _checkpoint_path(run_dir: Path) -> Path | None:
+    """The checkpoint directory to resume from: the committed one, else an older-layout one."""
+    ck = resolve_entry(run_dir, CHECKPOINT_DIR)
+    if ck.is_dir():
+        return ck
+    latest = run_dir / "latest.json"
+    if not latest.exists():
+        return None
+    try:
+        name = json.loads(read_bounded(latest, 1 << 16, "checkpoint pointer"))["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"Checkpoint pointer {latest} is corrupt ({e}); delete {run_dir} to "
+                         "train from scratch.") from e
+    if not isinstance(name, str) or not _LEGACY_CKPT.match(name):
+        raise ValueError(f"Checkpoint pointer {latest} names {name!r}, not a checkpoint; delete "
+                         f"{run_dir} to train from scratch.")
+    return run_dir / name
 
 
 def _load_checkpoint(run_dir: Path, trainer, config: SAETrainConfig) -> int:
-    latest = run_dir / "latest.json"
-    if not latest.exists():
+    ck = _checkpoint_path(run_dir)
+    if ck is None:
         return 0
     try:
-        ck = run_dir / json.loads(latest.read_text())["checkpoint"]
-        meta = json.loads((ck / "trainer.json").read_text())
+        meta = json.loads(read_bounded(ck / "trainer.json", MAX_TRAINER_JSON_BYTES,
+                                       "checkpoint metadata file"))
         tensors = load_file(str(ck / "state.safetensors"))
+        if not isinstance(meta, dict):
+            raise ValueError("trainer.json is not a JSON object")
     except Exception as e:  # noqa: BLE001 - any failure here means a corrupt checkpoint
-        raise ValueError(f"Checkpoint in {run_dir} is corrupt ({e}); delete that directory to "
+        raise ValueError(f"Checkpoint {ck} is corrupt ({e}); delete {run_dir} to "
                          "train from scratch.") from e
-    if meta["config"] != config.to_dict():
+    if meta.get("config") != config.to_dict():
         raise ValueError(f"Checkpoint in {run_dir} was made with a different config; delete it "
                          "or use another output directory.")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteError(f"Checkpoint {ck} holds non-finite values in {bad[:5]}; training "
+                             f"diverged before it was written. Delete {run_dir} and train again "
+                             "(e.g. with a lower lr).")
     trainer.sae.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("sae.")})
     state: dict = {}
     for k, v in tensors.items():
@@ -470,6 +502,11 @@ def train_sae(
         out = trainer.step(next(data))
         trainer.n_training_steps += 1
         loss = float(out.loss.detach())
+        if not math.isfinite(loss):
+            raise NonFiniteError(f"The SAE training loss became {loss} at step "
+                                 f"{trainer.n_training_steps}; nothing from this step was saved "
+                                 f"(the last checkpoint in {run_dir} stays). Lower lr, or check "
+                                 "the activation cache for extreme values.")
         losses.append(loss)
         if trainer.n_training_steps % config.checkpoint_every == 0:
             _save_checkpoint(run_dir, trainer, config)
@@ -504,7 +541,10 @@ def _finalise(trainer):
 
 
 def save_sae(sae, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Save an inference SAE in SAELens format (cfg.json + sae_weights.safetensors), atomically.
+    """Save an inference SAE in SAELens format (cfg.json + sae_weights.safetensors), crash-safely.
+
+    The directory is replaced in one commit (`io.commit_entries`): readers (`load_sae`) see the
+    old SAE or the new one even if the process dies mid-save.
 
     Args:
         sae (sae_lens.SAE): the SAE; it is returned to float32 afterwards.
@@ -513,20 +553,36 @@ def save_sae(sae, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
 
     Returns:
         The directory written.
+
+    Raises:
+        NonFiniteError: (a ValueError) if the SAE's weights are not all finite, or overflow
+            `dtype`; nothing is written.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    sae_d = sae.to(dtype)
-    old = sae_d.cfg.dtype
-    sae_d.cfg.dtype = str(dtype).removeprefix("torch.")
-    try:
-        sae_d.save_model(tmp)
-    finally:
-        sae_d.cfg.dtype = old
-        sae.to(torch.float32)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    bad = [k for k, v in sae.state_dict().items()
+           if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise NonFiniteError(f"Refusing to save an SAE with non-finite weights ({bad[:5]}) to "
+                             f"{path}.")
+
+    def write(tmp: Path) -> None:
+        sae_d = sae.to(dtype)
+        old = sae_d.cfg.dtype
+        sae_d.cfg.dtype = str(dtype).removeprefix("torch.")
+        try:
+            over = [k for k, v in sae_d.state_dict().items()
+                    if v.is_floating_point() and not torch.isfinite(v).all()]
+            if over:
+                raise NonFiniteError(f"The SAE's weights {over[:5]} do not fit in {dtype} "
+                                     f"(they overflow to inf); nothing was written to {path}.")
+            sae_d.save_model(tmp)
+        finally:
+            sae_d.cfg.dtype = old
+            sae.to(torch.float32)
+        apply_umask(tmp)  # SAELens writes the weights with safetensors' fixed 0600
+
+    commit_entries(path.parent, {path.name: write},
+                   stray=lambda n: n == f".{path.name}.tmp")
     return path
 
 

@@ -19,16 +19,28 @@ from .control import RANDOM_PREFIX, compare_random, random_controls
 from .engine import sweep
 from .grid import SweepGrid, make_grid
 from .result import MEASURE_COLUMNS, ZONES, SweepResult, effect_values, layer_effect, zones
-from .store import CELLS_FILE, CONFIG_FILE, CellStore, load_sweep
+from .store import (
+    CELLS_FILE,
+    CONFIG_FILE,
+    LOCK_FILE,
+    CellStore,
+    CorruptStoreError,
+    RepairReport,
+    load_sweep,
+    repair_store,
+)
 
 __all__ = [
     "CELLS_FILE",
     "CONFIG_FILE",
+    "LOCK_FILE",
     "MEASURES",
     "MEASURE_COLUMNS",
     "RANDOM_PREFIX",
     "ZONES",
     "CellStore",
+    "CorruptStoreError",
+    "RepairReport",
     "SweepConfig",
     "SweepGrid",
     "SweepResult",
@@ -38,6 +50,7 @@ __all__ = [
     "load_sweep",
     "make_grid",
     "random_controls",
+    "repair_store",
     "sweep",
     "zones",
 ]

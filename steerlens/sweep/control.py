@@ -90,7 +90,8 @@ def compare_random(
     The effect is the per-prompt value of `measure` relative to the unsteered baseline (see
     `effect_values`). Columns: vector, layer, strength, n, real_mean, real_low, real_high,
     n_random, random_mean, random_low / random_high (lowest / highest control mean), p_value,
-    percentile, beats_all (from `stats.compare_to_random`, one control = one random vector).
+    percentile, beats_all (from `stats.compare_to_random`, one control = one random vector),
+    n_errors / n_random_errors (failed cells of the real vector / of its controls, left out).
     With k controls the smallest possible p_value is 1/(k+1).
 
     Args:
@@ -125,7 +126,8 @@ def compare_random(
         per_ctrl = [g["effect"].dropna().to_numpy(float) for _, g in ctrl.groupby("vector")]
         per_ctrl = [c for c in per_ctrl if c.size]
         row = {"vector": vec, "layer": layer, "strength": strength, "measure": measure,
-               "n": int(vals.size), "n_random": len(per_ctrl)}
+               "n": int(vals.size), "n_random": len(per_ctrl),
+               "n_errors": int(grp["failed"].sum()), "n_random_errors": int(ctrl["failed"].sum())}
         if vals.size:
             c = bootstrap_ci(vals, n_boot=n_boot, ci=ci, seed=seed)
             row.update(real_mean=c.estimate, real_low=c.low, real_high=c.high)
@@ -139,5 +141,5 @@ def compare_random(
         rows.append(row)
     cols = ["vector", "layer", "strength", "measure", "n", "real_mean", "real_low", "real_high",
             "n_random", "random_mean", "random_low", "random_high", "p_value", "percentile",
-            "beats_all"]
+            "beats_all", "n_errors", "n_random_errors"]
     return pd.DataFrame(rows).reindex(columns=cols)

@@ -18,15 +18,26 @@ per-row strengths. Per cell: `text`; `changed` (greedy tokens differ from the ba
 gives NaN and an `error` entry, and the sweep goes on); `perplexity` of the exact continuation
 tokens under the unsteered model (`measures.generation_perplexity`), the coherence check.
 
+Non-finite values. When a strength is too large for the model's dtype the steered logits become
+NaN / inf. Such a cell gets no value: it is recorded with `failed` true and an `error` message
+(kl_bits NaN, text / changed None, score and perplexity NaN), never `changed=True` or a
+perplexity or score of garbage. The KL path checks each row's steered logits; when a batched
+generation (or its perplexity) raises `NonFiniteError`, the rows are split in halves until the
+failing rows are alone, so the other cells of the batch keep their values. Summaries exclude
+failed cells and count them (`n_errors`), and `sweep` warns. Non-finite values from the
+*unsteered* model are not a cell's problem: they raise `NonFiniteError`.
+
 Settings are one `SweepConfig` (or its fields as keywords); `batch_size`, `out_dir` and progress
 are execution choices that do not change a cell's value, so they stay arguments. Every batch of
 results is appended to the store (`store.py`) as soon as it is computed, so an
 interrupted sweep rerun with the same settings and `out_dir` computes only the missing cells.
+The store holds `out_dir`'s lock for the whole call (released on every exit path).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +45,7 @@ from typing import Any
 import torch
 
 from ..backend import Model, runtime
-from ..checks import check_batch_size
+from ..checks import NonFiniteError, check_batch_size, check_finite_tensor
 from ..config import SweepConfig
 from ..generate import Generation, generate
 from ..measures import first_divergence, generation_perplexity, get_scorer, kl_bits, safe_score
@@ -93,8 +104,12 @@ class _PromptChunk:
             final = runtime.forward(model, batch, stop_at_layer=runtime.n_layers(model),
                                     return_type=None)
         counts.passes["base"] += 1
-        self.batch, self.resid = batch, cache
-        self.base_logits = runtime.unembed(model, final[:, -1])
+        base_logits = runtime.unembed(model, final[:, -1])
+        try:
+            check_finite_tensor(base_logits, "unsteered next-token logits")
+        except NonFiniteError as err:
+            raise _unsteered_error(self.idxs, err) from err
+        self.batch, self.resid, self.base_logits = batch, cache, base_logits
 
     def done_one(self) -> None:
         self.pending -= 1
@@ -138,10 +153,49 @@ def _kl_record(spec: SweepGrid, name: str, layer: int, s: float, p: int, bits: f
             "kl_bits": bits}
 
 
+def _failed_kl_record(spec: SweepGrid, name: str, layer: int, s: float, p: int, error: str
+                      ) -> dict:
+    return {**_kl_record(spec, name, layer, s, p, float("nan")), "failed": True, "error": error}
+
+
+def _error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def _nonfinite_message(x: torch.Tensor, what: str) -> str:
+    """The `NonFiniteError` message `check_finite_tensor` gives for `x`."""
+    try:
+        check_finite_tensor(x, what)
+    except NonFiniteError as err:
+        return _error_text(err)
+    return f"NonFiniteError: the {what} are not finite."
+
+
+def _unsteered_error(idxs: Sequence[int], err: NonFiniteError) -> NonFiniteError:
+    return NonFiniteError(
+        f"The unsteered model produced non-finite values on prompt(s) {list(idxs)} ({err}). "
+        "This is not caused by steering, and no cell can be compared against it; check the "
+        "model, its weights and its dtype.")
+
+
+def _isolating(rows: list[Row], compute: Callable[[list[Row]], None],
+               fail: Callable[[Row, NonFiniteError], None]) -> None:
+    """compute(rows); on NonFiniteError split the rows in halves until each failing row is alone,
+    then fail(row, error), so the finite rows of a batch keep their values."""
+    try:
+        compute(rows)
+    except NonFiniteError as err:
+        if len(rows) == 1:
+            fail(rows[0], err)
+            return
+        mid = len(rows) // 2
+        _isolating(rows[:mid], compute, fail)
+        _isolating(rows[mid:], compute, fail)
+
+
 def _kl_unit(model: Model, spec, store, counts, chunk: _PromptChunk, name: str, layer: int,
              rows: list[Row]) -> Callable[[], None]:
-    def run() -> None:
-        chunk.ensure(counts)
+    def compute(rows: list[Row]) -> None:
         batch = chunk.batch
         local = torch.tensor([chunk.local[p] for _, p in rows], device=batch.tokens.device)
         sub = runtime.TokenBatch(batch.tokens[local], batch.attention_mask[local],
@@ -152,10 +206,24 @@ def _kl_unit(model: Model, spec, store, counts, chunk: _PromptChunk, name: str, 
             final = runtime.run_from_layer(model, chunk.resid[layer][local],
                                            sub.attention_mask, layer)
         counts.passes["steered"] += 1
-        bits = kl_bits(chunk.base_logits[local], runtime.unembed(model, final[:, -1])).cpu()
-        recs = [_kl_record(spec, name, layer, s, p, float(b)) for (s, p), b in zip(rows, bits)]
+        steered = runtime.unembed(model, final[:, -1])
+        ok = torch.isfinite(steered).all(-1)  # rows are independent: judge each on its own
+        bits = iter(kl_bits(chunk.base_logits[local][ok], steered[ok]).cpu().tolist()
+                    if bool(ok.any()) else [])
+        recs = [_kl_record(spec, name, layer, s, p, next(bits)) if ok[i] else
+                _failed_kl_record(spec, name, layer, s, p,
+                                  _nonfinite_message(steered[i], "steered next-token logits"))
+                for i, (s, p) in enumerate(rows)]
         store.add(recs)
         counts.records += len(recs)
+
+    def fail(row: Row, err: NonFiniteError) -> None:
+        store.add([_failed_kl_record(spec, name, layer, row[0], row[1], _error_text(err))])
+        counts.records += 1
+
+    def run() -> None:
+        chunk.ensure(counts)
+        _isolating(rows, compute, fail)
         chunk.done_one()
 
     return run
@@ -201,10 +269,13 @@ def _gen_units(model: Model, spec: SweepGrid, store: CellStore, counts: _Counts,
 
 def _base_unit(model: Model, spec, store, counts, scorer, batch_size, idxs: list[int]):
     def run() -> None:
-        gen = generate(model, [spec.prompts[p] for p in idxs], chat=spec.chat,
-                       config=spec.config.generation)
-        counts.passes["generate"] += 1
-        ppl, scores, errors = _measure_generation(model, gen, scorer, batch_size, counts)
+        try:
+            gen = generate(model, [spec.prompts[p] for p in idxs], chat=spec.chat,
+                           config=spec.config.generation)
+            counts.passes["generate"] += 1
+            ppl, scores, errors = _measure_generation(model, gen, scorer, batch_size, counts)
+        except NonFiniteError as err:
+            raise _unsteered_error(idxs, err) from err
         recs = [{"part": "base", "prompt_idx": p, "text": gen.texts[i],
                  "tokens": list(gen.tokens[i]), "score": scores[i], "perplexity": ppl[i],
                  "error": errors[i]} for i, p in enumerate(idxs)]
@@ -218,6 +289,11 @@ def _gen_record(name, layer, s, p, text, changed, diverge, score, ppl, error) ->
     return {"part": "gen", "vector": name, "layer": layer, "strength": s, "prompt_idx": p,
             "text": text, "changed": changed, "diverge_at": diverge, "score": score,
             "perplexity": ppl, "error": error}
+
+
+def _failed_gen_record(name, layer, s, p, error: str) -> dict:
+    nan = float("nan")
+    return {**_gen_record(name, layer, s, p, None, None, None, nan, nan, error), "failed": True}
 
 
 def _zero_unit(store, counts, cells: Sequence[tuple[str, int, float, int]]):
@@ -235,7 +311,7 @@ def _zero_unit(store, counts, cells: Sequence[tuple[str, int, float, int]]):
 
 def _gen_unit(model: Model, spec, store, counts, scorer, batch_size, name: str, layer: int,
               rows: list[Row]):
-    def run() -> None:
+    def compute(rows: list[Row]) -> None:
         with steer(model, spec.vectors[name].layer(layer), 1.0, spec.positions) as steerer:
             steerer.set_strength(0, [s for s, _ in rows])
             gen = generate(model, [spec.prompts[p] for _, p in rows], steerer, chat=spec.chat,
@@ -249,6 +325,13 @@ def _gen_unit(model: Model, spec, store, counts, scorer, batch_size, name: str, 
                                     scores[i], ppl[i], errors[i]))
         store.add(recs)
         counts.records += len(recs)
+
+    def fail(row: Row, err: NonFiniteError) -> None:
+        store.add([_failed_gen_record(name, layer, row[0], row[1], _error_text(err))])
+        counts.records += 1
+
+    def run() -> None:
+        _isolating(rows, compute, fail)
 
     return run
 
@@ -265,6 +348,7 @@ def sweep(
     scorer=None,
     out_dir=None,
     resume: bool = True,
+    on_corrupt: str = "raise",
     batch_size: int = 32,
     show_progress: bool = True,
     **settings: Any,
@@ -284,6 +368,10 @@ def sweep(
         out_dir (str | Path | None): stream results there; with `resume`, continue a sweep of identical
             settings.
         resume: False discards what `out_dir` holds and starts over.
+        on_corrupt: what to do when resuming meets damaged lines in `out_dir`'s cells log:
+            "raise" (default; the error names the file, the line and the problem) or
+            "keep_valid" (drop those lines with a warning, keep every valid cell and compute only
+            the missing ones; see `repair_store`).
         batch_size: most rows per forward.
         show_progress: show a progress bar.
         **settings: `SweepConfig` field overrides, e.g. `layers=[4, 8], strengths=[0, 2],
@@ -291,11 +379,15 @@ def sweep(
 
     Returns:
         A `SweepResult`: `.table` (one row per cell), `.summary()` with CIs, `.config` (the saved
-        fingerprint, with the `SweepConfig` under "config").
+        fingerprint, with the `SweepConfig` under "config"). Cells whose logits became
+        non-finite have `failed` true and an `error` instead of values (a RuntimeWarning says
+        how many); summaries exclude and count them.
 
     Raises:
-        ValueError: for invalid settings, vectors, layers or prompts, or an `out_dir` that holds a
-            sweep with other settings.
+        ValueError: for invalid settings, vectors, layers or prompts, an `out_dir` that holds a
+            sweep with other settings, or one another sweep is writing (its lock is held).
+        CorruptStoreError: a damaged line in `out_dir`'s log (with `on_corrupt="raise"`).
+        NonFiniteError: when the unsteered model itself produces non-finite values.
 
     Example:
         >>> res = sl.sweep(model, prompts, vec, layers=[6, 10], strengths=[0, 4, 8],
@@ -310,15 +402,22 @@ def sweep(
     score_fn = None
     if grid.config.scorer is not None:
         score_fn = get_scorer(scorer if scorer is not None else _scorer_spec(grid.config.scorer))
-    store = CellStore.open(out_dir, grid.fingerprint(model), resume)
     counts = _Counts()
-    units = _kl_units(model, grid, store, counts, batch_size)
-    if grid.generate:
-        units += _gen_units(model, grid, store, counts, score_fn, batch_size)
-    for run in progress(units, desc="sweep", enabled=show_progress and bool(units),
-                        total=len(units)):
-        run()
-    table, baseline = build_tables(grid, store)
+    with CellStore.open(out_dir, grid.fingerprint(model), resume, on_corrupt) as store:
+        units = _kl_units(model, grid, store, counts, batch_size)
+        if grid.generate:
+            units += _gen_units(model, grid, store, counts, score_fn, batch_size)
+        for run in progress(units, desc="sweep", enabled=show_progress and bool(units),
+                            total=len(units)):
+            run()
+        table, baseline = build_tables(grid, store)
+    n_failed = int(table["failed"].sum())
+    if n_failed:
+        warnings.warn(
+            f"{n_failed} of {len(table)} sweep cells produced non-finite values (NaN or inf; a "
+            "strength too large for the model's dtype?). They are recorded with failed=True and "
+            "an error instead of values, and summaries exclude and count them (n_errors).",
+            RuntimeWarning, stacklevel=2)
     return SweepResult(
         table=table,
         baseline=baseline,

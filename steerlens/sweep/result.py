@@ -8,6 +8,11 @@ score and perplexity as the paired difference from the same prompt's unsteered c
 `layer_effect` reduces that to one number per (vector, layer) at a chosen strength, which is what
 layer-selection analyses consume. `zones` labels each (layer, strength) of a vector as
 "unstable", "sweet spot" or "frozen" from documented thresholds (see its docstring).
+
+Failed cells: a cell whose steered logits became non-finite has `failed` true and an `error`
+message instead of values. Every summary here (`summary`, `effect_values` and so `layer_effect`
+and `compare_random`, `zones`) leaves failed cells out and reports how many it left out
+(`n_errors`); `zones` calls a (layer, strength) with any failed cell "unstable".
 """
 
 from __future__ import annotations
@@ -31,6 +36,20 @@ def _nan(x) -> float:
     return float("nan") if x is None else float(x)
 
 
+def failed_mask(table: pd.DataFrame) -> pd.Series:
+    """Which cells failed (non-finite values): the `failed` column, all False without one.
+
+    Args:
+        table: a sweep table.
+
+    Returns:
+        A boolean Series aligned with the table.
+    """
+    if "failed" not in table.columns:
+        return pd.Series(False, index=table.index)
+    return table["failed"].fillna(False).astype(bool)
+
+
 def build_tables(spec, store) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The cell table and the per-prompt baseline table from a completed store.
 
@@ -46,22 +65,32 @@ def build_tables(spec, store) -> tuple[pd.DataFrame, pd.DataFrame]:
         for layer in spec.layers:
             for s in spec.strengths:
                 for p, prompt in enumerate(spec.prompts):
-                    kl = store.get(("kl", name, layer, s, p))
+                    kl = store.get(("kl", name, layer, s, p)) or {}
+                    kl_failed = bool(kl.get("failed"))
                     row: dict[str, Any] = {
                         "vector": name, "control_for": spec.control_for[name],
                         "is_random": spec.control_for[name] != name, "layer": layer,
                         "strength": s, "prompt_idx": p, "prompt": prompt,
-                        "kl_bits": _nan(kl["kl_bits"]) if kl else float("nan"),
+                        "kl_bits": float("nan") if kl_failed else _nan(kl.get("kl_bits")),
                     }
+                    errors = [kl.get("error") if kl_failed else None]
+                    failed = kl_failed
                     if spec.generate:
                         g = store.get(("gen", name, layer, s, p)) or {}
                         row.update(text=g.get("text"), changed=g.get("changed"),
                                    diverge_at=g.get("diverge_at"), score=_nan(g.get("score")),
-                                   perplexity=_nan(g.get("perplexity")), error=g.get("error"))
+                                   perplexity=_nan(g.get("perplexity")))
+                        errors.insert(0 if g.get("failed") else 1, g.get("error"))
+                        failed = failed or bool(g.get("failed"))
+                    row["error"] = next((e for e in errors if e), None)
+                    row["failed"] = failed
                     rows.append(row)
     table = pd.DataFrame(rows)
+    table["failed"] = table["failed"].astype(bool)
     if spec.generate:
-        table["changed"] = table["changed"].astype(bool)
+        # a failed cell has no `changed`: nullable booleans then, plain bool otherwise
+        has_na = table["changed"].isna().any()
+        table["changed"] = table["changed"].astype("boolean" if has_na else bool)
         table["diverge_at"] = table["diverge_at"].astype("Int64")
     base_rows = []
     if spec.generate:
@@ -105,6 +134,11 @@ class SweepResult:
         return len(self.table)
 
     @property
+    def n_errors(self) -> int:
+        """Number of failed cells (non-finite values; summaries exclude them)."""
+        return int(failed_mask(self.table).sum())
+
+    @property
     def settings(self) -> SweepConfig:
         """The sweep's `SweepConfig` (chat resolved), read back from the fingerprint."""
         return SweepConfig.from_dict(self.config["config"])
@@ -122,8 +156,9 @@ class SweepResult:
         return list(dict.fromkeys(self.table["vector"]))
 
     def summary(self, ci: float = 0.95, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-        """Per (vector, layer, strength): n and, per measure, mean with CI (`<m>_mean/low/high`)
-        and the number of non-missing values (`<m>_n`).
+        """Per (vector, layer, strength): n (cells), n_errors (failed cells, left out of every
+        measure) and, per measure, mean with CI (`<m>_mean/low/high`) and the number of values
+        it is computed from (`<m>_n`).
 
         The change rate gets a Wilson interval; the other measures a percentile bootstrap over prompts.
 
@@ -136,17 +171,20 @@ class SweepResult:
             (pandas.DataFrame): One row per (vector, layer, strength).
         """
         out = []
+        failed = failed_mask(self.table)
         for key, grp in self.table.groupby(KEYS, sort=False):
             row = dict(zip(KEYS, key))
+            bad = failed.loc[grp.index]
             row["n"] = len(grp)
+            row["n_errors"] = int(bad.sum())
             for m in self.measures:
-                row.update(_interval(grp[m], m, ci, n_boot, seed))
+                row.update(_interval(grp.loc[~bad, m], m, ci, n_boot, seed))
             out.append(row)
         return pd.DataFrame(out)
 
 
 def _interval(series: pd.Series, measure: str, ci: float, n_boot: int, seed: int) -> dict:
-    vals = series.dropna().to_numpy(float)
+    vals = series.astype(float).dropna().to_numpy(float)
     out = {f"{measure}_n": int(vals.size)}
     if vals.size == 0:
         est = low = high = math.nan
@@ -173,14 +211,16 @@ def effect_values(result: SweepResult, measure: str = "kl_bits") -> pd.DataFrame
     """Per cell, `effect`: the measure relative to the unsteered model on the same prompt.
 
     kl_bits and changed are already relative (0 when unsteered); score and perplexity are
-    differences steered - baseline continuation of the same prompt.
+    differences steered - baseline continuation of the same prompt. A failed cell's effect is
+    NaN (its `failed` column is true).
 
     Args:
         result: the sweep result.
         measure: one of `result.measures`.
 
     Returns:
-        (pandas.DataFrame): The key columns, prompt_idx and `effect`, one row per cell.
+        (pandas.DataFrame): The key columns, prompt_idx, `effect` and `failed`, one row per
+        cell.
 
     Raises:
         ValueError: if the sweep did not record `measure`.
@@ -192,7 +232,9 @@ def effect_values(result: SweepResult, measure: str = "kl_bits") -> pd.DataFrame
     if measure in ("score", "perplexity"):
         base = result.baseline.set_index("prompt_idx")[measure]
         vals = vals - t["prompt_idx"].map(base).astype(float)
-    eff["effect"] = vals.to_numpy()
+    failed = failed_mask(t)
+    eff["effect"] = vals.where(~failed).to_numpy(float)
+    eff["failed"] = failed.to_numpy()
     return eff
 
 
@@ -215,7 +257,7 @@ def layer_effect(
     `strength` defaults to the largest |strength| in the grid (the positive one on a tie). The
     effect is as in `effect_values` (KL bits, change rate, or score / perplexity change from the
     unsteered continuation). Columns: vector, control_for, is_random, layer, strength, measure,
-    effect, low, high, n.
+    effect, low, high, n (values used), n_errors (failed cells left out).
 
     Args:
         result: the sweep result.
@@ -243,7 +285,8 @@ def layer_effect(
     for key, grp in sel.groupby(["vector", "control_for", "is_random", "layer"], sort=False):
         vals = grp["effect"].dropna().to_numpy(float)
         row = dict(zip(["vector", "control_for", "is_random", "layer"], key))
-        row.update(strength=strength, measure=measure, n=int(vals.size))
+        row.update(strength=strength, measure=measure, n=int(vals.size),
+                   n_errors=int(grp["failed"].sum()))
         if vals.size:
             c = bootstrap_ci(vals, n_boot=n_boot, ci=ci, seed=seed)
             row.update(effect=c.estimate, low=c.low, high=c.high)
@@ -251,7 +294,7 @@ def layer_effect(
             row.update(effect=math.nan, low=math.nan, high=math.nan)
         rows.append(row)
     cols = ["vector", "control_for", "is_random", "layer", "strength", "measure", "effect", "low",
-            "high", "n"]
+            "high", "n", "n_errors"]
     return pd.DataFrame(rows).reindex(columns=cols)
 
 
@@ -277,7 +320,9 @@ def zones(
     KL only: unstable when mean next-token KL exceeds `unstable_kl` bits (5 bits: the steered
     model needs 5 extra bits, a 32x likelihood ratio, to code the base model's next token),
     frozen below `frozen_kl` bits (0.1), sweet spot between. Thresholds are heuristics; pass your
-    own. Strength-0 cells are frozen by definition.
+    own. Strength-0 cells are frozen by definition. A (layer, strength) where any cell failed
+    (non-finite values: the strength overflows the model's dtype) is unstable; the means are
+    over the other cells and `n_errors` counts the failed ones.
 
     Args:
         result: the sweep result.
@@ -287,29 +332,36 @@ def zones(
         unstable_kl: mean KL (bits) above which a cell is unstable (KL-only sweeps).
 
     Returns:
-        (pandas.DataFrame): One row per (vector, layer, strength) with n, the means used and `zone`.
+        (pandas.DataFrame): One row per (vector, layer, strength) with n, n_errors, the means
+        used and `zone`.
     """
     t = result.table
     gen = "changed" in t.columns
     rows = []
     base_ppl = float(np.nanmean(result.baseline["perplexity"])) if gen else math.nan
+    failed = failed_mask(t)
     for key, grp in t.groupby(KEYS, sort=False):
         row = dict(zip(KEYS, key))
-        row["n"] = len(grp)
-        row["kl_bits"] = float(grp["kl_bits"].mean())
+        bad = failed.loc[grp.index]
+        n_errors = int(bad.sum())
+        grp = grp.loc[~bad]
+        row["n"] = len(grp) + n_errors
+        row["n_errors"] = n_errors
+        row["kl_bits"] = float(grp["kl_bits"].mean()) if len(grp) else math.nan
         if gen:
             ppl = grp["perplexity"].dropna()
-            row["change_rate"] = float(grp["changed"].mean())
+            changed = grp["changed"].astype(float).dropna()
+            row["change_rate"] = float(changed.mean()) if len(changed) else math.nan
             row["perplexity"] = float(ppl.mean()) if len(ppl) else math.nan
             row["perplexity_ratio"] = row["perplexity"] / base_ppl
-            if row["perplexity_ratio"] > unstable_ppl_ratio:
+            if n_errors or row["perplexity_ratio"] > unstable_ppl_ratio:
                 zone = "unstable"
             elif row["change_rate"] < frozen_change:
                 zone = "frozen"
             else:
                 zone = "sweet spot"
         else:
-            zone = ("unstable" if row["kl_bits"] > unstable_kl
+            zone = ("unstable" if n_errors or row["kl_bits"] > unstable_kl
                     else "frozen" if row["kl_bits"] < frozen_kl else "sweet spot")
         row["zone"] = zone
         rows.append(row)
