@@ -23,7 +23,7 @@ PROMPTS = ["Hello there", "Tell me about cats", "ok"]
 
 @pytest.fixture(scope="module")
 def vecs(tiny, sentiment):
-    a = sl.build_vector(tiny, sentiment.train[:8], [0, 1], show_progress=False)
+    a = sl.build_vector(tiny, sentiment.train[:8], [0, 1], read_at="mean", show_progress=False)
     b = sl.random_like(a, seed=3)
     return a, b
 
