@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..io import apply_umask
 from .types import Model
 
 TINY_MODEL = "tiny-random"
@@ -150,7 +151,7 @@ def _atomic_dir(final: Path) -> contextlib.AbstractContextManager[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
         try:
             yield tmp
-            os.chmod(tmp, 0o755)
+            apply_umask(tmp)  # modes of a plain create (safetensors writes 0600, mkdtemp 0700)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
