@@ -59,9 +59,11 @@ def _sample(logits: Tensor, config: GenerationConfig, gen: torch.Generator | Non
     return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
 
 
-def _prepare(model: Model, prompts, config: GenerationConfig, chat: bool | None
-             ) -> tuple[list[str], bool, runtime.TokenBatch]:
-    """Checked prompts, the chat decision and the encoded batch (fits the context or raises)."""
+def _prepare(model: Model, prompts, config: GenerationConfig, chat: bool | None, steering,
+             strength: float | None) -> tuple[list[str], bool, runtime.TokenBatch]:
+    """Checked arguments, the chat decision and the encoded batch (fits the context or raises)."""
+    if steering is None and strength is not None:
+        raise ValueError("strength was given but steering is None; pass the vector to steer with.")
     prompts = check_texts(prompts, "prompts")
     use_chat = resolve_chat(model, chat, True)
     batch = runtime.encode_prompts(model, prompts, chat=use_chat)
@@ -77,9 +79,6 @@ def _prepare(model: Model, prompts, config: GenerationConfig, chat: bool | None
 def _steerer(stack: contextlib.ExitStack, model: Model, steering, strength: float | None,
              positions: PositionMode) -> Steerer | None:
     if steering is None or isinstance(steering, Steerer):
-        if steering is None and strength is not None:
-            raise ValueError("strength was given but steering is None; pass the vector to steer "
-                             "with.")
         return steering
     return stack.enter_context(steer(model, steering, strength, positions))
 
@@ -136,7 +135,7 @@ def generate(
         >>> gen.texts[0]  # doctest: +SKIP
     """
     config = resolve_generation(config, settings)
-    prompts, use_chat, batch = _prepare(model, prompts, config, chat)
+    prompts, use_chat, batch = _prepare(model, prompts, config, chat, steering, strength)
     if steering is None:
         _warn_foreign_hooks(model)
     with contextlib.ExitStack() as stack:
@@ -296,9 +295,7 @@ def generate_stream(
         ValueError: as for `generate()`.
     """
     config = resolve_generation(config, settings)
-    prompts, _, batch = _prepare(model, prompts, config, chat)
-    if steering is None and strength is not None:
-        raise ValueError("strength was given but steering is None; pass the vector to steer with.")
+    prompts, _, batch = _prepare(model, prompts, config, chat, steering, strength)
     return TokenStream(model, _stream_steps(model, prompts, batch, steering, strength, positions,
                                             config))
 

@@ -483,9 +483,7 @@ def steered_forward(
         Logits [batch, pos, d_vocab], or the residual stream when `return_type` is None.
     """
     feed = batch if feed is None else feed
-    if steerer is None:
-        return runtime.forward(model, feed, kv_cache=kv_cache, stop_at_layer=stop_at_layer,
-                               return_type=return_type)
-    with steerer.bound(batch, offset):
+    binding = contextlib.nullcontext() if steerer is None else steerer.bound(batch, offset)
+    with binding:
         return runtime.forward(model, feed, kv_cache=kv_cache, stop_at_layer=stop_at_layer,
                                return_type=return_type)
