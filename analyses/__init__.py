@@ -69,6 +69,13 @@ ANALYSES: tuple[Analysis, ...] = (
     Analysis("spectral_weights"),
     Analysis("train_sae", results_name="sae_training"),
     Analysis("sae_steering"),
+    Analysis("refusal"),
+    Analysis("conditional_steering", results_name="conditional"),
+    Analysis("head_eigengap", results_name="heads"),
+    Analysis("sae_clamping"),
+    Analysis("llama_cpp_agreement", results_name="interop"),
+    Analysis("harness_accuracy", results_name="eval"),
+    Analysis("orthogonalisation", results_name="interventions"),
 )
 
 

@@ -15,7 +15,16 @@ Steps, on one embedded model:
    with depth, which would confound the per-layer effect with the perturbation size); layers
    whose vector is exactly zero are dropped.
 4. Pearson and Spearman correlations (bootstrap CIs, permutation p) of min and mean gap with the
-   effect, the layer the gaps rank first vs the best measured layer, and a verdict.
+   effect, the layer the gaps rank first vs the best measured layer, and a verdict that judges
+   both readings from the same intervals: the claim as stated (small gaps mark unstable heads
+   that are susceptible to steering, so r(min gap, effect) < 0 and the gate keeps layers with
+   min gap <= threshold, smallest first) and the inverse reading (r > 0).
+5. Gating against chance, per reading: the fixed threshold (0.77), every quantile threshold of
+   the model's own min gaps (0.1-0.5, descriptive), and a quantile chosen on one half of the
+   prompts (even indices; the largest mean effect of the gated layers) and tested on the other
+   (odd indices), then the reverse. The test is precision@k of the gated layers against the k
+   layers with the largest measured effect (exact hypergeometric p) and the gated layers' mean
+   effect against every same-size random layer set (the random-layer baseline).
 
 Writes results/eigengap_layers/<model>/ (summary.json, arrays.json, layer_table.csv, findings.json
 and the resumable sweep) and figures/eigengap_layers_<model>_*.html.
@@ -40,17 +49,23 @@ from steerlens.io import atomic_write_text
 from steerlens.methods import build_vector
 from steerlens.pairs import load_behaviour
 from steerlens.spectral import (
+    DEFAULT_QUANTILES,
+    GATING_READINGS,
     EigengapResult,
     GapPrediction,
     GapTable,
     KRRResult,
     eigengaps,
+    gating_test,
     krr_fit,
     load_heldout,
     predict_steering,
+    quantile_gate,
+    reading_verdicts,
+    split_gating,
 )
 from steerlens.stats import CorrelationResult
-from steerlens.sweep import layer_effect, sweep
+from steerlens.sweep import effect_values, layer_effect, sweep
 
 from . import command
 from ._common import (
@@ -92,28 +107,88 @@ def corr_line(name: str, c) -> str:
 
 
 def verdict(pred) -> str:
-    """SUPPORTED when both the Pearson and Spearman CIs of the min-gap correlation lie above 0,
-    PARTIAL when one does, CONTRADICTED when one lies below 0, NOT SUPPORTED otherwise."""
+    """Judge both readings of the min-gap correlation from the same intervals (`reading_verdicts`).
+
+    The claim as stated predicts r(min gap, effect) < 0. SUPPORTED when both the Pearson and the
+    Spearman CI lie below 0; CONTRADICTED (the inverse reading holds) when both lie above 0;
+    PARTIAL when only one of them lies on one side; NOT SUPPORTED under either reading otherwise."""
     mp, ms = pred.min_pearson, pred.min_spearman
-    above = [c.ci_low > 0 for c in (mp, ms)]
-    if all(above):
-        head = "SUPPORTED: the weakest-link gap correlates positively with the steering effect"
-    elif any(c.ci_high < 0 for c in (mp, ms)):
-        head = "CONTRADICTED: the weakest-link gap correlates negatively with the steering effect"
-    elif any(above):
-        head = ("PARTIAL: only the " + ("Pearson" if above[0] else "Spearman") + " correlation of "
-                "the weakest-link gap with the steering effect has a CI above 0")
+    vp, vs = reading_verdicts(mp), reading_verdicts(ms)
+    if vp["stated"] == vs["stated"] == "supported":
+        head = ("SUPPORTED: the weakest-link gap correlates negatively with the steering effect "
+                "(small gaps steer more, as stated)")
+    elif vp["inverse"] == vs["inverse"] == "supported":
+        head = ("CONTRADICTED: the weakest-link gap correlates positively with the steering effect "
+                "(the inverse reading holds, not the stated one)")
+    elif "supported" in (vp["stated"], vs["stated"], vp["inverse"], vs["inverse"]):
+        which = [f"{m} ({r})" for m, v in (("Pearson", vp), ("Spearman", vs))
+                 for r in GATING_READINGS if v[r] == "supported"]
+        head = "PARTIAL: only " + ", ".join(which) + " has a CI on one side of 0"
     else:
-        head = "NOT SUPPORTED: no reliable correlation between weakest-link gap and steering effect"
-    better = mp.r > pred.mean_pearson.r
+        head = ("NOT SUPPORTED: no reliable correlation between weakest-link gap and steering "
+                "effect under either reading")
+    better = abs(mp.r) > abs(pred.mean_pearson.r)
     return (f"{head} (Pearson r = {mp.r:+.2f} [{mp.ci_low:+.2f}, {mp.ci_high:+.2f}], p = "
             f"{mp.p_perm:.3f}; Spearman {ms.r:+.2f} [{ms.ci_low:+.2f}, {ms.ci_high:+.2f}], p = "
-            f"{ms.p_perm:.3f}; n = {pred.n} layers). The min gap "
-            f"{'beats' if better else 'does not beat'} the mean gap (Pearson r = "
-            f"{pred.mean_pearson.r:+.2f} [{pred.mean_pearson.ci_low:+.2f}, "
-            f"{pred.mean_pearson.ci_high:+.2f}]). Predicted layer {pred.predicted_layer}, best "
-            f"measured layer {pred.best_layer} (rank {pred.rank_of_best} of {len(pred.ranking)} "
-            f"gated candidates).")
+            f"{ms.p_perm:.3f}; n = {pred.n} layers; the stated reading predicts r < 0, the "
+            f"inverse r > 0). The min gap {'beats' if better else 'does not beat'} the mean gap "
+            f"in |r| (Pearson r = {pred.mean_pearson.r:+.2f} [{pred.mean_pearson.ci_low:+.2f}, "
+            f"{pred.mean_pearson.ci_high:+.2f}]). Gated at {pred.threshold:g} as stated: "
+            f"{list(pred.ranking) or 'no swept layer'}; best measured layer {pred.best_layer}.")
+
+
+def per_prompt_effect(res, strength: float, layers: list[int]) -> np.ndarray:
+    """[prompt, layer] score change of the real (non-random) vector at `strength`, from a sweep."""
+    ev = effect_values(res, "score")
+    ev = ev[(~ev["is_random"].astype(bool)) & (ev["strength"] == float(strength))]
+    table = ev.pivot_table(index="prompt_idx", columns="layer", values="effect", aggfunc="mean",
+                           dropna=False)
+    return table.reindex(columns=layers).to_numpy(float)
+
+
+def gating_analysis(table: GapTable, effect: np.ndarray, layers: list[int], threshold: float,
+                    seed: int = 0) -> dict:
+    """Both readings' gates against random layer sets (see step 5 of the module docstring).
+
+    `effect` is the per-prompt score change [prompt, layer] for `layers` on the prompts the gaps
+    were computed on."""
+    cols = [table.layers.index(layer) for layer in layers]
+    gap_pp = table.per_prompt("min")[:, cols]
+    gap = {layer: float(v) for layer, v in zip(layers, gap_pp.mean(0))}
+    count = np.isfinite(effect).sum(0)
+    mean_eff = np.where(count > 0, np.nansum(effect, 0) / np.maximum(count, 1), np.nan)
+    eff = {layer: float(v) for layer, v in zip(layers, mean_eff)}
+    out = {"split": "quantile chosen on even-index prompts, tested on odd-index prompts, and the "
+                    "reverse; selection criterion: largest mean effect of the gated layers",
+           "quantiles": list(DEFAULT_QUANTILES), "n_prompts": int(effect.shape[0]),
+           "readings": {}}
+    for reading in GATING_READINGS:
+        fixed = gating_test(gap, eff, threshold, reading, seed=seed)
+        curve = []
+        for q in DEFAULT_QUANTILES:
+            t, _ = quantile_gate(gap, q, reading)
+            curve.append(gating_test(gap, eff, t, reading, quantile=q, seed=seed).to_dict())
+        folds = split_gating(gap_pp, effect, layers, reading, seed=seed)
+        out["readings"][reading] = {"fixed_threshold": fixed.to_dict(), "quantile_curve": curve,
+                                    "split": [f.to_dict() for f in folds]}
+    return out
+
+
+def gating_line(gating: dict) -> str:
+    """One sentence: does a split-chosen quantile gate beat random layer sets, per reading?"""
+    parts = []
+    for reading, d in gating["readings"].items():
+        folds = d["split"]
+        ps = ", ".join(f"q={f['quantile']:g}: precision {f['test']['precision']:.2f} vs "
+                       f"{f['test']['expected_precision']:.2f} random, p = "
+                       f"{f['test']['p_precision']:.2f}; mean-effect p = "
+                       f"{f['test']['p_mean_effect']:.2f}" for f in folds)
+        better = any(f["test"]["p_mean_effect"] < 0.05 and f["test"]["p_precision"] < 0.05
+                     for f in folds)
+        parts.append(f"{reading} reading {'beats' if better else 'does not beat'} random layer "
+                     f"sets ({ps})")
+    return "Quantile gate chosen on half the prompts, tested on the other half: " + \
+        "; ".join(parts) + "."
 
 
 ARRAYS_FILE = "arrays.json"  # full per-prompt gap and R² arrays, for redrawing the figures
@@ -157,7 +232,7 @@ def saved_prediction(d: dict) -> GapPrediction:
         np.array([r["mean_gap"] for r in rows]), np.array([r["effect"] for r in rows]), d["effect"],
         _correlation(d["min_gap_pearson"]), _correlation(d["min_gap_spearman"]),
         _correlation(d["mean_gap_pearson"]), _correlation(d["mean_gap_spearman"]),
-        tuple(d["ranking"]), float(d["threshold"]))
+        tuple(d["ranking"]), float(d["threshold"]), d.get("reading", "inverse"))
 
 
 def draw(out: Path, fig_dir: Path, results_command: str | None = None) -> list[GalleryEntry]:
@@ -211,6 +286,11 @@ def findings_from_run(out: Path) -> list[Finding]:
         if f"{kind}/random_control_score" in preds else None
     control = (f"r(min gap, random-direction Δ) = {rc.r:+.2f} [{rc.ci_low:+.2f}, "
                f"{rc.ci_high:+.2f}]" if rc else "none")
+    if rc and not math.isfinite(rc.r):
+        rand = preds[f"{kind}/random_control_score"].effect
+        control = (f"random-direction Δ {fmt(float(rand[0]))} at every layer (constant), so "
+                   "r(min gap, random-direction Δ) is undefined" if np.ptp(rand) == 0 else
+                   "r(min gap, random-direction Δ) undefined")
     out_rows = []
     for key, label in ((f"{kind}/score", f"Δ {summary['behaviour']} score"),
                        (f"{kind}/score_minus_random", "Δ score minus random-direction Δ")):
@@ -220,13 +300,16 @@ def findings_from_run(out: Path) -> list[Finding]:
         for stat, c in (("min gap", p.min_pearson), ("min gap (Spearman)", p.min_spearman),
                         ("mean gap", p.mean_pearson)):
             head = key.endswith("/score") and stat == "min gap"
+            rv = reading_verdicts(c)
             out_rows.append(Finding(
                 NAME, f"{name}: r({stat}, {label})", c.r, c.ci_low, c.ci_high,
                 f"{c.n} layers x {n_prompts} prompts", control,
-                (summary["verdict"].split(":")[0] + "; " if head else "")
+                (summary["verdict"].split(":")[0] + f" (stated reading, r < 0: {rv['stated']}; "
+                 f"inverse, r > 0: {rv['inverse']}); " if head else "")
                 + f"p_perm = {c.p_perm:.3f}"
-                + (f"; predicted layer {p.predicted_layer}, best measured {p.best_layer}"
-                   if head else ""), headline=head))
+                + (f"; gated at {p.threshold:g} ({p.reading}): "
+                   f"{', '.join(f'L{x}' for x in p.ranking) or 'no swept layer'}; best measured "
+                   f"L{p.best_layer}" if head else ""), headline=head))
     patterns = summary["eigengaps"].get("patterns")
     if patterns:
         per_layer = np.asarray(patterns["head_gap"], float).mean(1)
@@ -239,6 +322,24 @@ def findings_from_run(out: Path) -> list[Finding]:
              f"not collapsed to ~1: per-layer means {fmt(per_layer.min())} to "
              f"{fmt(per_layer.max())}") + f"; key gaps overall {fmt(summary['key_gap_overall_mean'])}",
             headline=True))
+    for reading, d in summary.get("gating", {}).get("readings", {}).items():
+        for i, f in enumerate(d["split"]):
+            t = f["test"]
+            out_rows.append(Finding(
+                NAME, f"{name}: {reading}-reading gate (min gap "
+                + (f"<= its {f['quantile']:g} quantile" if reading == "stated" else
+                   f"> its {1 - f['quantile']:g} quantile")
+                + f" over layers, q = {f['quantile']:g} chosen on {'even' if i == 0 else 'odd'}-"
+                f"index prompts, tested on {'odd' if i == 0 else 'even'}-index): precision@k of "
+                "gated layers among the top-k measured", t["precision"], None, None,
+                f"k = {t['k']} of {t['n_layers']} layers x {len(f['test_prompts'])} prompts",
+                f"random k-set precision {t['expected_precision']:.2f}; gated mean effect "
+                f"{fmt(t['mean_effect'])} vs random k-sets {fmt(t['random_mean'])} "
+                f"[{fmt(t['random_low'])}, {fmt(t['random_high'])}]",
+                f"p_precision = {t['p_precision']:.3f}, p_mean_effect = {t['p_mean_effect']:.3f}: "
+                + ("better than random layers" if t["p_precision"] < 0.05
+                   and t["p_mean_effect"] < 0.05 else "no better than random layers"),
+                headline=False))
     arrays = json.loads((out / ARRAYS_FILE).read_text(encoding="utf-8"))
     best = np.asarray(arrays["krr"]["r2"], float).max(-1)  # best λ per (prompt, layer, head)
     out_rows.append(Finding(
@@ -335,6 +436,8 @@ def main(argv=None, model=None) -> dict:
 
     primary_kind = "rotated_keys" if gaps.rotated_keys is not None else "keys"
     table = gaps.table(primary_kind)
+    gating = gating_analysis(table, per_prompt_effect(res, args.strength, usable), usable,
+                             args.threshold, seed=ctx.seed)
     rows = []
     for r in table.rows():
         layer = r["layer"]
@@ -362,7 +465,11 @@ def main(argv=None, model=None) -> dict:
         "sweep_layers": layers, "zero_vector_layers": zero, "threshold": args.threshold,
         "eigengaps": gaps.to_dict(), "krr": krr.to_dict(),
         "predictions": {k: p.to_dict() for k, p in preds.items()},
-        "verdict": verdict(preds[f"{primary_kind}/score"]),
+        "verdict": verdict(preds[f"{primary_kind}/score"]) + " " + gating_line(gating),
+        "readings": {stat: reading_verdicts(c) for stat, c in (
+            ("min_gap_pearson", preds[f"{primary_kind}/score"].min_pearson),
+            ("min_gap_spearman", preds[f"{primary_kind}/score"].min_spearman))},
+        "gating": gating,
         "krr_fraction_positive_r2": float((krr.r2.max(-1) > 0).mean()),
         "pattern_gap_overall_mean": (float(gaps.patterns.gaps.mean())
                                      if gaps.patterns is not None else None),
@@ -395,6 +502,15 @@ def main(argv=None, model=None) -> dict:
         print(corr_line("mean gap, Pearson", p.mean_pearson))
         print(corr_line("mean gap, Spearman", p.mean_spearman))
         print(f"  predicted layer {p.predicted_layer}; best measured layer {p.best_layer}")
+    for reading, d in gating["readings"].items():
+        fx = d["fixed_threshold"]
+        print(f"\n{reading} reading, fixed threshold {args.threshold}: gated {fx['gated']} "
+              f"(precision {fx['precision']}, p {fx['p_precision']})")
+        for c in d["quantile_curve"]:
+            print(f"  q={c['quantile']:g} t={c['threshold']:.3f} gated {c['gated']} top-k "
+                  f"{c['top_k']} precision {c['precision']:.2f} (random {c['expected_precision']:.2f},"
+                  f" p {c['p_precision']:.3f}); mean effect {c['mean_effect']:+.3f} vs random "
+                  f"[{c['random_low']:+.3f}, {c['random_high']:+.3f}] p {c['p_mean_effect']:.3f}")
     print("\nVerdict:", summary["verdict"])
     print(f"[{time.time() - t0:.0f}s] wrote {out} and {figs}/eigengap_layers_{name}_*.html")
     return {"summary": summary, "predictions": preds}

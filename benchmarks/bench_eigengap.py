@@ -7,6 +7,7 @@ numpy.linalg.eigvalsh on it; steerlens masks padding, uses the d_head x d_head s
 and makes one batched float64 eigvalsh call. Prints the median time of each, the ratio, and the
 largest gap difference. Where T <= d_head both sides solve the same T x T problems and LAPACK
 dominates, so the gain there is small; the d_head x d_head side is what pays off for long prompts.
+The numbers and the machine are written to results/benchmarks/eigengap.json (`--out` elsewhere).
 
     python benchmarks/bench_eigengap.py [--model smollm2-135m-instruct] [--n 8] [--repeats 3]
                                         [--threads 1]
@@ -21,6 +22,7 @@ from importlib import resources
 
 import numpy as np
 import torch
+from _record import write
 
 from steerlens.backend import load_model, runtime
 from steerlens.pairs import load_behaviour
@@ -78,6 +80,7 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[32, 64, 128, 256, 512])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--out", default=None, help="results directory (default results/benchmarks)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,6 +95,7 @@ def main() -> None:
     settings.append(("chat prompts, mixed T (padded)",
                      runtime.encode_prompts(model, prompts, chat=chat, device="cpu")))
     print(f"{'setting':<34}{'matrices':>9}{'loop s':>10}{'ours s':>10}{'speedup':>9}{'max |diff|':>12}")
+    rows = []
     for label, batch in settings:
         cap = capture_attention(model, batch, layers, ["k"])
         keys = cap.parts["k"].cpu()
@@ -104,6 +108,13 @@ def main() -> None:
               f"{diff:>12.2e}")
         if not np.allclose(ref, got, rtol=0, atol=1e-9):
             raise SystemExit(f"Gaps differ by {diff:.3e} in setting {label!r}.")
+        rows.append({"setting": label, "matrices": int(ref.size), "loop_median_s": t_loop,
+                     "ours_median_s": t_ours, "ratio": t_loop / t_ours, "max_abs_diff": diff})
+    write("eigengap", {**{k: v for k, v in vars(args).items() if k != "out"},
+                       "kv_heads": n_kv, "d_head": d_head, "layers": len(layers)}, rows,
+          {"ratio_by_setting": {r["setting"]: r["ratio"] for r in rows},
+           "max_abs_diff": max(r["max_abs_diff"] for r in rows)},
+          device=args.device, out_dir=args.out)
 
 
 if __name__ == "__main__":

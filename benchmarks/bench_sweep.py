@@ -6,7 +6,8 @@
 (b) `steerlens.sweep.sweep` on the same grid (KL only).
 Both run in this process, alternating, `--repeats` times; medians, their ratio and the largest
 |KL difference| over all cells are printed. Then one batch is run unsteered and steered (hook
-attached, strength != 0) alternately; the median time of each and their ratio are printed.
+attached, strength != 0) alternately; the median time of each and their ratio are printed. The
+numbers and the machine are written to results/benchmarks/sweep.json (`--out` elsewhere).
 
     python benchmarks/bench_sweep.py [--model smollm2-135m-instruct] [--device cpu|cuda]
 """
@@ -18,6 +19,7 @@ import statistics
 import time
 
 import torch
+from _record import write
 
 from steerlens.backend import load_model, runtime
 from steerlens.measures import kl_bits
@@ -60,6 +62,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--forward-repeats", type=int, default=21)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    ap.add_argument("--out", default=None, help="results directory (default results/benchmarks)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -123,6 +126,15 @@ def main() -> None:
     print(f"one forward of {tuple(batch.tokens.shape)} tokens, median of {args.forward_repeats} "
           f"alternating runs: unsteered {p_m * 1e3:.1f} ms, steered (layer {layer}) "
           f"{h_m * 1e3:.1f} ms, ratio {h_m / p_m:.3f}")
+    write("sweep", {**{k: v for k, v in vars(args).items() if k != "out"}, "layers": layers,
+                    "strengths": strengths, "tokens_shape": list(batch.tokens.shape)},
+          [{"case": "grid", "configs": n_cfg, "cells": len(t), "plain_loop_s": t_loop,
+            "sweep_engine_s": t_eng, "plain_loop_median_s": loop_m, "sweep_engine_median_s": eng_m,
+            "ratio": loop_m / eng_m, "max_abs_kl_diff_bits": diff},
+           {"case": "steered_vs_unsteered_forward", "layer": layer, "unsteered_median_s": p_m,
+            "steered_median_s": h_m, "ratio": h_m / p_m}],
+          {"sweep_engine_speedup": loop_m / eng_m, "steering_overhead_ratio": h_m / p_m,
+           "max_abs_kl_diff_bits": diff}, device=args.device, out_dir=args.out)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,11 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   rm -rf "$tmp"
 fi
 
-if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
-  echo "[steerlens] installing steerlens and its dependencies (first run takes a minute or two)" >&2
-  "$PY" -m pip install -q -e "$ROOT[dev,docs]" 2> >(grep -v "^WARNING: Location" >&2)
-  touch "$STAMP"
+# STEERLENS_EXTRAS adds optional extras (e.g. "eval,llama" in CI: lm-eval and a source build of
+# llama-cpp-python, minutes on 2 cores); the stamp records which extras were installed.
+EXTRAS="dev,docs${STEERLENS_EXTRAS:+,$STEERLENS_EXTRAS}"
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ] || [ "$(cat "$STAMP")" != "$EXTRAS" ]; then
+  echo "[steerlens] installing steerlens[$EXTRAS] and its dependencies (first run takes a minute or two)" >&2
+  "$PY" -m pip install -q -e "$ROOT[$EXTRAS]" 2> >(grep -v "^WARNING: Location" >&2)
+  printf '%s' "$EXTRAS" > "$STAMP"
 fi

@@ -3,12 +3,15 @@
 `import steerlens as sl` gives the names a steering study needs, from contrast pairs to figures:
 load a model (`load_model`), build a vector from a behaviour's pairs (`load_behaviour`,
 `build_vector`, `random_like` for the control), steer and generate (`steer`, `schedule`,
-`generate` with a `GenerationConfig`), measure (`next_token_kl`, `per_token_kl`, `vector_lens`,
+`generate` with a `GenerationConfig`; remove a direction with `Ablation` or bake that into the
+weights with `orthogonalised`), measure (`next_token_kl`, `per_token_kl`, `vector_lens`,
 `residual_lens`, `bootstrap_ci`), sweep layers x strengths (`sweep`, `SweepConfig`, `load_sweep`)
 and read sweeps (`layer_effect`, `zones`, `compare_random`), and score layers spectrally
 (`eigengaps`). Everything else stays in its subpackage, reachable as an
 attribute without another import line (loaded on first use): `sl.measures`, `sl.stats`,
-`sl.spectral`, `sl.sae`, `sl.figures`, `sl.backend`, `sl.config` (`sl.sweep` and `sl.steer` are the
+`sl.spectral`, `sl.sae`, `sl.figures`, `sl.backend`, `sl.config`, `sl.interventions` (feature
+clamps, head edits, conditional steering), `sl.interop` (GGUF control vectors, other libraries'
+vectors) and `sl.eval` (lm-evaluation-harness) (`sl.sweep` and `sl.steer` are the
 functions; `import steerlens.sweep` reaches the rest of that package).
 """
 
@@ -17,8 +20,11 @@ import importlib
 from ._version import __version__
 from .backend import Model, available_models, load_model
 from .config import GenerationConfig, SweepConfig
-from .extract import extract
+from .extract import extract, extract_prompts
 from .generate import Generation, generate, generate_stream
+from .interventions.ablation import Ablation
+from .interventions.base import load_intervention, save_intervention
+from .interventions.orthogonalise import orthogonalised
 from .measures import next_token_kl, per_token_kl, residual_lens, vector_lens
 from .methods import build_vector, random_like
 from .pairs import ContrastPair, ContrastSet, load_behaviour
@@ -29,6 +35,7 @@ from .sweep import compare_random, layer_effect, load_sweep, sweep, zones
 from .vectors import SteeringVector, SteeringVectorSet
 
 __all__ = [
+    "Ablation",
     "ContrastPair",
     "ContrastSet",
     "Generation",
@@ -45,16 +52,20 @@ __all__ = [
     "compare_random",
     "eigengaps",
     "extract",
+    "extract_prompts",
     "generate",
     "generate_stream",
     "layer_effect",
     "load_behaviour",
+    "load_intervention",
     "load_model",
     "load_sweep",
     "next_token_kl",
+    "orthogonalised",
     "per_token_kl",
     "random_like",
     "residual_lens",
+    "save_intervention",
     "schedule",
     "steer",
     "sweep",
@@ -63,8 +74,8 @@ __all__ = [
 ]
 
 # `sl.sweep` and `sl.steer` are the functions; their modules stay importable by name.
-_SUBPACKAGES = ("arena", "backend", "config", "figures", "measures", "methods", "pairs", "sae",
-                "spectral", "stats", "vectors")
+_SUBPACKAGES = ("arena", "backend", "config", "eval", "figures", "interop", "interventions",
+                "measures", "methods", "pairs", "sae", "spectral", "stats", "vectors")
 
 
 def __getattr__(name: str):

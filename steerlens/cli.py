@@ -1,8 +1,11 @@
-"""Command-line interface: `steerlens models | extract | generate | demo | arena`.
+"""Command-line interface: `steerlens models | extract | generate | export | import | demo | arena`.
 
 `extract` and `generate` are a contract other tools rely on: `extract` writes
 `DIR/vector.safetensors` + `DIR/vector.json`; `generate` prints the baseline and steered
-continuations (or JSON with `--json`). `demo` is the main job: a sentiment vector on the embedded
+continuations (or JSON with `--json`). `export --format gguf` turns a saved vector into a llama.cpp
+control vector (`direction.N` is added to the output of block N: steerlens `resid_post` N =
+`resid_pre` N+1; `--strength` is baked into the file) and `import` reads one (ours, repeng's or
+llama.cpp's) back into a vector directory. `demo` is the main job: a sentiment vector on the embedded
 model, baseline vs steered generations at several strengths, and a self-contained HTML report.
 `arena` serves the live steering page on localhost (see `steerlens.arena`).
 
@@ -430,6 +433,87 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_out_file(text: str, flag: str) -> Path:
+    """Check, before any work, that file `text` can be written (its directory may be missing)."""
+    path = Path(text)
+    if _lexists(path, flag, text) and path.is_dir():
+        raise CLIError(f"{flag} {text!r} is a directory; give a file name, e.g. "
+                       f"{str(path / 'vector.gguf')!r}.")
+    _check_out_dir(str(path.parent), flag, (path.name,))
+    return path
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`steerlens export`: write a saved vector in another tool's format (llama.cpp GGUF).
+
+    Everything is checked before the file is written, and no model is loaded: the vector file,
+    `--layers`, whether llama.cpp can express the vector's component and layers, and `--out`.
+
+    Args:
+        args: the parsed arguments (vector, format, out, layers, strength, model_hint).
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        CLIError: for an unusable --vector, --layers or --out, or a vector llama.cpp cannot
+            express (the message names the valid components or layers).
+    """
+    from .interop.gguf import gguf_index
+
+    out = _check_out_file(args.out, "--out")
+    vec = _load_vector(args.vector)
+    if args.layers is not None:
+        missing = [x for x in args.layers if x not in vec.layers]
+        if missing:
+            raise CLIError(f"--layers {missing}: the vector in {args.vector} has no direction "
+                           f"there; its layers are {vec.layers}.")
+        vec = vec.select(args.layers)
+    try:
+        for layer in vec.layers:
+            gguf_index(layer, vec.component)
+    except ValueError as err:
+        raise CLIError(f"--vector {args.vector}: {err}") from None
+    with _staged_dir(out.parent, "--out") as staged:
+        vec.to_gguf(staged / out.name, strength=args.strength, model_hint=args.model_hint)
+    indices = ", ".join(f"direction.{gguf_index(x, vec.component)}" for x in vec.layers)
+    print(f"wrote {out}: {vec.component} layers {vec.layers} as {indices}, strength "
+          f"{args.strength:g} baked in (llama.cpp scale S steers like steerlens strength "
+          f"S x {args.strength:g})")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """`steerlens import`: read another tool's vector file (llama.cpp GGUF) into a vector directory.
+
+    The output directory and the file are checked first; with `--model` the vector is also
+    checked against that model (d_model, layers).
+
+    Args:
+        args: the parsed arguments (source, format, out, component, model, device).
+
+    Returns:
+        The exit status, 0.
+
+    Raises:
+        CLIError: for an unusable --out, or a vector that does not fit --model.
+    """
+    from .vectors import META_FILE, VECTOR_FILE, SteeringVector
+
+    out = _check_out_dir(args.out, "--out", (VECTOR_FILE, META_FILE))
+    vec = SteeringVector.from_gguf(args.source, component=args.component)  # VectorFileError
+    if args.model is not None:
+        model = _load_model(args)
+        try:
+            vec = SteeringVector.from_gguf(args.source, model=model, component=args.component)
+        except ValueError as err:
+            raise CLIError(f"{args.source}: {err}") from None
+    with _staged_dir(out, "--out") as staged:
+        vec.save(staged)
+    print(f"wrote {out / VECTOR_FILE} and {out / META_FILE}: {vec!r}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """`steerlens demo`: run the sentiment demo and write its HTML report.
 
@@ -528,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     a usage block.
 
     Returns:
-        The parser (subcommands models, extract, generate, demo, arena).
+        The parser (subcommands models, extract, generate, export, import, demo, arena).
     """
     from .backend import DEFAULT_MODEL
     from .backend.runtime import COMPONENTS
@@ -578,6 +662,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the vector is written (default all)")
     g.add_argument("--json", action="store_true", help="machine-readable output")
 
+    x = sub.add_parser("export", help="write a saved vector as a llama.cpp control vector (GGUF)")
+    x.add_argument("--vector", required=True, type=_nonempty,
+                   help="directory written by `steerlens extract`")
+    x.add_argument("--format", default="gguf", choices=["gguf"],
+                   help="gguf: llama.cpp control vector (--control-vector FILE)")
+    x.add_argument("--out", required=True, type=_nonempty, help="the .gguf file to write")
+    x.add_argument("--layers", type=_layers, default=None,
+                   help="export only these layers (default: all of the vector's)")
+    x.add_argument("--strength", type=_float_type(), default=1.0,
+                   help="steering strength baked into the file (default 1): llama.cpp at scale S "
+                        "then steers like steerlens at strength S x this")
+    x.add_argument("--model-hint", default=None, type=_utf8,
+                   help="controlvector.model_hint (default: the vector's model id)")
+
+    i = sub.add_parser("import", help="read a llama.cpp control vector (GGUF) into a vector "
+                                      "directory")
+    i.add_argument("source", type=_nonempty, help="the .gguf control-vector file")
+    i.add_argument("--format", default="gguf", choices=["gguf"])
+    i.add_argument("--out", required=True, type=_nonempty,
+                   help="output directory (created if missing)")
+    i.add_argument("--component", default=None, choices=["resid_post", "resid_pre"],
+                   help="read direction.N as resid_post N or resid_pre N+1 (the same tensor; "
+                        "default: as recorded by steerlens, else resid_post)")
+    i.add_argument("--model", default=None, type=_nonempty,
+                   help="check the vector against this model (d_model, layers); default: no check")
+    i.add_argument("--device", default=None, type=_device, help="device for --model")
+
     d = sub.add_parser("demo", help="sentiment steering demo with an HTML report")
     common(d)
     d.add_argument("--layer", type=_int_type(0, what="a layer index"), default=None,
@@ -598,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"models": cmd_models, "extract": cmd_extract, "generate": cmd_generate,
-            "demo": cmd_demo, "arena": cmd_arena}
+            "export": cmd_export, "import": cmd_import, "demo": cmd_demo, "arena": cmd_arena}
 
 
 def _one_line(msg: object) -> str:

@@ -177,19 +177,79 @@ def extract(
     read_at = resolve_read_at(read_at, position, "extract")
     if not texts:
         raise ValueError("extract() needs at least one text.")
+    use_chat = resolve_chat(model, chat, prompts is not None and any(p is not None for p in prompts))
+
+    def encode_chunk(start: int, stop: int) -> runtime.TokenBatch:
+        sub_prompts = None if prompts is None else list(prompts[start:stop])
+        return runtime.encode(model, list(texts[start:stop]), sub_prompts, chat=use_chat)
+
+    return _extract(model, len(texts), encode_chunk, layers, component, read_at, batch_size,
+                    show_progress, "extract")
+
+
+def extract_prompts(
+    model: Model,
+    prompts: Sequence[str],
+    layers: Sequence[int],
+    *,
+    component: Component = "resid_pre",
+    read_at: ReadAt = "last",
+    batch_size: int = 16,
+    chat: bool | None = None,
+    show_progress: bool = True,
+) -> Activations:
+    """Activations of prompts as generation sees them (chat template and generation prompt on).
+
+    The rows are encoded exactly as `generate()` encodes its prompts, so `read_at="last"` is the
+    position that predicts the first answer token: the reading that refusal-direction and CAST
+    work use to contrast two prompt sets (e.g. harmful vs harmless) rather than two completions.
+
+    Args:
+        model: the model.
+        prompts: the prompts.
+        layers: layers to read.
+        component: the site read at each layer.
+        read_at: "last" (final prompt token), "first", "mean" (over the prompt after BOS) or "all".
+        batch_size: most prompts per forward.
+        chat: chat-template the prompts; None = auto (on for instruct models with a template).
+        show_progress: show a progress bar.
+
+    Returns:
+        `Activations`: layer -> [n, d_model] float32 on CPU.
+
+    Raises:
+        ValueError: for no prompts or layers, a bad batch size, an unknown `read_at` or
+            component, or a layer out of range.
+
+    Example:
+        >>> acts = sl.extract.extract_prompts(model, harmful, [12])  # doctest: +SKIP
+        >>> direction = acts[12].mean(0) - harmless_acts[12].mean(0)  # doctest: +SKIP
+    """
+    read_at = check_read_at(read_at)
+    if not prompts:
+        raise ValueError("extract_prompts() needs at least one prompt.")
+    use_chat = resolve_chat(model, chat, True)
+
+    def encode_chunk(start: int, stop: int) -> runtime.TokenBatch:
+        return runtime.encode_prompts(model, list(prompts[start:stop]), chat=use_chat)
+
+    return _extract(model, len(prompts), encode_chunk, layers, component, read_at, batch_size,
+                    show_progress, "extract_prompts")
+
+
+def _extract(model: Model, n: int, encode_chunk, layers: Sequence[int], component: str,
+             read_at: str, batch_size: int, show_progress: bool, where: str) -> Activations:
+    """The shared loop: one forward per chunk, hooks reducing each site to `read_at`."""
     if not layers:
-        raise ValueError("extract() needs at least one layer.")
+        raise ValueError(f"{where}() needs at least one layer.")
     check_batch_size(batch_size)
     site_list = [Site(int(layer), component).validate(model) for layer in layers]
-    use_chat = resolve_chat(model, chat, prompts is not None and any(p is not None for p in prompts))
     stop = min(max(s.layer for s in site_list) + 1, runtime.n_layers(model))
     out: dict[int, list[Tensor]] = {s.layer: [] for s in site_list}
     rows: list[Tensor] = []
-    chunks = range(0, len(texts), batch_size)
-    for start in progress(chunks, desc="extract", enabled=show_progress):
-        sub = list(texts[start : start + batch_size])
-        sub_prompts = None if prompts is None else list(prompts[start : start + batch_size])
-        batch = runtime.encode(model, sub, sub_prompts, chat=use_chat)
+    for start in progress(range(0, n, batch_size), desc=where, enabled=show_progress):
+        batch = encode_chunk(start, min(start + batch_size, n))
+        n_sub = int(batch.tokens.shape[0])
         captured: dict[int, Tensor] = {}
 
         def make_hook(layer: int, batch=batch, captured=captured):
@@ -205,9 +265,9 @@ def extract(
             out[layer].append(t)
         if read_at == "all":
             counts = (batch.span_end - batch.span_start).cpu()
-            rows.append(torch.repeat_interleave(torch.arange(len(sub)) + start, counts))
+            rows.append(torch.repeat_interleave(torch.arange(n_sub) + start, counts))
         else:
-            rows.append(torch.arange(len(sub)) + start)
+            rows.append(torch.arange(n_sub) + start)
     return Activations(
         by_layer={k: torch.cat(v) for k, v in out.items()},
         component=component,

@@ -9,6 +9,14 @@ returns one direction [d]:
   difference's projection on it, so its norm is comparable to CAA's.
 - `probe`: the weight direction of an L2-regularised logistic regression separating positive from
   negative activations, signed and scaled the same way.
+- `mean_centred` (Jorgensen et al. 2023, "Improving activation steering in language models with
+  mean-centring"): the mean activation on examples of the behaviour minus the mean activation on
+  a background (general) dataset, which removes the bias every activation shares. Pass the
+  background texts to `build_vector(..., method="mean_centred", background=texts)` (the positives
+  are the behaviour's examples) or use `mean_centred_vector(model, texts, background, ...)` for
+  unpaired data. Without a background the pairs' own activations (positives and negatives
+  together) are the background, and then mean(pos) - mean(pos ∪ neg) = (mean(pos) - mean(neg))/2:
+  exactly half the CAA mean difference, the same direction.
 - `outcome`: mean over items the model got right minus mean over items it got wrong (labels, not
   pairs), the "correct-minus-wrong" direction.
 - `random_like`: a Gaussian random direction with the same per-layer norm as a given vector, the
@@ -172,7 +180,54 @@ def outcome(
     return (a[correct].mean(0) - a[~correct].mean(0)).float()
 
 
-METHODS: dict[str, Method] = {"mean_diff": mean_diff, "pca": pca, "probe": probe}
+def mean_centred(
+    target: Float[Tensor, "n d"], background: Float[Tensor, "m d"]
+) -> Float[Tensor, " d"]:
+    """Mean-centring: the behaviour's mean activation minus a background mean activation.
+
+    Args:
+        target: activations on examples of the behaviour, one row each.
+        background: activations on a background (general) dataset, one row each.
+
+    Returns:
+        mean(target) - mean(background) (computed in float64), shape [d].
+
+    Raises:
+        ValueError: if either is empty or not [rows, d] with the same d.
+    """
+    if target.ndim != 2 or background.ndim != 2 or target.shape[1] != background.shape[1]:
+        raise ValueError(f"mean_centred needs target [n, d] and background [m, d] with the same d; "
+                         f"got {tuple(target.shape)} and {tuple(background.shape)}.")
+    if target.shape[0] < 1 or background.shape[0] < 1:
+        raise ValueError(f"mean_centred needs at least one target and one background row; got "
+                         f"{target.shape[0]} and {background.shape[0]}.")
+    return (target.double().mean(0) - background.double().mean(0)).float()
+
+
+def mean_centred_pairs(
+    pos: Float[Tensor, "n d"], neg: Float[Tensor, "n d"]
+) -> Float[Tensor, " d"]:
+    """Mean-centring with the pairs themselves as background: mean(pos) - mean(pos ∪ neg).
+
+    With row-aligned pairs this is (mean(pos) - mean(neg)) / 2, half the CAA mean difference;
+    `build_vector(..., method="mean_centred", background=texts)` uses a real background instead.
+
+    Args:
+        pos: positive activations, one row per pair.
+        neg: negative activations, row-aligned with `pos`.
+
+    Returns:
+        The direction, shape [d].
+
+    Raises:
+        ValueError: if the shapes differ, are not [n, d], or n is 0.
+    """
+    _check_pair_shapes(pos, neg)
+    return mean_centred(pos, torch.cat([pos, neg]))
+
+
+METHODS: dict[str, Method] = {"mean_diff": mean_diff, "pca": pca, "probe": probe,
+                              "mean_centred": mean_centred_pairs}
 
 
 def get_method(name: str | Method) -> Method:
@@ -279,6 +334,7 @@ def build_vector(
     chat: bool | None = None,
     show_progress: bool = True,
     position: ReadAt | None = None,
+    background: Sequence[str] | None = None,
 ) -> SteeringVector:
     """Extract contrast activations at `layers` in one pass and apply `method` per layer.
 
@@ -286,19 +342,25 @@ def build_vector(
         model: the model.
         pairs: a ContrastSet (or anything `as_contrast_set` accepts).
         layers: layers to build a direction at.
-        method: "mean_diff" (CAA), "pca", "probe", or any callable (pos [n, d], neg [n, d]) -> [d].
+        method: "mean_diff" (CAA), "pca", "probe", "mean_centred", or any callable
+            (pos [n, d], neg [n, d]) -> [d] (recorded as "custom:<its name>").
         component: the site read and later steered ("resid_pre" by default).
         read_at: where activations are read: "last", "first" or "mean" over the completion.
         batch_size: most texts per forward.
         chat: chat-template the prompts; None = auto.
         show_progress: show a progress bar.
         position: deprecated name of `read_at`.
+        background: for method "mean_centred" only: background texts (a general dataset, read
+            as plain text at the same sites and `read_at`); the direction is mean(positives) -
+            mean(background). None: the pairs' own activations are the background (half the
+            mean difference).
 
     Returns:
         A `SteeringVector` with one direction per layer and provenance metadata.
 
     Raises:
-        ValueError: for an unknown method, bad pairs or layers, pairs that are all identical,
+        ValueError: for an unknown method, `background` with a method other than "mean_centred"
+            or with no texts, bad pairs or layers, pairs that are all identical,
             activations that coincide at every layer, or a method that returns a wrongly shaped,
             non-finite or all-zero direction.
 
@@ -314,10 +376,25 @@ def build_vector(
     fn = get_method(method)
     name = _method_name(method)
     read_at = resolve_read_at(read_at, position, "build_vector")
+    if background is not None:
+        if method != "mean_centred":
+            raise ValueError(f"background texts are used by method='mean_centred' only; got "
+                             f"method={name!r}.")
+        if isinstance(background, str) or len(background) == 0:
+            raise ValueError("background must be a non-empty list of texts.")
     pairs = as_contrast_set(pairs)
     same = _check_identical(pairs)
     acts = extract_pairs(model, pairs, layers, component=component, read_at=read_at,
                          batch_size=batch_size, chat=chat, show_progress=show_progress)
+    if background is not None:
+        bg = extract(model, list(background), layers, component=component, read_at=read_at,
+                     batch_size=batch_size, show_progress=show_progress)
+        dirs = {layer: _apply(lambda pos, _neg, b=bg[layer]: mean_centred(pos, b),
+                              acts.positive[layer], acts.negative[layer], layer, name)
+                for layer in acts.layers}
+        return SteeringVector(dirs, component=component, method=name, read_at=read_at,
+                              model_id=runtime.model_id(model), n_pairs=len(pairs),
+                              extra={"pairs": pairs.name, "n_background": len(background)})
     dirs = {}
     flat = []
     for layer in acts.layers:
@@ -387,6 +464,58 @@ def outcome_vector(
     return SteeringVector(dirs, component=component, method="outcome", read_at=read_at,
                           model_id=runtime.model_id(model), n_pairs=len(texts),
                           extra={"n_right": n_right, "n_wrong": len(texts) - n_right})
+
+
+def mean_centred_vector(
+    model: Model,
+    texts: Sequence[str],
+    background: Sequence[str],
+    layers: Sequence[int],
+    *,
+    prompts: Sequence[str | None] | None = None,
+    component: Component = "resid_pre",
+    read_at: ReadAt = "mean",
+    batch_size: int = 16,
+    chat: bool | None = None,
+    show_progress: bool = True,
+) -> SteeringVector:
+    """Mean-centred direction from unpaired texts: mean over `texts` minus mean over `background`.
+
+    Jorgensen et al. (2023) average over every token of each text ("mean", the default here).
+
+    Args:
+        model: the model.
+        texts: examples of the behaviour (completions when `prompts` are given).
+        background: a background (general) dataset, read as plain texts.
+        layers: layers to build a direction at.
+        prompts: an optional prompt per text.
+        component: the site read.
+        read_at: "last", "first" or "mean" (over each text).
+        batch_size: most texts per forward.
+        chat: chat-template the prompts; None = auto.
+        show_progress: show a progress bar.
+
+    Returns:
+        A `SteeringVector` (method "mean_centred"; `n_pairs` is the number of texts).
+
+    Raises:
+        ValueError: for no texts or background, or read_at="all".
+    """
+    if not texts or not background or isinstance(background, str):
+        raise ValueError("mean_centred_vector needs non-empty lists of texts and background texts.")
+    read_at = resolve_read_at(read_at, None, "mean_centred_vector")
+    if read_at == "all":
+        raise ValueError("mean_centred_vector reads one row per text; use 'last', 'first' or "
+                         "'mean'.")
+    acts = extract(model, texts, layers, prompts=prompts, component=component, read_at=read_at,
+                   batch_size=batch_size, chat=chat, show_progress=show_progress)
+    bg = extract(model, list(background), layers, component=component, read_at=read_at,
+                 batch_size=batch_size, show_progress=show_progress)
+    dirs = {layer: _apply(lambda t, b: mean_centred(t, b), acts[layer], bg[layer], layer,
+                          "mean_centred") for layer in acts.layers}
+    return SteeringVector(dirs, component=component, method="mean_centred", read_at=read_at,
+                          model_id=runtime.model_id(model), n_pairs=len(texts),
+                          extra={"n_background": len(background)})
 
 
 def random_like(vector: SteeringVector, seed: int = 0) -> SteeringVector:

@@ -16,7 +16,10 @@ cached and uncached generation produce the same tokens.
 
 Every caller that runs a steered forward binds the steerer to the batch's layout with one context
 manager, `with steerer.bound(batch, offset):`, and `steered_forward` is the one steered forward
-pass. Vectors can be named (a `SteeringVectorSet` or a dict name -> vector), and then
+pass. Anything that edits activations is an `Intervention` (steerlens.interventions);
+`Injection` is its additive kind, and an `Ablation`, a feature clamp or a head edit can share one
+block with injections, applied at each hook in a documented order (ablations first, additions
+last). Vectors can be named (a `SteeringVectorSet` or a dict name -> vector), and then
 `steer(vset, strengths={"refusal": 0.0, ...})` and `handle.set_strength("refusal", s)` address them
 by name; a per-row sequence of strengths steers each batch row with its own strength.
 """
@@ -26,22 +29,38 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from .backend import Model, runtime
-from .config import check_position_mode
+from .interventions.base import (
+    ORDERS,
+    BoundIntervention,
+    Intervention,
+    PositionContext,
+    check_strength,
+    position_mask,
+    vector_fields,
+    vector_from_saved,
+    vector_tensors,
+)
 from .vectors import SteeringVector, SteeringVectorSet
+
+__all__ = ["Injection", "Intervention", "PositionContext", "Steerer", "check_strength", "schedule",
+           "steer", "steered_forward"]
 
 PositionMode = str  # one of POSITION_MODES, validated with a ValueError
 StrengthValue = float | Sequence[float] | Tensor  # one strength, or one per batch row
 
 
 @dataclass(frozen=True)
-class Injection:
+class Injection(Intervention):
     """One vector to add: strength, position mode, an optional schedule window and a name.
+
+    The additive kind of `Intervention` (kind "add", applied last at a hook: order 3).
 
     Attributes:
         vector: the SteeringVector to add.
@@ -51,6 +70,9 @@ class Injection:
         stop_step: generated-token index at which it stops (None: never).
         name: a label for `Steerer.set_strength(name, ...)` (None: address it by index).
     """
+
+    kind: ClassVar[str] = "add"
+    order: ClassVar[int] = ORDERS["add"]
 
     vector: SteeringVector
     strength: float = 1.0
@@ -62,39 +84,91 @@ class Injection:
     def __post_init__(self) -> None:
         if not isinstance(self.vector, SteeringVector):
             raise ValueError(f"Injection.vector must be a SteeringVector, got {type(self.vector)}.")
-        check_strength(self.strength)
-        check_position_mode(self.positions)
-        if self.name is not None and (not isinstance(self.name, str) or not self.name):
-            raise ValueError(f"Injection.name must be a non-empty string or None, got {self.name!r}.")
-        if self.start_step < 0 or (self.stop_step is not None and self.stop_step <= self.start_step):
-            raise ValueError(
-                f"Schedule window [{self.start_step}, {self.stop_step}) is empty or negative."
-            )
+        self.check_common()
 
-    @property
-    def scheduled(self) -> bool:
-        """Whether a schedule window restricts when this injection is active."""
-        return self.start_step > 0 or self.stop_step is not None
+    def check_model(self, model: Model) -> None:
+        """Raise a ValueError if the vector does not fit `model` (d_model, layers).
+
+        Args:
+            model (Model): the model.
+        """
+        self.vector.check_model(model)
+
+    def sites(self, model: Model) -> list[tuple[str, int]]:
+        """One (hook name, layer) per layer of the vector, at its component.
+
+        Args:
+            model (Model): the model.
+
+        Returns:
+            The pairs.
+        """
+        return [(runtime.hook_name(layer, self.vector.component), layer)
+                for layer in self.vector.layers]
+
+    def bind(self, model: Model) -> BoundIntervention:
+        """The vector's directions on the model's device and dtype.
+
+        Args:
+            model (Model): the model.
+
+        Returns:
+            The bound addition.
+        """
+        dev, dtype = runtime.model_device(model), runtime.model_dtype(model)
+        return _BoundAdd({lay: self.vector[lay].to(dev, dtype) for lay in self.vector.layers})
+
+    def max_push(self) -> float:
+        """The vector's largest |entry| over its layers.
+
+        Returns:
+            That entry.
+        """
+        return max(float(self.vector[lay].double().abs().max()) for lay in self.vector.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The vector's metadata (its directions are in `tensors()`).
+
+        Returns:
+            {"vector": vector metadata}.
+        """
+        return {"vector": vector_fields(self.vector)}
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The vector's directions.
+
+        Returns:
+            Keys "vector.layer.{i}".
+        """
+        return vector_tensors(self.vector, "vector")
+
+    @classmethod
+    def from_saved(cls, fields: Mapping[str, Any], tensors: Mapping[str, Tensor],
+                   common: Mapping[str, Any]) -> Injection:
+        """Rebuild from a saved record.
+
+        Args:
+            fields: `to_dict()` output.
+            tensors: `tensors()` output.
+            common: the common fields.
+
+        Returns:
+            The injection.
+        """
+        return cls(vector_from_saved(fields.get("vector", {}), tensors, "vector"), **common)
 
 
-def check_strength(strength: float) -> float:
-    """Return `strength` as a float if it is finite.
+class _BoundAdd(BoundIntervention):
+    def __init__(self, dirs: dict[int, Tensor]) -> None:
+        self.dirs = dirs
 
-    Args:
-        strength: a steering strength.
-
-    Returns:
-        The strength as a Python float.
-
-    Raises:
-        ValueError: if it is not a finite number.
-    """
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
-        raise ValueError(f"Steering strength must be a finite number, got {strength!r}.")
-    s = float(strength)
-    if not math.isfinite(s):
-        raise ValueError(f"Steering strength must be a finite number, got {strength!r}.")
-    return s
+    def apply(self, act: Tensor, layer: int, hook_name: str, scale: float | Tensor,
+              mask: Tensor | None, context: PositionContext) -> Tensor:
+        if isinstance(scale, Tensor):
+            delta = scale[:, None, None] * self.dirs[layer]
+        else:
+            delta = self.dirs[layer] * scale
+        return act + delta if mask is None else act + mask[..., None] * delta
 
 
 def schedule(
@@ -134,73 +208,22 @@ def schedule(
     return out
 
 
-class PositionContext:
-    """What the hooks need to place positions: the forward's offset and the prompt layout.
+class Steerer:
+    """Handle returned by `steer()`: live (named) strengths and the position context.
 
-    Bound by `Steerer.bound`; with nothing bound, the whole current input counts as prompt,
-    "first" is position 0 and "last" is the final position of the input.
+    Holds the interventions in the order given (`injections`, also `interventions`), each bound
+    to the model. At each hook the bound interventions that touch it run in (kind `order`, index)
+    order: gate reads, then ablations, clamps, head edits and finally additions; interventions of
+    one order keep the order they were listed in.
     """
 
-    def __init__(self) -> None:
-        self.offset = 0
-        self.prompt_width: int | None = None
-        self.first: Tensor | None = None
-
-    def bind(self, batch: runtime.TokenBatch | None, offset: int = 0) -> None:
-        """Set (or with None, clear) the layout; prefer `Steerer.bound`, which also clears it.
-
-        Args:
-            batch: the prompt batch being run, or None to unbind.
-            offset: absolute position of the forward's first token (KV-cached decoding).
-        """
-        if batch is None:
-            self.prompt_width, self.first = None, None
-        else:
-            self.prompt_width = int(batch.tokens.shape[1])
-            self.first = batch.span_start
-        self.offset = offset
-
-
-def _position_mask(inj: Injection, ctx: PositionContext, batch: int, length: int,
-                   device) -> Tensor | None:
-    """[batch, length] float mask of positions to steer in this forward; None means all."""
-    if inj.positions == "all" and not inj.scheduled:
-        return None
-    pos = ctx.offset + torch.arange(length, device=device)
-    width = ctx.prompt_width if ctx.prompt_width is not None else ctx.offset + length
-    mode = inj.positions
-    if mode == "all":
-        m = torch.ones(length, dtype=torch.bool, device=device)
-    elif mode == "prompt":
-        m = pos < width
-    elif mode == "generated":
-        m = pos >= width
-    elif mode == "last":
-        m = pos == width - 1
-    else:  # first
-        first = ctx.first.to(device) if ctx.first is not None else torch.zeros(batch, device=device,
-                                                                               dtype=torch.long)
-        return ((pos[None] == first[:, None]) & _window(inj, pos, width)[None]).float()
-    m = m & _window(inj, pos, width)
-    return m[None].expand(batch, length).float()
-
-
-def _window(inj: Injection, pos: Tensor, width: int) -> Tensor:
-    step = (pos - width + 1).clamp_min(0)
-    ok = step >= inj.start_step
-    if inj.stop_step is not None:
-        ok = ok & (step < inj.stop_step)
-    return ok
-
-
-class Steerer:
-    """Handle returned by `steer()`: live (named) strengths and the position context."""
-
-    def __init__(self, model: Model, injections: Sequence[Injection]) -> None:
+    def __init__(self, model: Model, injections: Sequence[Intervention]) -> None:
         if not injections:
-            raise ValueError("steer() needs at least one vector or Injection.")
+            raise ValueError("steer() needs at least one vector or Intervention.")
         for inj in injections:
-            inj.vector.check_model(model)
+            if not isinstance(inj, Intervention):
+                raise ValueError(f"Expected an Intervention, got {type(inj).__name__}.")
+            inj.check_model(model)
         names = [inj.name for inj in injections if inj.name is not None]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -209,17 +232,24 @@ class Steerer:
         self.injections = tuple(injections)
         self.strengths = torch.tensor([float(i.strength) for i in injections], dtype=torch.float64)
         self.context = PositionContext()
-        dev = runtime.model_device(model)
-        dtype = runtime.model_dtype(model)
         self._row_strengths: dict[int, Tensor] = {}
-        self._dirs = [{lay: inj.vector[lay].to(dev, dtype) for lay in inj.vector.layers}
-                      for inj in injections]
-        self._dtype = dtype
+        self._bound = [inj.bind(model) for inj in injections]
+        self._sites = [list(inj.sites(model)) for inj in injections]
+        for inj, sites in zip(injections, self._sites):
+            missing = sorted({name for name, _ in sites if not runtime.has_hook(model, name)})
+            if missing:
+                raise ValueError(f"{type(inj).__name__} needs hook(s) {missing[:3]} that this model "
+                                 "does not have; check its layers and components.")
+        self._dtype = runtime.model_dtype(model)
         self._d_model = runtime.d_model(model)
-        self._amax = [max(float(inj.vector[lay].double().abs().max()) for lay in inj.vector.layers)
-                      for inj in injections]
+        self._amax = [float(inj.max_push()) for inj in injections]
         for i, inj in enumerate(injections):
             self._check_in_dtype(i, float(inj.strength))
+
+    @property
+    def interventions(self) -> tuple[Intervention, ...]:
+        """The interventions, in the order given (the same tuple as `injections`)."""
+        return self.injections
 
     @property
     def names(self) -> list[str | None]:
@@ -229,7 +259,7 @@ class Steerer:
     @property
     def layers(self) -> list[int]:
         """Sorted layers any injection writes to."""
-        return sorted({layer for inj in self.injections for layer in inj.vector.layers})
+        return sorted({layer for sites in self._sites for _, layer in sites})
 
     def index(self, key: int | str) -> int:
         """The position of an injection given its index or name.
@@ -321,48 +351,68 @@ class Steerer:
             This steerer.
         """
         self.context.bind(batch, offset)
+        if offset == 0:
+            for bound in self._bound:
+                bound.reset()
         try:
             yield self
         finally:
             self.context.bind(None)
 
     def hooks(self) -> list[tuple[str, object]]:
-        """(hook name, hook function) pairs to attach, one per steered site.
+        """(hook name, hook function) pairs to attach, one per hook any intervention touches.
 
         Returns:
-            The pairs, for `runtime.attached`; each hook adds every injection at its site.
+            The pairs, for `runtime.attached`; each hook applies its interventions in
+            (order, index) order.
         """
-        by_name: dict[str, list[tuple[int, int]]] = {}
+        by_name: dict[str, list[tuple[int, int, int]]] = {}
         for i, inj in enumerate(self.injections):
-            for layer in inj.vector.layers:
-                name = runtime.hook_name(layer, inj.vector.component)
-                by_name.setdefault(name, []).append((i, layer))
-        return [(name, self._make_hook(entries)) for name, entries in by_name.items()]
+            for name, layer in self._sites[i]:
+                by_name.setdefault(name, []).append((inj.order, i, layer))
+        return [(name, self._make_hook(name, sorted(entries)))
+                for name, entries in by_name.items()]
 
-    def _make_hook(self, entries: list[tuple[int, int]]):
+    def scale(self, index: int, act: Tensor) -> float | Tensor:
+        """The live strength of an intervention for a forward over `act`.
+
+        Args:
+            index: the intervention's index.
+            act: the activation being edited ([batch, ...]).
+
+        Returns:
+            A float, or a [batch] tensor in act's dtype and device when per-row strengths are set.
+
+        Raises:
+            ValueError: if per-row strengths are set for another number of rows.
+        """
+        rows = self._row_strengths.get(index)
+        if rows is None:
+            return float(self.strengths[index])
+        if rows.shape[0] != act.shape[0]:
+            raise ValueError(
+                f"{rows.shape[0]} per-row strengths set but the batch has {act.shape[0]} rows."
+            )
+        return rows.to(act.device, act.dtype)
+
+    def _make_hook(self, name: str, entries: list[tuple[int, int, int]]):
         def hook(act: Tensor, hook) -> Tensor:
-            for i, layer in entries:
-                s = float(self.strengths[i])
-                if s == 0.0:
+            for _, i, layer in entries:
+                bound = self._bound[i]
+                if bound.skip_at_zero and float(self.strengths[i]) == 0.0:
                     continue
-                delta = self._dirs[i][layer] * s
-                rows = self._row_strengths.get(i)
-                if rows is not None:
-                    if rows.shape[0] != act.shape[0]:
-                        raise ValueError(
-                            f"{rows.shape[0]} per-row strengths set but the batch has "
-                            f"{act.shape[0]} rows."
-                        )
-                    delta = rows.to(act.device, act.dtype)[:, None, None] * delta
-                mask = _position_mask(self.injections[i], self.context, act.shape[0],
-                                      act.shape[1], act.device)
-                act = act + delta if mask is None else act + mask[..., None].to(act.dtype) * delta
+                scale = self.scale(i, act)
+                mask = position_mask(self.injections[i], self.context, act.shape[0],
+                                     act.shape[1], act.device)
+                if mask is not None:
+                    mask = mask.to(act.dtype)
+                act = bound.apply(act, layer, name, scale, mask, self.context)
             return act
 
         return hook
 
 
-def _named(vectors) -> Mapping[str, SteeringVector] | None:
+def _named(vectors) -> Mapping[str, Any] | None:
     if isinstance(vectors, SteeringVectorSet):
         return dict(vectors.items())
     if isinstance(vectors, Mapping):
@@ -370,30 +420,35 @@ def _named(vectors) -> Mapping[str, SteeringVector] | None:
     return None
 
 
-def _as_injections(vectors, strength: float | None, positions: PositionMode) -> list[Injection]:
+def _as_injections(vectors, strength: float | None,
+                   positions: PositionMode) -> list[Intervention]:
     default = 1.0 if strength is None else strength
     named = _named(vectors)
     if named is not None:
         out = []
         for name, vec in named.items():
+            if isinstance(name, str) and isinstance(vec, Intervention):
+                out.append(replace(vec, name=name))
+                continue
             if not isinstance(name, str) or not isinstance(vec, SteeringVector):
-                raise ValueError("A dict of vectors must map names (str) to SteeringVectors; got "
-                                 f"{type(name).__name__} -> {type(vec).__name__}.")
+                raise ValueError("A dict of vectors must map names (str) to SteeringVectors (or "
+                                 f"Interventions); got {type(name).__name__} -> "
+                                 f"{type(vec).__name__}.")
             out.append(Injection(vec, default, positions, name=name))
         return out
     if isinstance(vectors, SteeringVector):
         return [Injection(vectors, default, positions)]
-    if isinstance(vectors, Injection):
+    if isinstance(vectors, Intervention):
         return [vectors]
     if isinstance(vectors, (str, bytes)) or not isinstance(vectors, Sequence):
         raise ValueError(
-            "steer() takes a SteeringVector, an Injection, a SteeringVectorSet or dict name -> "
-            f"vector, or a list of vectors, Injections or (vector, strength) pairs; got "
-            f"{type(vectors).__name__}."
+            "steer() takes a SteeringVector, an Intervention (Injection, Ablation, ...), a "
+            "SteeringVectorSet or dict name -> vector, or a list of vectors, Interventions or "
+            f"(vector, strength) pairs; got {type(vectors).__name__}."
         )
     out = []
     for item in vectors:
-        if isinstance(item, Injection):
+        if isinstance(item, Intervention):
             out.append(item)
         elif isinstance(item, SteeringVector):
             out.append(Injection(item, default, positions))
@@ -401,8 +456,8 @@ def _as_injections(vectors, strength: float | None, positions: PositionMode) -> 
             out.append(Injection(item[0], item[1], positions))
         else:
             raise ValueError(
-                "steer() takes a SteeringVector, an Injection, or a list of those or of "
-                f"(vector, strength) tuples; got {type(item).__name__}."
+                "steer() takes a SteeringVector, an Intervention (Injection, Ablation, ...), or a "
+                f"list of those or of (vector, strength) tuples; got {type(item).__name__}."
             )
     return out
 
@@ -416,13 +471,18 @@ def steer(
     *,
     strengths: Mapping[str, StrengthValue] | None = None,
 ) -> Iterator[Steerer]:
-    """Add steering vectors to `model` inside the block; hooks are removed on every exit.
+    """Steer `model` inside the block (add vectors, ablate directions, ...); hooks always removed.
+
+    Any `Intervention` can be passed (an `Injection`, an `Ablation`, a `FeatureClamp`, ...), alone
+    or in a list with others; at each hook they apply in a fixed order: ablations first, then
+    clamps, head edits and additions last (see `steerlens.interventions`).
 
     Args:
         model: the model to steer.
-        vectors (SteeringVector | Injection | SteeringVectorSet | Mapping | list): a SteeringVector; an
-            Injection; a SteeringVectorSet or dict name -> vector (named injections); or a list of
-            vectors, Injections or (vector, strength) pairs.
+        vectors (SteeringVector | Intervention | SteeringVectorSet | Mapping | list): a
+            SteeringVector; an Intervention (e.g. an Injection); a SteeringVectorSet or dict
+            name -> vector or Intervention (named); or a list of vectors, Interventions or
+            (vector, strength) pairs.
         strength: strength for vectors given without one (default 1.0).
         positions: where the vectors are written (for vectors given without an Injection).
         strengths: per-name strengths for named vectors; a value may be one number or one per

@@ -8,6 +8,9 @@ a JSON metadata file, and loaded without pickle; loading against a model refuses
 d_model or a layer the model lacks, and warns (or with `strict=True` refuses) when the vector was
 built on another model. The methods that build vectors live in `methods.py`.
 A `SteeringVectorSet` is a named collection of vectors (e.g. one per behaviour) for multi-vector work.
+Vectors from other libraries come in through `SteeringVector.from_tensors({layer: tensor}, ...)`;
+llama.cpp control vectors (GGUF) are written and read by `to_gguf` / `from_gguf`, with the layer
+mapping described in `steerlens.interop.gguf` (`direction.N` = `resid_post` N = `resid_pre` N+1).
 
 Saving is crash-safe: the two files of a vector (and `set.json` plus the vector directories of a
 set) are replaced together with `io.commit_entries` (new files under temp names, then a commit
@@ -24,6 +27,7 @@ import contextlib
 import hashlib
 import json
 import math
+import operator
 import re
 import warnings
 from collections.abc import Iterator, Mapping
@@ -151,6 +155,98 @@ class SteeringVector:
             raise ValueError(f"All layers must share d_model; got sizes {sorted(dims)}.")
         object.__setattr__(self, "directions", MappingProxyType(dict(sorted(dirs.items()))))
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+
+    # ------------------------------------------------------------------ construction from elsewhere
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[Any, Any], component: str = "resid_pre", *,
+                     model: Model | None = None, model_id: str | None = None,
+                     method: str = "imported", read_at: str = "last", n_pairs: int = 0,
+                     extra: Mapping[str, Any] | None = None) -> SteeringVector:
+        """A vector from `{layer: direction}` built by any library (the way in from other tools).
+
+        Each direction may be a torch tensor (any float dtype or device; gradients are dropped),
+        a numpy array or a list of numbers, of shape [d_model]; it is copied to float32 CPU. The
+        layer keys are steerlens block indices at `component`: translate another library's layer
+        convention before calling (e.g. a library that adds its vector to the *output* of decoder
+        layer i steers steerlens' `resid_post` of block i, which is `resid_pre` of block i + 1).
+        Nothing is normalised or rescaled.
+
+        Args:
+            tensors: layer (non-negative int) -> direction of shape [d_model].
+            component: the site component the directions are added at (one of
+                `sites.COMPONENTS`, e.g. "resid_pre", "resid_post").
+            model (Model | None): when given, d_model and the layers are checked against it and
+                `model_id` defaults to its id (a different explicit `model_id` warns).
+            model_id: the model the directions were built on (default: `model`'s id, else
+                "unknown").
+            method: provenance tag, e.g. "repeng" or "steering-vectors" (default "imported").
+            read_at: where the source activations were read ("last", "mean", ...).
+            n_pairs: number of contrast pairs used, if known (0 otherwise).
+            extra: free-form JSON-serialisable provenance.
+
+        Returns:
+            The new vector.
+
+        Raises:
+            TypeError: if `tensors` is not a mapping, or a direction cannot be read as numbers.
+            ValueError: if it is empty, a key is not a non-negative int, a direction is not 1-D,
+                not finite or of another width than the others, the component is unknown, or
+                (with `model`) the width or a layer does not fit the model.
+
+        Example:
+            ```python
+            import numpy as np
+            from steerlens.vectors import SteeringVector
+
+            # e.g. repeng's ControlVector.directions: {decoder layer: np.ndarray[d_model]}
+            vec = SteeringVector.from_tensors({10: np.ones(576, dtype=np.float32)},
+                                              component="resid_post", method="repeng")
+            ```
+        """
+        if not isinstance(tensors, Mapping):
+            raise TypeError(f"from_tensors takes a mapping {{layer: tensor}}, got "
+                            f"{type(tensors).__name__}.")
+        if not tensors:
+            raise ValueError("from_tensors needs at least one layer; got an empty mapping.")
+        dirs: dict[int, Tensor] = {}
+        for key, value in tensors.items():
+            try:  # ints, numpy integers and integer 0-d tensors; not bools, floats or strings
+                layer = -1 if isinstance(key, bool) else operator.index(key)
+            except TypeError:
+                layer = -1
+            if layer < 0:
+                raise ValueError(f"Layer keys must be non-negative ints (steerlens block indices), "
+                                 f"got {key!r} ({type(key).__name__}).")
+            if isinstance(value, Tensor):
+                t = value.detach()
+            else:
+                try:
+                    t = torch.as_tensor(value)
+                except (TypeError, ValueError, RuntimeError) as err:
+                    raise TypeError(f"The direction for layer {layer} is a "
+                                    f"{type(value).__name__} that cannot be read as numbers "
+                                    f"({err}); pass a torch tensor, numpy array or list.") from err
+            if t.is_complex():
+                raise TypeError(f"The direction for layer {layer} is complex ({t.dtype}); "
+                                "directions must be real.")
+            if t.ndim != 1:
+                raise ValueError(f"The direction for layer {layer} must have shape [d_model], got "
+                                 f"{tuple(t.shape)} (squeeze or index a batch dimension first).")
+            if layer in dirs:
+                raise ValueError(f"Layer {layer} appears twice in the mapping.")
+            dirs[layer] = t.to(device="cpu", dtype=torch.float32)
+        if model is not None:
+            target = runtime.model_id(model)
+            if model_id is None:
+                model_id = target
+            else:
+                check_model_id(model_id, model, False, "from_tensors")
+        vec = cls(directions=dirs, component=component, method=method, read_at=read_at,
+                  model_id=model_id if model_id is not None else "unknown", n_pairs=n_pairs,
+                  extra=dict(extra or {}))
+        if model is not None:
+            vec.check_model(model)
+        return vec
 
     # ------------------------------------------------------------------ basic properties
     @property
@@ -448,6 +544,117 @@ class SteeringVector:
         if model is not None:
             vec.check_model(model)
             check_model_id(vec.model_id, model, strict, directory)
+        return vec
+
+    def to_gguf(self, path: str | Path, *, strength: float = 1.0, model_hint: str | None = None,
+                model: Model | None = None) -> Path:
+        """Write this vector as a llama.cpp control vector (GGUF, architecture `controlvector`).
+
+        Layer mapping: llama.cpp adds `direction.N` to the output of block N, so a `resid_post`
+        vector at layer L is written as `direction.L` and a `resid_pre` vector at layer L as
+        `direction.(L-1)` (the same tensor). llama.cpp never steers block 0's output, so
+        `resid_post` layer 0 and `resid_pre` layers 0 and 1 are refused, as are `resid_mid`,
+        `attn_out` and `mlp_out`. Strength: each stored tensor is `strength * direction`, and
+        llama.cpp at scale S (`--control-vector-scaled FILE S`; 1 for `--control-vector`) then
+        steers like `steer(model, vector, S * strength)` with `positions="all"`. The file is
+        replaced atomically. See `steerlens.interop.gguf`.
+
+        Args:
+            path: the .gguf file to write.
+            strength: multiplier baked into the stored tensors (default 1: stored unchanged).
+            model_hint: `controlvector.model_hint` (default: this vector's model id).
+            model (Model | None): when given, check the vector fits it before writing.
+
+        Returns:
+            The path written.
+
+        Raises:
+            ValueError: if the component or a layer cannot be expressed in llama.cpp (the message
+                names the valid ones), `strength` is not finite, or the vector does not fit
+                `model`.
+            TypeError: if `extra` cannot be written as JSON (nothing is written).
+
+        Example:
+            ```python
+            vec = sl.build_vector(model, sl.load_behaviour("sentiment"), layers=[12])
+            vec.to_gguf("sentiment.gguf")   # llama-cli -m smollm2.gguf --control-vector sentiment.gguf
+            ```
+        """
+        from .interop.gguf import write_control_vector
+
+        if model is not None:
+            self.check_model(model)
+        return write_control_vector(
+            path, self.directions, self.component, strength=strength,
+            model_hint=self.model_id if model_hint is None else model_hint,
+            metadata=self.metadata())
+
+    @classmethod
+    def from_gguf(cls, path: str | Path, model: Model | None = None, *,
+                  component: str | None = None, strict: bool = False) -> SteeringVector:
+        """Read a llama.cpp control-vector file (written by `to_gguf`, repeng or llama.cpp).
+
+        `direction.N` becomes `resid_post` of layer N (or, with `component="resid_pre"`,
+        `resid_pre` of layer N + 1); a file written by `to_gguf` restores its component and
+        metadata, and reads back bit-exactly. Tensors are returned as stored (what llama.cpp adds
+        at scale 1).
+
+        Args:
+            path: the .gguf file.
+            model (Model | None): when given, check d_model and layers against it.
+            component: "resid_post" or "resid_pre" (default: as recorded, else "resid_post").
+            strict: with `model`, refuse a vector recorded as built on another model.
+
+        Returns:
+            The vector.
+
+        Raises:
+            VectorFileError: if the file is missing, truncated, not a control vector (another
+                architecture), has malformed or missing direction tensors, or tensors that
+                disagree with its recorded metadata.
+            ValueError: if `component` is not expressible or the vector does not fit `model`.
+        """
+        from .interop.gguf import read_control_vector
+
+        cv = read_control_vector(path, error=VectorFileError)
+        comp = component or cv.component or "resid_post"
+        dirs = {k: torch.from_numpy(v) for k, v in cv.layers(comp).items()}  # checks comp
+        meta = cv.metadata
+        if meta:
+            extra = dict(meta["extra"]) if isinstance(meta.get("extra"), dict) else {}
+            if cv.strength not in (None, 1.0):
+                extra["gguf_strength"] = cv.strength
+        else:  # another tool's file: keep what it says about itself
+            extra = {"source": "gguf", "model_hint": cv.model_hint}
+
+        def text(key: str, default: str) -> str:
+            return meta[key] if isinstance(meta.get(key), str) else default
+
+        n_pairs = meta.get("n_pairs", 0)
+        try:
+            vec = cls(directions=dirs, component=comp, method=text("method", "gguf"),
+                      read_at=text("read_at", "last"), model_id=text("model_id", "unknown"),
+                      n_pairs=n_pairs if isinstance(n_pairs, int) and n_pairs >= 0 else 0,
+                      extra=extra, version=text("version", "unknown"))
+        except ValueError as err:
+            raise VectorFileError(f"{cv.path}: {err}") from err
+        if model is not None:
+            dm, n = runtime.d_model(model), runtime.n_layers(model)
+            if vec.d_model != dm:
+                raise ValueError(
+                    f"{cv.path} holds directions of width {vec.d_model} but model "
+                    f"{runtime.model_id(model)!r} has d_model {dm}: the control vector was made "
+                    f"for another model (model_hint {cv.model_hint!r})."
+                )
+            beyond = [f"direction.{i}" for i in cv.directions if i >= n]
+            if beyond:
+                raise ValueError(
+                    f"{cv.path} has {beyond} but model {runtime.model_id(model)!r} has {n} "
+                    f"blocks, so valid indices are 1..{n - 1} (llama.cpp would silently ignore "
+                    "the rest)."
+                )
+            vec.check_model(model)
+            check_model_id(vec.model_id, model, strict, cv.path)
         return vec
 
     @classmethod

@@ -194,6 +194,46 @@ def test_generate_streams_rows_kl_and_lens(server, tiny, sentiment):
     assert hooks(tiny) == 0
 
 
+def _project_out(direction):
+    unit = direction / direction.norm()
+
+    def hook(act, hook):
+        return act - (act @ unit)[..., None] * unit
+
+    return hook
+
+
+def test_ablation_row_matches_an_independent_projection(server, tiny, sentiment):
+    status, events = post(server, request(ablate=True))
+    assert status == 200 and events[-1]["type"] == "done"
+    start = by_type(events, "start")[0]
+    assert start["kinds"] == ["baseline", "add", "add", "ablate"]
+    assert start["strengths"] == [0.0, 3.0, -6.0, 0.0]
+    texts = events[-1]["texts"]
+    vec = build_vector(tiny, sentiment.train, [1], show_progress=False)
+    # the added rows are unchanged by the extra ablation row in the batch
+    assert texts[2] == generate(tiny, PROMPT, vec, strength=-6.0, max_new_tokens=12).texts[0]
+    # independent ablation: a hand-written projection hook at every layer and residual site,
+    # greedy decoding by full forwards (no KV cache, no steerlens steering code)
+    names = [f"blocks.{la}.hook_{c}" for la in range(2)
+             for c in ("resid_pre", "resid_mid", "resid_post")]
+    hook = _project_out(vec[1].double().float())
+    ids = runtime.prompt_ids(tiny, PROMPT, True)
+    head = len(ids)
+    with torch.no_grad():
+        for _ in range(12):
+            logits = tiny.run_with_hooks(torch.tensor([ids]), fwd_hooks=[(n, hook) for n in names])
+            nxt = int(logits[0, -1].argmax())
+            ids.append(nxt)
+            if nxt in runtime.eos_ids(tiny):
+                break
+    want = runtime.decode(tiny, [t for t in ids[head:] if t not in runtime.eos_ids(tiny)])
+    assert texts[3] == want
+    kl = {e["row"]: e for e in by_type(events, "kl")}
+    assert sorted(kl) == [1, 2, 3] and kl[3]["kind"] == "ablate"
+    assert hooks(tiny) == 0
+
+
 def test_custom_pairs_request(server, tiny):
     status, events = post(server, request(behaviour="custom", pairs=CUSTOM_PAIRS, strengths="10"))
     assert status == 200 and events[-1]["type"] == "done"
@@ -225,6 +265,7 @@ BAD = [
     (dict(seed=-3), "Seed must be in"),
     (dict(behaviour="happiness"), "Valid behaviours are ['calendar_json'"),
     (dict(chat="yes"), "chat must be"),
+    (dict(ablate="yes"), "ablate must be true or false"),
 ]
 
 

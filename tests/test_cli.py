@@ -69,3 +69,85 @@ def test_console_entry_point():
     proc = subprocess.run([sys.executable, "-m", "steerlens.cli", "models"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0 and "smollm2-135m-instruct" in proc.stdout
+
+
+# ------------------------------------------------------------------ export / import (llama.cpp GGUF)
+
+
+@pytest.fixture()
+def saved_vector(tmp_path):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    vec = SteeringVector({0: torch.randn(64, generator=g), 1: torch.randn(64, generator=g)},
+                         component="resid_post", model_id="tiny-random", method="mean_diff")
+    return vec, vec.save(tmp_path / "vec")
+
+
+def test_export_then_import_round_trip(tmp_path, saved_vector, capsys):
+    import gguf
+    import torch
+
+    vec, vdir = saved_vector
+    out = tmp_path / "new" / "dir" / "v.gguf"  # missing parents are created
+    assert main(["export", "--vector", str(vdir), "--format", "gguf", "--out", str(out),
+                 "--layers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "direction.1" in printed and "strength 1 baked in" in printed
+    r = gguf.GGUFReader(out)
+    assert [t.name for t in r.tensors] == ["direction.1"]
+    assert main(["import", str(out), "--out", str(tmp_path / "back"), "--model", "tiny-random",
+                 "--device", "cpu"]) == 0
+    back = SteeringVector.load(tmp_path / "back")
+    assert back.layers == [1] and torch.equal(back[1], vec[1])  # bit-exact
+    assert back.metadata()["method"] == "mean_diff"
+    # --strength is baked in: one float32 multiply per element
+    assert main(["export", "--vector", str(vdir), "--out", str(tmp_path / "s.gguf"),
+                 "--layers", "1", "--strength", "-3"]) == 0
+    data = [t.data for t in gguf.GGUFReader(tmp_path / "s.gguf").tensors][0]
+    assert (data == vec[1].numpy() * -3.0).all()
+    assert main(["import", str(tmp_path / "s.gguf"), "--out", str(tmp_path / "b2"),
+                 "--component", "resid_pre"]) == 0
+    assert SteeringVector.load(tmp_path / "b2").layers == [2]
+
+
+def test_export_import_errors_are_one_line(tmp_path, saved_vector, capsys):
+    vec, vdir = saved_vector
+
+    def err(argv):
+        assert main(argv) == 2
+        e = capsys.readouterr().err
+        assert e.count("\n") == 1, e
+        return e
+
+    # layer 0 of resid_post would be direction.0, which llama.cpp refuses
+    e = err(["export", "--vector", str(vdir), "--out", str(tmp_path / "v.gguf")])
+    assert "direction.0" in e and "Valid layers for resid_post: 1 and above" in e
+    assert not (tmp_path / "v.gguf").exists()
+    e = err(["export", "--vector", str(vdir), "--out", str(tmp_path / "v.gguf"), "--layers", "5"])
+    assert "its layers are [0, 1]" in e
+    e = err(["export", "--vector", str(vdir), "--out", str(tmp_path), "--layers", "1"])
+    assert "is a directory" in e
+    e = err(["export", "--vector", str(vdir), "--out", str(tmp_path / "v.gguf"), "--layers", "1",
+             "--strength", "nan"])
+    assert "finite" in e
+    e = err(["export", "--vector", str(vdir), "--out", str(tmp_path / "v.gguf"),
+             "--format", "onnx"])
+    assert "invalid choice" in e and "gguf" in e
+    mlp = SteeringVector({1: vec[1]}, component="mlp_out").save(tmp_path / "mlp")
+    e = err(["export", "--vector", str(mlp), "--out", str(tmp_path / "v.gguf")])
+    assert "cannot express component 'mlp_out'" in e and "['resid_post', 'resid_pre']" in e
+    assert not (tmp_path / "v.gguf").exists()
+
+    e = err(["import", str(tmp_path / "missing.gguf"), "--out", str(tmp_path / "i")])
+    assert "does not exist" in e
+    (tmp_path / "junk.gguf").write_bytes(b"GGUF" + b"\0" * 3)
+    e = err(["import", str(tmp_path / "junk.gguf"), "--out", str(tmp_path / "i")])
+    assert "not a readable GGUF" in e
+    assert not (tmp_path / "i").exists()
+    wide = SteeringVector({1: vec[1].repeat(2)}, component="resid_post")
+    wide.to_gguf(tmp_path / "wide.gguf")
+    e = err(["import", str(tmp_path / "wide.gguf"), "--out", str(tmp_path / "i"),
+             "--model", "tiny-random", "--device", "cpu"])
+    assert "width 128" in e and "d_model 64" in e
+    assert not (tmp_path / "i").exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from steerlens.backend import runtime
-from steerlens.extract import extract, extract_pairs
+from steerlens.extract import extract, extract_pairs, extract_prompts
 from steerlens.methods import build_vector
 from steerlens.pairs import ContrastPair, ContrastSet
 
@@ -88,3 +88,28 @@ def test_extract_bad_input(tiny):
         extract(tiny, ["x" * 400], [0], show_progress=False)
     with pytest.raises(ValueError, match="texts but"):
         extract(tiny, TEXTS, [0], prompts=PROMPTS[:2], show_progress=False)
+
+
+@pytest.mark.parametrize("read_at", ["last", "mean"])
+@pytest.mark.parametrize("chat", [False, True])
+def test_extract_prompts_matches_unbatched_cache(tiny, read_at, chat):
+    acts = extract_prompts(tiny, PROMPTS + TEXTS, [0, 1], read_at=read_at, batch_size=3, chat=chat,
+                           show_progress=False)
+    assert acts.row_index.tolist() == list(range(len(PROMPTS + TEXTS)))
+    for layer in (0, 1):
+        for i, prompt in enumerate(PROMPTS + TEXTS):
+            ids = runtime.prompt_ids(tiny, prompt, chat)  # what generate() feeds
+            _, cache = tiny.run_with_cache(torch.tensor([ids]))
+            act = cache[runtime.hook_name(layer, "resid_pre")][0]
+            ref = act[-1] if read_at == "last" else act[1:].mean(0)  # span: after BOS
+            # left-padded batch vs one unpadded sequence, float32: ~1e-6 relative
+            torch.testing.assert_close(acts[layer][i], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_extract_prompts_bad_input(tiny):
+    with pytest.raises(ValueError, match="at least one prompt"):
+        extract_prompts(tiny, [], [0])
+    with pytest.raises(ValueError, match="at least one layer"):
+        extract_prompts(tiny, ["hi"], [])
+    with pytest.raises(ValueError, match="read_at"):
+        extract_prompts(tiny, ["hi"], [0], read_at="middle")

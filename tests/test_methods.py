@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from steerlens.extract import extract, extract_pairs
 from steerlens.methods import (
+    METHODS,
     build_vector,
     get_method,
+    mean_centred,
+    mean_centred_pairs,
+    mean_centred_vector,
     mean_diff,
     outcome,
     outcome_vector,
@@ -83,7 +89,8 @@ def test_random_like_matches_norms():
 
 
 def test_bad_method_and_shapes(tiny, sentiment):
-    with pytest.raises(ValueError, match=r"valid pair methods are \['mean_diff', 'pca', 'probe'\]"):
+    with pytest.raises(ValueError, match=r"valid pair methods are \['mean_diff', 'pca', 'probe', "
+                                         r"'mean_centred'\]"):
         get_method("svm")
     # TypeError: under the test suite's jaxtyping hook the shape annotation catches it first
     with pytest.raises((ValueError, TypeError), match="equal shapes|parameter .neg."):
@@ -124,3 +131,81 @@ def test_outcome_vector_end_to_end(tiny):
         outcome_vector(tiny, texts, [True, False, True, False], [1], read_at="all")
     with pytest.raises(ValueError, match="4 texts but 2 labels"):
         outcome_vector(tiny, texts, [True, False], [1])
+
+
+BACKGROUND = ["The weather report said rain.", "Trains leave every hour.", "Paris is in France.",
+              "Water boils at one hundred degrees.", "He opened the window."]
+
+
+def test_mean_centred_against_numpy():
+    g = torch.Generator().manual_seed(2)
+    target, bg = torch.randn(7, 16, generator=g) + 1.0, torch.randn(11, 16, generator=g)
+    want = target.double().numpy().mean(0) - bg.double().numpy().mean(0)
+    # float64 means cast to float32: one rounding of O(1) values
+    np.testing.assert_allclose(mean_centred(target, bg).numpy(), want, rtol=0, atol=1e-6)
+    pos, neg, _ = _planted(n=9)
+    # no background: mean(pos) - mean(pos and neg) is half the mean difference
+    torch.testing.assert_close(mean_centred_pairs(pos, neg), mean_diff(pos, neg) / 2,
+                               rtol=0, atol=1e-6)
+    assert METHODS["mean_centred"] is mean_centred_pairs
+    with pytest.raises((ValueError, TypeError), match="same d|parameter"):
+        mean_centred(target, torch.zeros(3, 8))
+    with pytest.raises(ValueError, match="at least one"):
+        mean_centred(target, torch.zeros(0, 16))
+
+
+def test_build_vector_mean_centred_with_background(tiny, sentiment):
+    pairs = sentiment.train[:6]
+    v = build_vector(tiny, pairs, [1], method="mean_centred", background=BACKGROUND,
+                     read_at="mean", show_progress=False)
+    assert v.method == "mean_centred" and v.extra["n_background"] == 5 and v.n_pairs == 6
+    pos = extract_pairs(tiny, pairs, [1], read_at="mean", show_progress=False).positive[1]
+    bg = extract(tiny, BACKGROUND, [1], read_at="mean", show_progress=False)[1]
+    want = pos.double().numpy().mean(0) - bg.double().numpy().mean(0)
+    # the same texts in other batches: float32 rounding of O(1) activations
+    np.testing.assert_allclose(v[1].numpy(), want, rtol=0, atol=1e-5)
+    no_bg = build_vector(tiny, pairs, [1], method="mean_centred", read_at="mean",
+                         show_progress=False)
+    md = build_vector(tiny, pairs, [1], method="mean_diff", read_at="mean", show_progress=False)
+    torch.testing.assert_close(no_bg[1], md[1] / 2, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="method='mean_centred' only"):
+        build_vector(tiny, pairs, [1], background=BACKGROUND, show_progress=False)
+    with pytest.raises(ValueError, match="non-empty"):
+        build_vector(tiny, pairs, [1], method="mean_centred", background=[], show_progress=False)
+
+
+def test_mean_centred_vector_unpaired(tiny):
+    texts = ["I love this!", "What a wonderful day.", "Great work, thanks."]
+    v = mean_centred_vector(tiny, texts, BACKGROUND, [0, 1], show_progress=False)
+    assert v.method == "mean_centred" and v.read_at == "mean" and v.n_pairs == 3
+    t = extract(tiny, texts, [0, 1], read_at="mean", show_progress=False)
+    bg = extract(tiny, BACKGROUND, [0, 1], read_at="mean", show_progress=False)
+    for layer in (0, 1):
+        want = t[layer].double().numpy().mean(0) - bg[layer].double().numpy().mean(0)
+        np.testing.assert_allclose(v[layer].numpy(), want, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="one row per text"):
+        mean_centred_vector(tiny, texts, BACKGROUND, [1], read_at="all")
+    with pytest.raises(ValueError, match="non-empty"):
+        mean_centred_vector(tiny, texts, [], [1])
+
+
+def test_any_callable_is_a_method(tiny, sentiment):
+    pairs = sentiment.train[:6]
+
+    def median_diff(pos, neg):
+        return (pos - neg).median(0).values
+
+    v = build_vector(tiny, pairs, [1], method=median_diff, show_progress=False)
+    assert v.method == "custom:median_diff"
+    acts = extract_pairs(tiny, pairs, [1], show_progress=False)
+    diffs = np.sort(acts.positive[1].numpy() - acts.negative[1].numpy(), axis=0)
+    want = diffs[(len(pairs) - 1) // 2]  # torch's median of an even count: the lower middle
+    # same texts, other batch composition: float32 rounding of O(1) activations
+    np.testing.assert_allclose(v[1].numpy(), want, rtol=0, atol=1e-5)
+    lam = build_vector(tiny, pairs, [1], method=lambda p, n: p.mean(0) - 2 * n.mean(0),
+                       show_progress=False)
+    assert lam.method == "custom:<lambda>"
+    np.testing.assert_allclose(lam[1].numpy(), acts.positive[1].double().numpy().mean(0)
+                               - 2 * acts.negative[1].double().numpy().mean(0), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"must return a tensor of shape \(64,\)"):
+        build_vector(tiny, pairs, [1], method=lambda p, n: p, show_progress=False)

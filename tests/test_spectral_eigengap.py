@@ -92,14 +92,19 @@ def test_layer_statistics_flags_and_gating():
     np.testing.assert_allclose(t.median_gap, np.median(gaps, 2).mean(0), rtol=1e-12)
     flagged = tuple(layer for layer, g in zip(t.layers, gaps.min(2).mean(0)) if g <= 0.77)
     assert t.flagged() == flagged
-    ranked = gated_layers(t)
-    assert set(ranked) == set(t.layers) - set(flagged)
     scores = dict(zip(t.layers, t.min_gap))
+    stated = gated_layers(t)  # the claim as stated: flagged layers, smallest gap first
+    assert stated == tuple(sorted(flagged, key=scores.get))
+    ranked = gated_layers(t, reading="inverse")
+    assert set(ranked) == set(t.layers) - set(flagged)
     assert [scores[layer] for layer in ranked] == sorted((scores[x] for x in ranked), reverse=True)
-    assert gated_layers(t, threshold=0.0) == tuple(np.array(t.layers)[np.argsort(-t.min_gap)])
+    assert gated_layers(t, threshold=0.0, reading="inverse") == tuple(
+        np.array(t.layers)[np.argsort(-t.min_gap)])
     assert t.flagged(1.0) == t.layers
-    by_mean = gated_layers(t, threshold=0.0, by="mean")
+    by_mean = gated_layers(t, threshold=0.0, by="mean", reading="inverse")
     assert by_mean == tuple(np.array(t.layers)[np.argsort(-t.mean_gap)])
+    assert gated_layers(t, threshold=1.0, by="mean") == tuple(
+        np.array(t.layers)[np.argsort(t.mean_gap)])
     with pytest.raises(ValueError, match="valid ones"):
         t.layer("max")
 

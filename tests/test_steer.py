@@ -143,3 +143,41 @@ def test_bad_input(tiny):
     with pytest.raises(ValueError, match="takes a SteeringVector"), steer(tiny, ["x"]):
         pass
     assert all(len(h._forward_hooks) == 0 for h in tiny.hook_dict.values())
+
+
+def test_injection_is_an_intervention_and_mixes_with_others(tiny):
+    from steerlens.interventions import Ablation, Intervention
+
+    v = _vec(tiny, layers=(0, 1))
+    inj = Injection(v, 2.0, "prompt", 0, None, "x")  # the positional API is unchanged
+    assert isinstance(inj, Intervention) and inj.kind == "add" and inj.order == 3
+    assert inj.sites(tiny) == [("blocks.0.hook_resid_pre", 0), ("blocks.1.hook_resid_pre", 1)]
+    assert inj.max_push() == pytest.approx(float(max(v[0].abs().max(), v[1].abs().max())))
+    abl = Ablation(_vec(tiny, seed=3)[1], layers=[1], components=["resid_mid"])
+    batch = runtime.encode_prompts(tiny, PROMPTS, chat=False)
+    with steer(tiny, {"add": inj, "abl": abl}, strengths={"abl": 0.0}) as s:
+        assert s.names == ["add", "abl"] and s.layers == [0, 1]
+        assert s.interventions is s.injections
+        both_off = steered_forward(tiny, batch, s)
+    with steer(tiny, inj) as s:
+        assert torch.equal(steered_forward(tiny, batch, s), both_off)  # ablation at 0 is a no-op
+    with steer(tiny, [v, (v, 0.5), abl]) as s:
+        assert s.strengths.tolist() == [1.0, 0.5, 1.0]
+
+
+def test_missing_hook_is_refused(tiny):
+    from dataclasses import dataclass, replace
+
+    from steerlens.interventions import Ablation
+
+    @dataclass(frozen=True, eq=False)
+    class Elsewhere(Ablation):
+        kind = ""  # not registered
+
+        def sites(self, model):
+            return [("blocks.0.hook_nowhere", 0)]
+
+    bad = replace(Elsewhere(torch.ones(64)), layers=[0])
+    with pytest.raises(ValueError, match="hook_nowhere"), steer(tiny, bad):
+        pass
+    assert runtime.attached_hook_count(tiny) == 0

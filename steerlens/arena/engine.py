@@ -11,8 +11,12 @@ comes from `methods.build_vector` (mean difference of contrast activations; beha
 built once per (behaviour, layer) and cached, custom ones per request), its logit lens from
 `measures.logit_lens.vector_lens`, and the baseline and every strength are decoded in ONE batch by
 `generate.generate_stream` under a single `steer()` whose per-row strengths are
-[0, s1, s2, ...] (row 0, strength exactly 0, is the unsteered baseline). Afterwards each steered
-continuation gets its per-token KL(base || steered) in bits from `measures.kl.per_token_kl`.
+[0, s1, s2, ...] (row 0, strength exactly 0, is the unsteered baseline). With `ablate` on, one more
+row shows directional ablation next to addition: the vector's direction projected out of every
+layer and residual site (`interventions.Ablation`, as refusal-direction work does), in the same
+batch and the same `steer()` block, its rows selected by per-row strengths (addition 0 and
+ablation 1 on the ablated row, ablation 0 elsewhere). Afterwards each steered continuation gets its
+per-token KL(base || steered) in bits from `measures.kl.per_token_kl`.
 
 Strength multiplies the raw vector (the mean difference, whose norm the page shows), and
 |strength| is capped at `MAX_STRENGTH`. Every event is a JSON-ready dict; closing the event
@@ -34,11 +38,12 @@ from ..backend import Model, runtime
 from ..config import GenerationConfig
 from ..extract import resolve_chat
 from ..generate import generate_stream
+from ..interventions.ablation import Ablation
 from ..measures.kl import per_token_kl
 from ..measures.logit_lens import vector_lens
 from ..methods import build_vector
 from ..pairs import ContrastPair, ContrastSet, list_behaviours, load_behaviour
-from ..steer import steer
+from ..steer import Injection, steer
 from ..vectors import SteeringVector
 
 MAX_STRENGTH = 100.0
@@ -70,6 +75,7 @@ class ArenaRequest:
         generation: the decoding settings.
         chat: whether the prompt is chat-templated.
         prompt_tokens: the prompt's length in tokens.
+        ablate: add a row with the vector's direction ablated at every layer and residual site.
     """
 
     prompt: str
@@ -80,6 +86,7 @@ class ArenaRequest:
     generation: GenerationConfig
     chat: bool
     prompt_tokens: int
+    ablate: bool = False
 
     @property
     def source(self) -> str:
@@ -271,6 +278,9 @@ class Arena:
         if chat_raw is not None and not isinstance(chat_raw, bool):
             raise ArenaInputError(f"chat must be true, false or absent, got {chat_raw!r}.")
         chat = resolve_chat(self.model, chat_raw, True)
+        ablate = payload.get("ablate", False)
+        if not isinstance(ablate, bool):
+            raise ArenaInputError(f"ablate must be true or false, got {ablate!r}.")
         prompt = payload.get("prompt", "")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ArenaInputError("Type a prompt: it is empty.")
@@ -284,7 +294,8 @@ class Arena:
                 f"{max(0, n_ctx - max_new)} tokens or ask for fewer new tokens."
             )
         generation = GenerationConfig(max_new_tokens=max_new, temperature=temperature, seed=seed)
-        return ArenaRequest(prompt, layer, strengths, behaviour, pairs, generation, chat, n_prompt)
+        return ArenaRequest(prompt, layer, strengths, behaviour, pairs, generation, chat, n_prompt,
+                            ablate)
 
     # ------------------------------------------------------------------ running
     def _vector(self, req: ArenaRequest) -> SteeringVector:
@@ -357,28 +368,37 @@ class Arena:
                "promoted": [{"token": t.token, "value": t.value} for t in lens.promoted[layer]],
                "suppressed": [{"token": t.token, "value": t.value} for t in lens.suppressed[layer]]}
         rows = (0.0, *req.strengths)
-        yield {"type": "start", "strengths": list(rows), "prompt_tokens": req.prompt_tokens,
-               "chat": req.chat}
+        kinds = ["baseline"] + ["add"] * len(req.strengths)
+        interventions: list = [Injection(vec, 1.0, name="add")]
+        if req.ablate:
+            rows, kinds = (*rows, 0.0), [*kinds, "ablate"]
+            interventions.append(Ablation(vec, name="ablate"))
+        yield {"type": "start", "strengths": list(rows), "kinds": kinds,
+               "prompt_tokens": req.prompt_tokens, "chat": req.chat}
         texts = [""] * len(rows)
-        with steer(model, vec, 1.0) as steerer:
-            steerer.set_strength(0, rows)
+        with steer(model, interventions) as steerer:
+            steerer.set_strength("add", rows)
+            if req.ablate:
+                steerer.set_strength("ablate", [float(k == "ablate") for k in kinds])
             for step in generate_stream(model, [req.prompt] * len(rows), steerer, chat=req.chat,
                                         config=req.generation):
                 texts = list(step.texts)
                 yield {"type": "step", "step": step.step, "texts": texts,
                        "deltas": list(step.deltas), "finished": list(step.finished)}
         head = len(runtime.prompt_ids(model, req.prompt, req.chat))
-        for row, (strength, text) in enumerate(zip(rows, texts)):
+        for row, (strength, text, kind) in enumerate(zip(rows, texts, kinds)):
             if row == 0:
                 continue
             if not text.strip():
-                yield {"type": "kl", "row": row, "strength": strength, "tokens": [], "bits": [],
-                       "mean": None, "max": None}
+                yield {"type": "kl", "row": row, "strength": strength, "kind": kind, "tokens": [],
+                       "bits": [], "mean": None, "max": None}
                 continue
-            tk = per_token_kl(model, text, vec, strength, prompt=req.prompt, chat=req.chat)
+            steering = Ablation(vec) if kind == "ablate" else Injection(vec, strength)
+            tk = per_token_kl(model, text, steering, prompt=req.prompt, chat=req.chat)
             # the KL shown on continuation token t is that of the prediction that produced it
             bits = list(tk.bits[head - 1 : len(tk.bits) - 1])
-            yield {"type": "kl", "row": row, "strength": strength, "tokens": list(tk.tokens[head:]),
+            yield {"type": "kl", "row": row, "strength": strength, "kind": kind,
+                   "tokens": list(tk.tokens[head:]),
                    "bits": bits, "mean": sum(bits) / len(bits), "max": max(bits),
                    "direction": tk.direction}
         yield {"type": "done", "texts": texts, "elapsed_s": round(time.perf_counter() - t0, 3),

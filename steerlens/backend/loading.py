@@ -415,3 +415,91 @@ def load_embedded(spec: EmbeddedSpec, device: str, verify: bool = True):
     _write_cache(model, tok, path, digest)
     del hf
     return move(model, device).eval()
+
+
+# ------------------------------------------------------------------ export as a Hugging Face dir
+
+HF_EXPORT_FORMAT = 1
+
+
+def _prepend_bos(tok) -> None:
+    """Make `tok` (and the tokenizer saved from it) prepend BOS to raw text, as steerlens does.
+
+    TransformerLens runs embedded models with `default_prepend_bos` (it sets `add_bos_token` on
+    its tokenizer), while the tokenizer transformers builds from the GGUF does not prepend BOS.
+    Setting the flag before `save_pretrained` writes a BOS post-processor into `tokenizer.json`,
+    so a reloaded tokenizer produces the token ids steerlens scores: the export is the same model
+    on the same tokens.
+    """
+    if tok.bos_token_id is not None:
+        tok.add_bos_token = True
+
+
+def export_hf(name: str, directory: str | Path, *, overwrite: bool = False) -> Path:
+    """Write an embedded model's dequantized weights as a local Hugging Face model directory.
+
+    The weights are the ones steerlens itself runs: the GGUF dequantized by transformers into an
+    unquantized model of the same class (before TransformerLens folds the layer norms, which
+    changes the parametrisation, not the function). The directory holds `save_pretrained` output
+    of that model and of its tokenizer plus a `steerlens_export.json` naming the model and the
+    GGUF digest, so other tools load the same network, e.g. lm-evaluation-harness with
+    `--model hf --model_args pretrained=DIR`. The directory is written atomically (temp dir +
+    rename): a crash never leaves a half-written export behind.
+
+    Args:
+        name: an embedded model name (see `available_models()`, "tiny-random" excluded: it has
+            no Hugging Face counterpart).
+        directory: where to write the export.
+        overwrite: replace an existing directory (default: refuse).
+
+    Returns:
+        The directory.
+
+    Raises:
+        ValueError: for a name that is not an embedded model, or an existing `directory` without
+            `overwrite`.
+        ModelLoadError: if the GGUF cannot be fetched or converted.
+
+    Example:
+        >>> export_hf("smollm2-135m-instruct", "exports/smollm2")  # doctest: +SKIP
+    """
+    if name not in EMBEDDED:
+        raise ValueError(f"Can only export an embedded model as a Hugging Face directory; got "
+                         f"{name!r}, valid names are {sorted(EMBEDDED)}.")
+    directory = Path(directory)
+    if directory.exists() and not overwrite:
+        raise ValueError(f"{directory} already exists; pass overwrite=True to replace it.")
+    spec = EMBEDDED[name]
+    gguf = fetch_gguf(spec)
+    digest = spec.sha256 or sha256_file(gguf)
+    hf, tok = _dequantized_hf(gguf)
+    with _atomic_dir(directory) as tmp, quiet_backend():
+        hf.save_pretrained(str(tmp))
+        _prepend_bos(tok)
+        tok.save_pretrained(str(tmp))
+        record = {"format": HF_EXPORT_FORMAT, "model": name, "gguf": spec.gguf_name,
+                  "gguf_sha256": digest, "dtype": "float32"}
+        (tmp / "steerlens_export.json").write_text(json.dumps(record, indent=1))
+    return directory
+
+
+def cached_hf_export(name: str) -> Path:
+    """The Hugging Face export of an embedded model in the steerlens cache, made on first use.
+
+    Args:
+        name: an embedded model name.
+
+    Returns:
+        `<cache>/hf/<name>`, written by `export_hf` unless a complete export is already there.
+
+    Raises:
+        ValueError: for a name that is not an embedded model.
+        ModelLoadError: if the GGUF cannot be fetched or converted.
+    """
+    if name not in EMBEDDED:
+        raise ValueError(f"Can only export an embedded model; got {name!r}, valid names are "
+                         f"{sorted(EMBEDDED)}.")
+    path = cache_root() / "hf" / name
+    if (path / "steerlens_export.json").exists():
+        return path
+    return export_hf(name, path, overwrite=True)

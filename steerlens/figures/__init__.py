@@ -9,8 +9,13 @@ importable from here (`sl.figures.kl_per_token(...)`); the submodules group them
 from ._html import save_html
 from .demo import demo_figure
 from .diversity import diversity_bars
+from .eval import accuracy_vs_strength
+from .heads import head_gap_response
+from .interop import llama_cpp_agreement_figure
+from .interventions import orthogonalisation_equivalence_figure
 from .kl import kl_by_layer, kl_per_token
 from .logit_lens import residual_lens_heatmap, vector_lens_table
+from .refusal import gate_histogram, layer_sweep_plot, refusal_rate_bars
 from .sae import (
     condition_curves,
     decomposition_bar,
@@ -31,6 +36,7 @@ from .sweep import kl_by_layer_at_strength, strength_curves, zone_heatmap
 from .tokens import save_token_view, token_kl_view
 
 __all__ = [
+    "accuracy_vs_strength",
     "alpha_curves",
     "ci_forest",
     "condition_curves",
@@ -41,12 +47,18 @@ __all__ = [
     "eigengap_profile",
     "feature_view",
     "gap_vs_effect",
+    "gate_histogram",
+    "head_gap_response",
     "kl_by_layer",
     "kl_by_layer_at_strength",
     "kl_per_token",
     "krr_r2_heatmap",
+    "layer_sweep_plot",
+    "llama_cpp_agreement_figure",
+    "orthogonalisation_equivalence_figure",
     "overlap_heatmap",
     "random_control_plot",
+    "refusal_rate_bars",
     "residual_lens_heatmap",
     "save_html",
     "save_token_view",

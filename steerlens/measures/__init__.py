@@ -8,6 +8,8 @@
 - `perplexity`: coherence of continuations under the unsteered model; held-out text perplexity.
 - `residual_scale`: strengths in units of the residual-stream norm at each layer.
 - `scorers`: behaviour scorers (sentiment, keywords, regex, JSON) and A/B log-prob scoring.
+- `refusal`: the documented refusal scorer (substring list over a short continuation), refusal
+  log-odds from teacher-forced prefixes, and the shipped harmful / harmless prompt sets.
 
 Measures never draw; the matching figures live in `steerlens.figures`.
 """
@@ -23,6 +25,16 @@ from .perplexity import (
     continuation_perplexity,
     generation_perplexity,
     text_perplexity,
+)
+from .refusal import (
+    REFUSAL_PATTERNS,
+    REFUSAL_PREFIXES,
+    RefusalLogOdds,
+    RefusalPrompts,
+    is_refusal,
+    refusal_logodds,
+    refusal_prompts,
+    refusal_rate,
 )
 from .residual_scale import residual_norms, scale_to_residual
 from .scorers import (
@@ -50,6 +62,10 @@ __all__ = [
     "DiversityResult",
     "KLResult",
     "PerplexityResult",
+    "REFUSAL_PATTERNS",
+    "REFUSAL_PREFIXES",
+    "RefusalLogOdds",
+    "RefusalPrompts",
     "ResidualLens",
     "ScoreError",
     "Scorer",
@@ -67,6 +83,7 @@ __all__ = [
     "first_divergence",
     "generation_perplexity",
     "get_scorer",
+    "is_refusal",
     "json_scorer",
     "keyword_scorer",
     "kl_bits",
@@ -74,6 +91,9 @@ __all__ = [
     "per_token_kl",
     "residual_norms",
     "scale_to_residual",
+    "refusal_logodds",
+    "refusal_prompts",
+    "refusal_rate",
     "regex_scorer",
     "residual_lens",
     "safe_score",

@@ -3,7 +3,8 @@
 - `eigengap`: key-Gram eigengaps per head and layer (weakest link), pattern gaps, gated layer
   ranking; one batched eigvalsh call.
 - `krr`: how well kernel ridge regression over the keys reproduces each head's output (R² over λ).
-- `predict`: correlating layer gaps with a measured per-layer steering effect.
+- `predict`: correlating layer gaps with a measured per-layer steering effect, under the stated
+  and the inverse reading, and testing quantile gates against random layer sets.
 - `weights`: spectral weight steering, rescaling W_out's singular values inside a context manager
   that restores the weights bit-exactly.
 - `evaluate`: measuring weight edits (held-out perplexity, KL, behaviour scores) over layer x α.
@@ -13,6 +14,7 @@ Figures for these results live in `steerlens.figures.spectral`.
 
 from .eigengap import (
     DEFAULT_THRESHOLD,
+    GATING_READINGS,
     EigengapResult,
     GapTable,
     eigengaps,
@@ -29,7 +31,18 @@ from .evaluate import (
     spectral_sweep,
 )
 from .krr import DEFAULT_LAMBDAS, KRRResult, krr_fit, krr_predict
-from .predict import GapPrediction, predict_steering
+from .predict import (
+    DEFAULT_QUANTILES,
+    GapPrediction,
+    GatingTest,
+    SplitGating,
+    choose_quantile,
+    gating_test,
+    predict_steering,
+    quantile_gate,
+    reading_verdicts,
+    split_gating,
+)
 from .weights import (
     BANDS,
     HYBRID,
@@ -48,11 +61,14 @@ from .weights import (
 __all__ = [
     "BANDS",
     "DEFAULT_LAMBDAS",
+    "DEFAULT_QUANTILES",
     "DEFAULT_THRESHOLD",
+    "GATING_READINGS",
     "HYBRID",
     "EigengapResult",
     "GapPrediction",
     "GapTable",
+    "GatingTest",
     "KRRResult",
     "LayerEditReport",
     "LayerSVD",
@@ -61,10 +77,13 @@ __all__ = [
     "SpectralEditResult",
     "SpectralPoint",
     "SpectralSweepResult",
+    "SplitGating",
     "effective_rank",
+    "choose_quantile",
     "eigengaps",
     "evaluate_configs",
     "gated_layers",
+    "gating_test",
     "gram_gaps",
     "gram_top2",
     "grid_configs",
@@ -74,7 +93,10 @@ __all__ = [
     "mlp_out_svd",
     "plan_edit",
     "predict_steering",
+    "quantile_gate",
+    "reading_verdicts",
     "rescale_spectrum",
     "spectral_steering",
     "spectral_sweep",
+    "split_gating",
 ]

@@ -394,28 +394,47 @@ def eigengaps(
     )
 
 
+GATING_READINGS: tuple[str, ...] = ("stated", "inverse")
+
+
 def gated_layers(
     table: GapTable | EigengapResult,
     threshold: float | None = None,
     by: LayerStat = "min",
+    reading: str = "stated",
 ) -> tuple[int, ...]:
-    """Eigengap-gated layer selection: candidate steering layers ranked by gap, largest first.
+    """Eigengap-gated layer selection: candidate steering layers, most steerable first.
 
-    Layers whose weakest-link (min) gap is at or below `threshold` (default: the table's) are
-    dropped; the rest are ordered by the `by` statistic. An `EigengapResult` uses its rotated keys
-    when it has them, else its plain keys.
+    `reading="stated"` (the default) implements the claim as stated: small gaps mark unstable
+    heads that are susceptible to steering, and a layer is as steerable as its weakest (min-gap)
+    head, so the candidates are the layers whose weakest-link gap is at or below `threshold`
+    (default: the table's), ranked by the `by` statistic smallest first. `reading="inverse"` is
+    the opposite reading (large gaps steer best): the layers above the threshold, largest first.
+    Ties keep layer order. An `EigengapResult` uses its rotated keys when it has them, else its
+    plain keys.
 
     Args:
         table: a `GapTable`, or an `EigengapResult`.
         threshold: the gating threshold; None uses the table's.
         by: the statistic to rank by: "min", "mean" or "median".
+        reading: "stated" (gap <= threshold, smallest first) or "inverse" (gap > threshold,
+            largest first).
 
     Returns:
-        The unflagged layers, highest gap first.
+        The gated layers, most steerable first under `reading` (empty when none passes).
+
+    Raises:
+        ValueError: for an unknown `reading` or `by`, or a threshold outside [0, 1].
     """
+    if reading not in GATING_READINGS:
+        raise ValueError(f"Unknown gating reading {reading!r}; valid ones are "
+                         f"{list(GATING_READINGS)}.")
     if isinstance(table, EigengapResult):
         table = table.rotated_keys if table.rotated_keys is not None else table.keys
     flagged = set(table.flagged(threshold))
     score = table.layer(by)
+    if reading == "stated":
+        order = np.argsort(score, kind="stable")
+        return tuple(table.layers[i] for i in order if table.layers[i] in flagged)
     order = np.argsort(-score, kind="stable")
     return tuple(table.layers[i] for i in order if table.layers[i] not in flagged)

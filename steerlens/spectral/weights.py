@@ -13,8 +13,9 @@ direction of a change is measured rather than named. A band restricts the rescal
 or the tail (bottom-k) singular values; z-scores are always taken over the whole spectrum. A
 factor that would be <= 0 (or below `min_factor`) is clamped to `min_factor`, a small positive
 fraction of the original value, and the result says so. An edit is applied inside a context
-manager that restores the original weights bit-exactly on every exit path, and α = 0 leaves the
-weight untouched (no reconstruction at all).
+manager that restores the original weights bit-exactly on every exit path (through the weight-edit
+registry `steerlens.backend.weights`, so it refuses to run while another weight edit, such as
+`orthogonalised`, is active), and α = 0 leaves the weight untouched (no reconstruction at all).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..backend import Model, runtime
+from ..backend import Model, runtime, weights
 from ..sites import check_layer
 
 Band = str  # "all" | "top" | "tail"; validated with a ValueError
@@ -475,18 +476,10 @@ def spectral_steering(
         The `SpectralEditResult` describing what was applied.
 
     Raises:
-        ValueError: as `plan_edit`, before the model is touched.
+        ValueError: as `plan_edit`, or when the model's weights are already being edited (by
+            `orthogonalised` or another spectral edit), before the model is touched.
     """
     result, new_weights = plan_edit(model, config, svds)
-    originals: dict[int, Tensor] = {}
-    try:
-        with torch.no_grad():
-            for layer, w_new in new_weights.items():
-                param = runtime.mlp_out_weight(model, layer)
-                originals[layer] = param.detach().clone()
-                param.copy_(w_new.to(param.device))
+    values = {weights.mlp_out_key(layer): w for layer, w in new_weights.items()}
+    with weights.edited(model, values, "spectral_steering"):
         yield result
-    finally:
-        with torch.no_grad():
-            for layer, w_old in originals.items():
-                runtime.mlp_out_weight(model, layer).copy_(w_old)

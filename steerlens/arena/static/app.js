@@ -75,16 +75,25 @@ function request() {
     temperature: $("temperature").value,
     seed: $("seed").value,
     chat: $("chat").checked,
+    ablate: $("ablate").checked,
   };
 }
 
-function makePanes(strengths) {
+function paneTitle(kind, s) {
+  if (kind === "baseline") return "baseline (strength 0)";
+  if (kind === "ablate") return "ablated · direction removed at every layer";
+  return `steered · strength ${s}`;
+}
+
+function makePanes(strengths, kinds) {
   const panes = $("panes");
   panes.replaceChildren();
   strengths.forEach((s, row) => {
-    const pane = el("div", { class: row === 0 ? "pane baseline" : "pane steered", id: `pane-${row}`,
-      "data-row": String(row) });
-    pane.appendChild(el("h2", {}, row === 0 ? "baseline (strength 0)" : `steered · strength ${s}`));
+    const kind = kinds ? kinds[row] : (row === 0 ? "baseline" : "add");
+    const cls = kind === "baseline" ? "pane baseline" : (kind === "ablate" ? "pane ablated" : "pane steered");
+    const pane = el("div", { class: cls, id: `pane-${row}`, "data-row": String(row),
+      "data-kind": kind });
+    pane.appendChild(el("h2", {}, paneTitle(kind, s)));
     pane.appendChild(el("div", { class: "text running", id: `text-${row}` }));
     if (row > 0) pane.appendChild(el("div", { class: "kl", id: `kl-${row}` }));
     panes.appendChild(pane);
@@ -146,7 +155,7 @@ function handle(ev) {
       renderLens(ev);
       break;
     case "start":
-      makePanes(ev.strengths);
+      makePanes(ev.strengths, ev.kinds);
       break;
     case "step":
       ev.texts.forEach((t, row) => {
