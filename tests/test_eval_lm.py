@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from steerlens.vectors import SteeringVector
+from steerlens.vectors import ModelMismatchWarning, SteeringVector
 
 if importlib.util.find_spec("lm_eval") is None:
     if os.environ.get("STEERLENS_REQUIRE_EVAL") == "1":
@@ -80,7 +80,8 @@ def test_a_vector_for_another_model_is_refused(tiny, tmp_path):
     path = other.save(tmp_path / "other")
     with pytest.raises(ValueError, match="built on model 'gpt2-small'"):
         lm_class()(model=tiny, vector=str(path), strength=1)
-    lm_class()(model=tiny, vector=str(path), strength=1, allow_other_model="true")  # opt-in
+    with pytest.warns(ModelMismatchWarning, match="built on model 'gpt2-small'"):  # opt-in: warns
+        lm_class()(model=tiny, vector=str(path), strength=1, allow_other_model="true")
 
 
 def test_command_line_runs_lm_evals_cli_with_the_class_registered(tmp_path):
