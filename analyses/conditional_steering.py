@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 
 from steerlens.backend import runtime
+from steerlens.extract import extract_prompts
 from steerlens.figures import save_html
 from steerlens.figures.refusal import RateRow, gate_histogram, refusal_rate_bars
 from steerlens.interventions.conditional import (
@@ -76,24 +77,10 @@ def build_parser():
 
 
 def prompt_means(model, prompts, layers, batch_size: int = 32) -> dict[int, np.ndarray]:
-    """Per prompt, resid_pre averaged over its prompt positions (as the gate reads it), per layer."""
-    chat = runtime.is_instruct(model) and runtime.has_chat_template(model)
-    out: dict[int, list[np.ndarray]] = {la: [] for la in layers}
-    for i in range(0, len(prompts), batch_size):
-        batch = runtime.encode_prompts(model, list(prompts[i : i + batch_size]), chat=chat)
-        pos = torch.arange(batch.tokens.shape[1])
-        w = (pos[None] >= batch.span_start.cpu()[:, None]).double()
-
-        def make(layer, w=w):
-            def hook(act, hook):
-                x = act.double().cpu()
-                out[layer].append(((x * w[..., None]).sum(1) / w.sum(1, keepdim=True)).numpy())
-            return hook
-
-        with runtime.attached(model, [(runtime.hook_name(la, "resid_pre"), make(la))
-                                      for la in layers]):
-            runtime.forward(model, batch, stop_at_layer=max(layers) + 1, return_type=None)
-    return {la: np.concatenate(v) for la, v in out.items()}
+    """Per prompt, resid_pre averaged over its prompt positions after BOS (the gate's reading)."""
+    acts = extract_prompts(model, list(prompts), list(layers), read_at="mean",
+                           batch_size=batch_size, show_progress=False)
+    return {la: acts[la].double().numpy() for la in layers}
 
 
 def cosine(h: np.ndarray, c: np.ndarray) -> np.ndarray:

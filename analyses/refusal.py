@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 
 from steerlens.backend import runtime
+from steerlens.extract import extract_prompts
 from steerlens.figures import save_html
 from steerlens.figures.refusal import RateRow, layer_sweep_plot, refusal_rate_bars
 from steerlens.generate import generate
@@ -94,22 +95,10 @@ def settings_for(args, model) -> dict:
 
 
 def last_token_means(model, prompts, layers, batch_size: int = 32) -> dict[int, torch.Tensor]:
-    """Mean resid_pre at the last prompt token (chat template as generate() applies it)."""
-    chat = runtime.is_instruct(model) and runtime.has_chat_template(model)
-    sums: dict[int, torch.Tensor] = {la: torch.zeros(runtime.d_model(model), dtype=torch.float64)
-                                     for la in layers}
-    for i in range(0, len(prompts), batch_size):
-        batch = runtime.encode_prompts(model, list(prompts[i : i + batch_size]), chat=chat)
-
-        def make(layer):
-            def hook(act, hook):
-                sums[layer] += act[:, -1].double().sum(0).cpu()
-            return hook
-
-        with runtime.attached(model, [(runtime.hook_name(la, "resid_pre"), make(la))
-                                      for la in layers]):
-            runtime.forward(model, batch, stop_at_layer=max(layers) + 1, return_type=None)
-    return {la: s / len(prompts) for la, s in sums.items()}
+    """Mean resid_pre at the last prompt token (prompts encoded as generate() encodes them)."""
+    acts = extract_prompts(model, list(prompts), list(layers), read_at="last",
+                           batch_size=batch_size, show_progress=False)
+    return {la: acts[la].double().mean(0) for la in layers}
 
 
 def refusal_direction(model, train, layers, batch_size: int) -> SteeringVector:
