@@ -108,7 +108,7 @@ def behaviour_vector(model, args, train) -> tuple[SteeringVector, str]:
             layer = int(sw.loc[sw["addition_delta"].idxmax(), "layer"])
             return (refusal_direction(model, train, [layer], args.batch_size),
                     "largest addition effect in the saved refusal layer sweep (train prompts)")
-    layers = list(range(3, int(0.8 * n) + 1, 3))
+    layers = list(range(3, int(0.8 * n) + 1, 3)) or list(range(n))  # small models: every layer
     vec = refusal_direction(model, train, layers, args.batch_size)
     sw_b = list(train.harmless[:8])
     base_b = np.array(refusal_logodds(model, sw_b, prefixes=SWEEP_PREFIXES).logodds)

@@ -80,7 +80,7 @@ def build_parser():
 
 def settings_for(args, model) -> dict:
     n = runtime.n_layers(model)
-    layers = args.layers or list(range(3, int(0.8 * n) + 1, 3))
+    layers = args.layers or list(range(3, int(0.8 * n) + 1, 3)) or list(range(1, n))  # small models
     bad = [la for la in layers if not 0 <= la < n]
     if bad:
         raise ValueError(f"--layers must be in 0..{n - 1}, got {bad}.")

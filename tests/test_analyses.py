@@ -415,3 +415,16 @@ def test_spectral_weights_on_tiny_writes_rows_through_the_shared_writer(tiny, tm
     assert not (tmp_path / findings.FINDINGS_MD).exists()  # saved outside results/: no rebuild
     assert {e.path.name for e in mod.make_figures(tmp_path, tmp_path / "fig2")} == {
         "spectral_weights_tiny-random_alpha_curves.html", "spectral_weights_tiny-random_spectrum.html"}
+
+
+@pytest.mark.parametrize("name,files", [
+    ("refusal", ("refusal.json", "conditions.csv", "sweep.csv", "findings.json")),
+    ("conditional_steering", ("conditional.json", "conditions.csv", "layers.csv", "findings.json")),
+])
+def test_refusal_analyses_quick_on_a_two_layer_model(tiny, tmp_path, name, files):
+    # the default candidate layers (every 3rd from 3) do not exist in a 2-layer model; the quick
+    # run falls back to the model's own layers instead of failing on an empty list
+    _load(name).main(_args(name, tmp_path), model=tiny)
+    for f in files:
+        assert (tmp_path / name / f).exists(), f
+    assert not (tmp_path / findings.FINDINGS_MD).exists()  # quick runs stay local
