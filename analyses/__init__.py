@@ -76,6 +76,8 @@ ANALYSES: tuple[Analysis, ...] = (
     Analysis("llama_cpp_agreement", results_name="interop"),
     Analysis("harness_accuracy", results_name="eval"),
     Analysis("orthogonalisation", results_name="interventions"),
+    Analysis("composition"),
+    Analysis("cross_architecture"),
 )
 
 

@@ -25,6 +25,22 @@ directions); degeneration as the perplexity of held-out prose under steering rel
 unsteered (`measures.text_perplexity`, reported as the mean log2 ratio, with a random direction);
 greedy change rate on a few prompts (`sweep` with generation).
 
+Breakdown point with a task score (`--breakdown`, results in `<out>/breakdown/`): at one matched
+depth (0.45: SmolLM2 L13, Gemma L8), a grid of pushes towards negative sentiment, |strength| in
+{0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1} x median residual norm, with definitions fixed before
+the run:
+- breakdown point = the first |strength| where held-out prose perplexity doubles (mean over texts
+  of log2(steered / unsteered) > 1); also for the steered continuations' own perplexity under the
+  unsteered model;
+- behaviour onset = the first |strength| where the mean paired VADER shift of greedy continuations
+  of held-out prompts (raw text) is <= -0.2; the peak = the |strength| of the largest shift;
+- CIs: the same first-crossing rule on bootstrap resamples of texts / prompts; a norm-matched
+  random direction gives the random breakpoints;
+- normalisation shown as above: each breakpoint is also given in units of the centred residual
+  norm and of the raw mean-difference vector (the same push, relabelled), so the comparison can be
+  read in each unit. `--breakdown-only 0|1` measures one model (two processes in parallel); a
+  later `--breakdown` reuses the cached sweeps and perplexities.
+
 Confound: the two models differ in family, size, tokenizer, training data and vocabulary, not only
 in instruction tuning; any difference is "these two models", not "base vs instruct".
 
@@ -34,6 +50,7 @@ norms), `ppl_table.csv` (every held-out text's perplexity, steered and unsteered
 `kl_summary.csv` and `ppl_summary.csv`.
 
     python -m analyses.base_vs_instruct [--base-model gemma-3-270m] [--strengths 0.25,0.5,1]
+    python -m analyses.base_vs_instruct --breakdown [--breakdown-depth 0.45] [--threads 1]
 """
 
 from __future__ import annotations
@@ -48,7 +65,9 @@ import pandas as pd
 
 from steerlens.backend import runtime
 from steerlens.figures import save_html
+from steerlens.figures.breakdown import BreakdownCurve, breakdown_curves
 from steerlens.figures.kl import kl_by_layer as kl_figure
+from steerlens.io import atomic_write_text
 from steerlens.measures import text_perplexity
 from steerlens.methods import random_like
 from steerlens.spectral.evaluate import load_heldout
@@ -78,6 +97,8 @@ from ._common import (
 from .findings import Finding, fmt, print_findings, save_findings
 
 NAME = "base_vs_instruct"
+BREAKDOWN_STRENGTHS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 1.0]
+ONSET_SHIFT = -0.2  # behaviour onset: mean VADER shift at or below this (10% of VADER's range)
 
 
 def build_parser():
@@ -94,6 +115,20 @@ def build_parser():
     p.add_argument("--gen-prompts", type=int, default=6, help="prompts for the change rate")
     p.add_argument("--max-new-tokens", type=int, default=12)
     p.add_argument("--no-chat-check", action="store_true", help="skip SmolLM2-with-chat KL")
+    p.add_argument("--breakdown", action="store_true",
+                   help="measure each model's breakdown point (behaviour score and perplexity "
+                   "over a strength grid at one matched depth); results go to <out>/breakdown/")
+    p.add_argument("--breakdown-depth", type=float, default=0.45)
+    add_list(p, "--breakdown-strengths", float, BREAKDOWN_STRENGTHS,
+             "|strengths| of the breakdown grid, x median residual norm (pushed towards negative "
+             "sentiment)")
+    p.add_argument("--breakdown-prompts", type=int, default=16)
+    p.add_argument("--breakdown-saved", action="store_true",
+                   help="use only finished generation sweeps already saved (a model without one "
+                   "gets the perplexity breakdown only)")
+    p.add_argument("--breakdown-only", type=int, choices=(0, 1), default=None,
+                   help="measure only this model (0 = --model, 1 = --base-model) and stop; a later "
+                   "--breakdown run reuses the cached measurements (two processes in parallel)")
     p.add_argument("--norm", choices=("norm", "centred"), default="norm",
                    help="yardstick for strengths: median residual norm, or median distance from the "
                    "mean residual (centred); centred results go to <out>/centred/")
@@ -298,13 +333,319 @@ def draw(out: Path, fig_dir: Path, results_command: str = command(NAME)) -> list
     return entries
 
 
-# the gallery hook: the plain-norm run, and the run in centred/ if present
-make_figures = run_variants(NAME, draw, "models.json", {"centred": ("--norm centred",)})
+# the gallery hook: the plain-norm run, the run in centred/ and the breakdown run, where present
+_kl_figures = run_variants(NAME, draw, "models.json", {"centred": ("--norm centred",)})
+
+
+def make_figures(results_dir: Path, figures_dir: Path) -> list[GalleryEntry]:
+    """Redraw every saved run's figures (KL runs and the breakdown run) from the saved results."""
+    entries = _kl_figures(results_dir, figures_dir)
+    if (Path(results_dir) / "breakdown" / "breakdown.json").exists():
+        entries += draw_breakdown(Path(results_dir) / "breakdown", Path(figures_dir))
+    return entries
+
+
+# ------------------------------------------------------------------------------ breakdown point
+
+
+def first_crossing(strengths: np.ndarray, values: np.ndarray, threshold: float,
+                   above: bool = True) -> float:
+    """The smallest strength whose value is above (or at/below, `above=False`) the threshold;
+    inf if none is. `strengths` ascending, `values` one per strength."""
+    hit = values > threshold if above else values <= threshold
+    idx = np.flatnonzero(hit)
+    return float(strengths[idx[0]]) if idx.size else math.inf
+
+
+def crossing_ci(strengths: np.ndarray, per_unit: np.ndarray, threshold: float, above: bool,
+                n_boot: int, seed: int) -> tuple[float, float, float]:
+    """First crossing of the mean over units (rows of `per_unit`: unit x strength), with a
+    percentile bootstrap interval over units (the crossing is a grid value; inf = never)."""
+    est = first_crossing(strengths, per_unit.mean(0), threshold, above)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, per_unit.shape[0], size=(n_boot, per_unit.shape[0]))
+    boots = np.array([first_crossing(strengths, per_unit[i].mean(0), threshold, above)
+                      for i in idx])
+    lo, hi = np.percentile(boots, [2.5, 97.5], method="lower"), np.percentile(
+        boots, [97.5], method="higher")[0]
+    return est, float(lo[0]), float(hi)
+
+
+def breakdown_model(model, label: str, ctx, st: dict, beh, prompts, texts, out: Path) -> dict:
+    """One model's strength grid at one matched depth: sentiment score and continuation
+    perplexity (sweep, with a norm-matched random direction) and held-out prose perplexity."""
+    layer = relative_layers(model, [st["depth"]])[0]
+    vec = cached_vector(model, beh, [layer], ctx, cache_dir=out / label, chat=False)
+    plain = residual_norms(model, prompts, [layer])[layer]
+    centred = residual_norms(model, prompts, [layer], centred=True)[layer]
+    scaled = scale_to_residual(vec, {layer: plain})
+    grid = [0.0, *[-a for a in st["strengths"]]]  # pushed towards negative sentiment
+    log(f"{NAME} breakdown: {label} L{layer}, median residual norm {plain:.3g} (centred "
+        f"{centred:.3g}), |vector| {vec.norms[layer]:.3g}")
+    # held-out prose perplexity first (the breakdown point), cached in <label>/ppl.csv
+    ppl_path = out / label / "ppl.csv"
+    key = json.dumps({"grid": grid, "n_texts": len(texts), "n_random": st["n_random_ppl"],
+                      "layer": layer, "seed": ctx.seed})
+    key_path = out / label / "ppl_key.json"
+    if (ctx.resume and ppl_path.exists() and key_path.exists()
+            and key_path.read_text(encoding="utf-8") == key):
+        ppl = pd.read_csv(ppl_path)
+    else:
+        base = text_perplexity(model, texts)
+        rows = []
+        for kind, v in (("real", scaled), *((f"random {r}", random_like(scaled, seed=ctx.seed + r))
+                                            for r in range(st["n_random_ppl"]))):
+            for a in grid[1:]:
+                r = text_perplexity(model, texts, steering=v.layer(layer), strength=a)
+                for i, (p0, p1) in enumerate(zip(base.perplexity, r.perplexity)):
+                    rows.append({"model": label, "kind": kind, "strength": abs(a), "text_idx": i,
+                                 "log2_ratio": math.log2(p1 / p0) if p1 > 0 and math.isfinite(p1)
+                                 else math.inf})
+        ppl = pd.DataFrame(rows)
+        write_csv(ppl_path, ppl)
+        atomic_write_text(key_path, key)
+    log(f"{NAME} breakdown: {label} prose perplexity done; generation sweep")
+    gen = None
+    if st.get("saved_only"):  # use the generation sweep only if a finished one is saved
+        try:
+            gen = load_sweep(out / label / "gen_sweep").table.copy()
+        except (ValueError, FileNotFoundError) as err:
+            log(f"{NAME} breakdown: {label}: no finished generation sweep ({err}); prose only")
+    else:
+        gen = sweep(model, prompts, {"sentiment": scaled}, layers=[layer], strengths=grid,
+                    measures=("kl", "generate"), scorer="sentiment", n_random=1,
+                    random_seed=ctx.seed, max_new_tokens=st["max_new_tokens"], chat=False,
+                    out_dir=out / label / "gen_sweep", resume=ctx.resume,
+                    show_progress=ctx.progress).table.copy()
+    if gen is not None:
+        gen["model"] = label
+    return {"label": label, "model_id": runtime.model_id(model), "layer": layer,
+            "plain_norm": plain, "centred_norm": centred, "vector_norm": vec.norms[layer],
+            "gen": gen, "ppl": ppl}
+
+
+def breakdown_points(r: dict, st: dict, seed: int) -> dict:
+    """Onset, peak and breakdown strengths (x median residual norm) of one model, with CIs."""
+    grid = np.array([0.0, *st["strengths"]])
+    out = {"label": r["label"], "layer": r["layer"], "has_generation": r["gen"] is not None}
+    g = r["gen"] if r["gen"] is not None else pd.DataFrame({"is_random": [], "failed": []})
+    g = g[~g["failed"].astype(bool)] if "failed" in g else g
+    g = g.assign(is_random=g["is_random"].astype(bool))
+    for kind, sub in (("real", g[~g["is_random"]]), ("random", g[g["is_random"]])):
+        if not len(sub):
+            continue
+        sub = sub.assign(a=sub["strength"].abs())
+        score = sub.pivot_table(index="prompt_idx", columns="a", values="score")
+        ppl = sub.pivot_table(index="prompt_idx", columns="a", values="perplexity")
+        base_s = g[(~g["is_random"]) & (g["strength"] == 0)].set_index("prompt_idx")["score"]
+        base_p = g[(~g["is_random"]) & (g["strength"] == 0)].set_index("prompt_idx")["perplexity"]
+        cols = [a for a in grid if a in score.columns and a > 0]
+        shift = score[cols].sub(base_s, axis=0).dropna()
+        lpr = np.log2(ppl[cols].div(base_p, axis=0)).dropna()
+        strengths = np.array(cols)
+        out[f"{kind}_shift"] = {float(a): float(shift[a].mean()) for a in cols}
+        out[f"{kind}_cont_log2_ppl"] = {float(a): float(lpr[a].mean()) for a in cols}
+        out[f"{kind}_onset"] = crossing_ci(strengths, shift.to_numpy(float), ONSET_SHIFT, False,
+                                           2000, seed)
+        out[f"{kind}_cont_breakdown"] = crossing_ci(strengths, lpr.to_numpy(float), 1.0, True,
+                                                    2000, seed)
+        out[f"{kind}_peak"] = float(strengths[int(np.argmin(shift.mean(axis=0).to_numpy()))])
+        out["n_prompts"] = int(shift.shape[0])
+        out[f"{kind}_shift_ci"] = {float(a): _ci_row(shift[a].to_numpy(float), seed) for a in cols}
+    p = r["ppl"]
+    for kind in dict.fromkeys(p["kind"]):
+        t = p[p["kind"] == kind].pivot_table(index="text_idx", columns="strength",
+                                              values="log2_ratio")
+        strengths = np.array(t.columns, float)
+        key = "real" if kind == "real" else "random"
+        vals = t.to_numpy(float)
+        out.setdefault(f"{key}_ppl_breakdown_all", []).append(
+            crossing_ci(strengths, np.minimum(vals, 1e6), 1.0, True, 2000, seed))
+        out.setdefault(f"{key}_prose_log2_ppl_all", []).append(
+            {float(a): float(t[a].mean()) for a in strengths})
+        out["n_texts"] = int(vals.shape[0])
+    out["real_ppl_breakdown"] = out["real_ppl_breakdown_all"][0]
+    return out
+
+
+def breakdown_findings(points: list[dict], runs: list[dict], st: dict) -> list[Finding]:
+    out = []
+    units = {r["label"]: {"x median residual norm": 1.0,
+                          "x centred residual norm": r["plain_norm"] / r["centred_norm"],
+                          "x raw mean-difference vector": r["plain_norm"] / r["vector_norm"]}
+             for r in runs}
+    for pt in points:
+        lab = pt["label"]
+        rnd = [c[0] for c in pt.get("random_ppl_breakdown_all", [])]
+        est, lo, hi = pt["real_ppl_breakdown"]
+        conv = "; ".join(f"{est * f:.3g} {u}" for u, f in units[lab].items() if u != "x median "
+                         "residual norm") if math.isfinite(est) else "never within the grid"
+        out.append(Finding(
+            NAME, f"[breakdown] {lab} L{pt['layer']}: breakdown point = first |strength| (x median "
+            "residual norm) where held-out prose perplexity doubles (mean log2 ratio > 1)", est, lo,
+            hi, f"{pt['n_texts']} texts", "random direction: " + ", ".join(fmt(x) for x in rnd),
+            (f"same push in other units: {conv}" if math.isfinite(est) else
+             f"not reached within the grid (> {max(st['strengths']):g})"), headline=True))
+        if not pt["has_generation"]:
+            out.append(Finding(
+                NAME, f"[breakdown] {lab}: behaviour score over the grid", math.nan, None, None,
+                "0 prompts", "-", "not measured: the generation sweep did not finish in time"))
+            continue
+        est, lo, hi = pt["real_cont_breakdown"]
+        rr = pt.get("random_cont_breakdown", (math.nan,))[0]
+        out.append(Finding(
+            NAME, f"[breakdown] {lab}: first |strength| where the steered continuation's perplexity "
+            "(under the unsteered model) doubles vs the unsteered continuation", est, lo, hi,
+            f"{pt['n_prompts']} prompts", f"random direction {fmt(rr)}", "-"))
+        est, lo, hi = pt["real_onset"]
+        rr = pt.get("random_onset", (math.nan,))[0]
+        both = pt["real_ppl_breakdown"][0]
+        verdict = ("behaviour appears before breakdown" if est < both else
+                   "onset not reached within the grid" if not math.isfinite(est) else
+                   "behaviour onset only at or after breakdown")
+        out.append(Finding(
+            NAME, f"[breakdown] {lab}: behaviour onset = first |strength| where the mean VADER shift "
+            f"<= {ONSET_SHIFT} (pushed negative); peak shift at |strength| {pt['real_peak']:g}", est,
+            lo, hi, f"{pt['n_prompts']} prompts", f"random direction onset {fmt(rr)}", verdict))
+        for a, (e, lo_, hi_) in pt["real_shift_ci"].items():
+            out.append(Finding(
+                NAME, f"[breakdown] {lab}: VADER shift at |strength| {a:g} x median residual norm",
+                e, lo_, hi_, f"{pt['n_prompts']} prompts (paired)",
+                f"random {fmt(pt.get('random_shift', {}).get(a, math.nan))}",
+                f"continuation log2 perplexity ratio {fmt(pt['real_cont_log2_ppl'][a])}, prose "
+                f"{fmt(pt['real_prose_log2_ppl_all'][0].get(a, math.nan))}"))
+    if len(points) >= 2:
+        a, b = points[0], points[1]
+        ra, rb = runs[0], runs[1]
+        for unit in ("x median residual norm", "x centred residual norm"):
+            ea = a["real_ppl_breakdown"][0] * units[ra["label"]][unit]
+            eb = b["real_ppl_breakdown"][0] * units[rb["label"]][unit]
+            verdict = ("-" if not (math.isfinite(ea) and math.isfinite(eb)) else
+                       f"{b['label']} breaks down at a smaller push" if eb < ea else
+                       f"{a['label']} breaks down at a smaller push" if ea < eb else "same grid step")
+            out.append(Finding(
+                NAME, f"[breakdown] breakdown point {b['label']} / {a['label']} in units {unit}",
+                eb / ea if ea and math.isfinite(ea) and math.isfinite(eb) else math.nan, None, None,
+                f"{a['n_texts']} texts per model", "-", verdict + " (grid ratio; CIs in the "
+                "per-model rows)", headline=unit == "x median residual norm"))
+    return out
+
+
+def breakdown_main(args, models) -> dict:
+    """`--breakdown`: behaviour score and perplexity over a strength grid, per model."""
+    ctx = context(NAME, args)
+    out = ctx.out / "breakdown"
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = replace(ctx, out=out)
+    if args.quick:
+        st = dict(depth=1.0, strengths=[0.5, 1.0], n_prompts=2, n_texts=2, max_words=12,
+                  max_new_tokens=3, n_random_ppl=1, saved_only=False)
+    else:
+        st = dict(depth=args.breakdown_depth, strengths=sorted(abs(a) for a in
+                                                             args.breakdown_strengths),
+                  n_prompts=args.breakdown_prompts, n_texts=args.n_texts,
+                  max_words=args.max_words, max_new_tokens=16, n_random_ppl=2)
+    st["saved_only"] = bool(args.breakdown_saved)
+    beh = sentiment_data()
+    prompts = heldout_prompts(beh, st["n_prompts"])
+    texts = load_heldout(st["n_texts"], max_words=st["max_words"])
+    names = [args.model, args.base_model]
+    if args.quick and args.base_model == "gemma-3-270m" and args.model == "tiny-random":
+        names = ["tiny-random", "tiny-random"]
+    runs = []
+    for i, name in enumerate(names):
+        if args.breakdown_only is not None and i != args.breakdown_only:
+            continue
+        label = f"{name}" if i == 0 or name != names[0] else f"{name}-b"
+        if st["saved_only"] and not (out / label / "ppl.csv").exists():
+            log(f"{NAME} breakdown: {label}: no saved perplexities; left out of this summary")
+            continue
+        model = get_model(name, ctx.device, given=None if models is None else models[i])
+        runs.append(breakdown_model(model, label, ctx, st, beh, prompts, texts, out))
+    if args.breakdown_only is not None:
+        return {"runs": runs}
+    points = [breakdown_points(r, st, ctx.seed) for r in runs]
+    gens = [r["gen"] for r in runs if r["gen"] is not None]
+    if gens:
+        write_csv(out / "gen_table.csv", pd.concat(gens, ignore_index=True)
+                  .drop(columns=["tokens"], errors="ignore"))
+    write_csv(out / "ppl_table.csv", pd.concat([r["ppl"] for r in runs], ignore_index=True))
+    write_json(out / "breakdown.json", {
+        "settings": st, "onset_shift": ONSET_SHIFT,
+        "models": [{k: r[k] for k in ("label", "model_id", "layer", "plain_norm", "centred_norm",
+                                      "vector_norm")} for r in runs],
+        "points": points})
+    found = breakdown_findings(points, runs, st)
+    settings = {**st, "models": [r["model_id"] for r in runs],
+                "layers": {r["label"]: r["layer"] for r in runs},
+                "definitions": {
+                    "breakdown": "first |strength| in the grid where the mean over held-out prose "
+                                 "texts of log2(perplexity steered / unsteered) > 1",
+                    "continuation breakdown": "first |strength| where the mean over prompts of "
+                                              "log2(perplexity of the steered continuation / the "
+                                              "unsteered continuation's, both under the unsteered "
+                                              "model) > 1",
+                    "onset": f"first |strength| where the mean paired VADER shift <= {ONSET_SHIFT}"},
+                "normalisation": "grid in x median residual L2 norm at the layer; the same pushes "
+                                 "in centred-norm and raw-vector units are listed per row"}
+    notes = [
+        "Strength grid pushes towards negative sentiment (negative strengths of the sentiment "
+        "vector); |strength| is reported. Both models read raw text (no chat template).",
+        "CIs of a breakpoint: percentile bootstrap over texts (perplexity) or prompts (behaviour), "
+        "recomputing the first crossing of the grid in each resample; inf = never crossed.",
+        "Random: norm-matched Gaussian directions (one in the generation sweep, "
+        f"{st['n_random_ppl']} for the prose perplexity).",
+        "Confound as above: the two models differ in much more than instruction tuning.",
+    ]
+    save_findings(ctx, found, settings, notes)
+    draw_breakdown(out, ctx.fig_dir)
+    print_findings(found)
+    return {"runs": runs, "points": points, "findings": found}
+
+
+def draw_breakdown(out: Path, fig_dir: Path) -> list[GalleryEntry]:
+    """Behaviour shift and perplexity vs strength per model, from breakdown.json (no model)."""
+    saved = json.loads((Path(out) / "breakdown.json").read_text(encoding="utf-8"))
+    entries = []
+    def num(x) -> float:  # JSON null = a breakpoint never reached (inf)
+        return math.inf if x is None else float(x)
+
+    for unit in ("plain", "centred"):
+        curves = []
+        for m, pt in zip(saved["models"], saved["points"]):
+            f = 1.0 if unit == "plain" else m["plain_norm"] / m["centred_norm"]
+            prose = pt["real_prose_log2_ppl_all"][0]
+            shifts = pt.get("real_shift_ci") or {}
+            keys = list(shifts or prose)  # |strength| as JSON keys
+            nan3 = [math.nan] * 3  # no generation sweep: no behaviour curve
+            curves.append(BreakdownCurve(
+                m["label"], tuple(float(a) * f for a in keys),
+                tuple(num(shifts.get(a, nan3)[0]) for a in keys),
+                tuple(num(shifts.get(a, nan3)[1]) for a in keys),
+                tuple(num(shifts.get(a, nan3)[2]) for a in keys),
+                tuple(num(prose.get(a)) for a in keys),
+                tuple(num(pt.get("real_cont_log2_ppl", {}).get(a)) for a in keys),
+                num(pt["real_ppl_breakdown"][0]) * f))
+        name = "median residual norm" if unit == "plain" else "centred residual norm"
+        fig = breakdown_curves(curves, xaxis_title=f"|strength| (x {name})",
+                               title=f"Behaviour shift and perplexity vs strength (x {name}); "
+                               f"n={saved['points'][0].get('n_prompts', 0)} prompts, "
+                               f"{saved['points'][0]['n_texts']} texts")
+        path = save_html(fig, Path(fig_dir) / f"{NAME}_breakdown_{unit}.html")
+        entries.append(GalleryEntry(NAME, path, f"Breakdown point ({name})",
+                                    "VADER shift (pushed negative) and log2 perplexity ratios vs "
+                                    "strength, SmolLM2-Instruct vs Gemma-3-270M base; dashed: "
+                                    "breakdown point.", command(NAME, "--breakdown")))
+    return entries
+
+
 
 
 def main(argv=None, models=None) -> dict:
     """Run the analysis; `models` optionally reuses loaded (instruct, base) models."""
     args = build_parser().parse_args(argv)
+    if args.breakdown:
+        return breakdown_main(args, models)
     ctx = context(NAME, args)
     vec_dir = ctx.out
     if args.norm == "centred":

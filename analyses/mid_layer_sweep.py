@@ -25,6 +25,15 @@ Change rate (any greedy token differs within `--max-new-tokens`) saturates quick
 first-divergence position (`diverge_mean`, unchanged continuations count as the full length) is
 reported too: late divergence means a weak effect.
 
+Controls that can reject. One random direction per cell gives a band but no test (with k random
+directions the empirical p cannot fall below 1/(k+1)). A second sweep (`controls/`) reruns the
+cells the verdict rests on (`--control-layers` x `--control-strengths`; default the by-depth
+layers at the report strength and the sweet spot) with `--control-n-random` (default 20)
+norm-matched random directions, and reports the VADER shift's empirical p
+((1 + #random means at least as extreme) / (1 + k), one-sided in the direction the strength asks
+for), the random band, and the same for the next-token KL. `--partial` reports a cut-short
+control sweep on the random directions it finished.
+
 Saved in results/mid_layer_sweep/ (`raw/` for `--scale raw`): the resumable sweep (`sweep/`, every
 record and the unsteered baseline), `cells.csv` (one row per real cell: zone, relative strength,
 first divergence, score / change / perplexity shifts with CIs and their random controls) and
@@ -45,8 +54,15 @@ import pandas as pd
 from steerlens.backend import runtime
 from steerlens.figures import save_html
 from steerlens.figures.sweep import strength_curves, zone_heatmap
-from steerlens.stats import proportion_ci
+from steerlens.stats import bootstrap_ci, proportion_ci
 from steerlens.sweep import compare_random, load_sweep, sweep, zones
+from steerlens.sweep.control import (
+    complete_controls,
+    control_verdict,
+    empirical_p,
+    saved_records,
+)
+from steerlens.sweep.result import effect_values
 
 from . import command
 from ._common import (
@@ -69,6 +85,8 @@ from ._common import (
 from .findings import Finding, fmt, fmt_ci, print_findings, save_findings
 
 NAME = "mid_layer_sweep"
+CONTROLS = "controls"  # the control sweep (many random directions at the verdict cells)
+KL_CONTROLS = "controls_kl_partial"  # an earlier, wider control grid cut short after its KL part
 VECTOR = "sentiment"
 SCALES = ("resid", "raw")
 DEFAULT_STRENGTHS = {"resid": [-0.4, -0.2, -0.1, -0.05, 0.0, 0.2],
@@ -87,8 +105,20 @@ def build_parser():
     p.add_argument("--report-strength", type=float, default=None,
                    help="strength for the by-depth rows (default: second-smallest negative)")
     p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--n-random", type=int, default=1, help="random directions per real vector")
+    p.add_argument("--n-random", type=int, default=1,
+                   help="random directions per real cell of the full grid (descriptive)")
+    add_list(p, "--control-layers", int, None,
+             "layers of the control sweep (default: the by-depth layers at --report-strength "
+             "and the sweet-spot layer)")
+    add_list(p, "--control-strengths", float, None,
+             "strengths of the control sweep (default: --report-strength and the sweet spot's)")
+    p.add_argument("--control-n-random", type=int, default=None,
+                   help="random directions per real cell in the control sweep (default 20, 2 with "
+                   "--quick; >= 19 for p < 0.05)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--partial", action="store_true",
+                   help="finish from a cut-short control sweep: use the random directions whose "
+                   "cells are all saved (the k used is in every row)")
     return p
 
 
@@ -97,13 +127,148 @@ def settings_for(args, model) -> dict:
         last = runtime.n_layers(model) - 1
         return dict(scale=args.scale, n_prompts=2, layers=[last],
                     strengths=[0.0, 0.5 if args.scale == "resid" else 4.0], max_new_tokens=3,
-                    n_random=1, batch_size=8)
+                    n_random=1, batch_size=8, control_layers=[last],
+                    control_strengths=[0.5 if args.scale == "resid" else 4.0],
+                    control_n_random=args.control_n_random or 2)
     layers = args.layers or spread_layers(runtime.n_layers(model), args.n_layers,
                                           first=min(2, runtime.n_layers(model) - 1))
     return dict(scale=args.scale, n_prompts=args.n_prompts, layers=layers,
                 strengths=args.strengths or DEFAULT_STRENGTHS[args.scale],
                 max_new_tokens=args.max_new_tokens, n_random=args.n_random,
-                batch_size=args.batch_size)
+                batch_size=args.batch_size, control_layers=args.control_layers,
+                control_strengths=args.control_strengths,
+                control_n_random=args.control_n_random or 20)
+
+
+def default_control_cells(cells: pd.DataFrame, report_strength: float) -> tuple[list, list]:
+    """The cells the verdict rests on: the by-depth layers reported at `report_strength` (first,
+    middle, last, and the one with the largest effect) and the sweet-spot cell (the coherent
+    cell with the largest effect); returns (layers, strengths) of the control grid."""
+    steered = cells[cells["strength"] != 0]
+    sel = steered[steered["strength"] == report_strength].sort_values("layer")
+    layers = set()
+    strengths = {float(report_strength)}
+    if len(sel):
+        layers |= {int(sel["layer"].iloc[0]), int(sel["layer"].iloc[len(sel) // 2]),
+                   int(sel["layer"].iloc[-1]), int(sel.loc[sel["effect"].idxmax(), "layer"])}
+    ok = steered[steered["zone"] != "unstable"]
+    if len(ok):
+        best = ok.loc[ok["effect"].idxmax()]
+        layers.add(int(best["layer"]))
+        strengths.add(float(best["strength"]))
+    return sorted(layers), sorted(strengths)
+
+
+def control_effects(res) -> dict[str, pd.DataFrame]:
+    """Per-prompt effects (vector, layer, strength, prompt_idx, effect, is_random) of a finished
+    control sweep, for the VADER score, change and perplexity."""
+    return {m: effect_values(res, m) for m in ("score", "changed", "perplexity")}
+
+
+def partial_control_effects(directory: Path, n_prompts: int, n_cells: int) -> dict:
+    """The same effects from a cut-short control sweep: the vectors whose generation records are
+    all saved (`n_cells` layer x strength cells x `n_prompts` prompts)."""
+    gen = saved_records(directory, "gen")
+    base = saved_records(directory, "base").set_index("prompt_idx")
+    if not len(gen) or len(base) < n_prompts:
+        raise ValueError(f"The control sweep in {directory} has no complete generation records "
+                         "yet; run it longer or without --partial.")
+    gen = complete_controls(gen, n_cells * n_prompts)
+    if not (~gen["is_random"]).any():
+        raise ValueError(f"The control sweep in {directory} has not finished the real vector's "
+                         "cells; run it longer or without --partial.")
+    out = {}
+    for m in ("score", "changed", "perplexity"):
+        vals = gen[m].astype(float)
+        if m != "changed":
+            vals = vals - gen["prompt_idx"].map(base[m]).astype(float)
+        out[m] = gen[["vector", "layer", "strength", "prompt_idx", "is_random"]].assign(
+            effect=vals.to_numpy(float))
+    return out
+
+
+def control_table(effects: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per real cell of the control sweep: the VADER shift (bootstrap CI over prompts), its random
+    band and empirical p (alternative "greater" for positive strengths, "less" for negative: the
+    direction the strength asks for), plus the random bands of change rate and perplexity shift."""
+    rows = []
+    sc = effects["score"]
+    real = sc[~sc["is_random"]]
+    for (layer, s_), g in real.groupby(["layer", "strength"]):
+        def band(m, layer=layer, s_=s_):
+            e = effects[m]
+            cell = e[(e["layer"] == layer) & (e["strength"] == s_)]
+            means = cell[cell["is_random"]].groupby("vector")["effect"].mean().to_numpy(float)
+            return float(cell[~cell["is_random"]]["effect"].mean()), means
+        alt = "greater" if s_ > 0 else "less"
+        c = bootstrap_ci(g["effect"].dropna().to_numpy(float), n_boot=2000, seed=0)
+        _, means = band("score")
+        e = empirical_p(c.estimate, means, alt)
+        ch, ch_r = band("changed")
+        pp, pp_r = band("perplexity")
+        rows.append({"layer": int(layer), "strength": float(s_), "n": int(g["effect"].notna().sum()),
+                     "score_shift": c.estimate, "score_low": c.low, "score_high": c.high,
+                     "k_random": e.k, "random_low": e.band_low, "random_high": e.band_high,
+                     "random_mean": float(means.mean()), "p_random": e.p_value,
+                     "alternative": alt, "change_real": ch,
+                     "change_random_low": float(ch_r.min()),
+                     "change_random_high": float(ch_r.max()), "ppl_shift": pp,
+                     "ppl_random_low": float(pp_r.min()), "ppl_random_high": float(pp_r.max()),
+                     "verdict": control_verdict(c.low, c.high, e.p_value, 1 if s_ > 0 else -1)})
+    return pd.DataFrame(rows)
+
+
+def kl_control_rows(directory: Path, n_prompts: int) -> pd.DataFrame:
+    """Next-token KL at each cell of a (possibly cut-short) control sweep: the real vector's mean
+    over prompts against every random direction whose KL records at that cell are complete."""
+    kl = saved_records(directory, "kl")
+    rows = []
+    for (layer, s_), g in kl.groupby(["layer", "strength"]):
+        per = g.groupby("vector")["kl_bits"].agg(["mean", "size"])
+        per = per[per["size"] >= n_prompts]
+        real = g[~g["is_random"]]["kl_bits"].to_numpy(float)
+        rnd = per.loc[[v for v in per.index if v.startswith("random:")], "mean"].to_numpy(float)
+        if real.size < n_prompts or not rnd.size:
+            continue
+        c = bootstrap_ci(real, n_boot=2000, seed=0)
+        e = empirical_p(c.estimate, rnd, "greater")
+        rows.append({"layer": int(layer), "strength": float(s_), "n": int(real.size),
+                     "kl_bits": c.estimate, "kl_low": c.low, "kl_high": c.high, "k_random": e.k,
+                     "random_low": e.band_low, "random_high": e.band_high,
+                     "p_random": e.p_value})
+    return pd.DataFrame(rows)
+
+
+def kl_control_findings(klc: pd.DataFrame, scale: str) -> list[Finding]:
+    unit = "x resid norm" if scale == "resid" else "x raw vector"
+    return [Finding(
+        NAME, f"[{scale}] next-token KL (bits) at layer {int(r['layer'])}, strength "
+        f"{r['strength']:g} {unit}, against {int(r['k_random'])} norm-matched random directions",
+        r["kl_bits"], r["kl_low"], r["kl_high"], str(int(r["n"])),
+        f"random {fmt(r['random_low'])}..{fmt(r['random_high'])} (k={int(r['k_random'])}), "
+        f"empirical p={r['p_random']:.2g} (greater)",
+        ("supported: disturbs the next token more than random directions" if r["p_random"] < 0.05
+         else "not supported: inside the random band")
+        + ("" if r["k_random"] >= 19 else " (too few random directions for p < 0.05)"))
+        for _, r in klc.iterrows()]
+
+
+def control_findings(ctrl: pd.DataFrame, scale: str, report_strength: float) -> list[Finding]:
+    unit = "x resid norm" if scale == "resid" else "x raw vector"
+    out = []
+    for _, r in ctrl.iterrows():
+        out.append(Finding(
+            NAME, f"[{scale}] VADER shift at layer {int(r['layer'])}, strength {r['strength']:g} "
+            f"{unit}, against {int(r['k_random'])} norm-matched random directions",
+            r["score_shift"], r["score_low"], r["score_high"], str(int(r["n"])),
+            f"random {fmt(r['random_low'])}..{fmt(r['random_high'])} (k={int(r['k_random'])}), "
+            f"empirical p={r['p_random']:.2g} ({r['alternative']})",
+            f"{r['verdict']}; change rate {fmt(r['change_real'])} (random "
+            f"{fmt(r['change_random_low'])}..{fmt(r['change_random_high'])}), perplexity shift "
+            f"{fmt(r['ppl_shift'])} (random {fmt(r['ppl_random_low'])}.."
+            f"{fmt(r['ppl_random_high'])})",
+            headline=scale == "resid" and r["strength"] == report_strength))
+    return out
 
 
 def tables(res, vec, norms: dict[int, float], max_new_tokens: int) -> dict[str, pd.DataFrame]:
@@ -285,6 +450,34 @@ def main(argv=None, model=None) -> dict:
         neg = [x for x in nz if x < 0]
         rep = (neg[1] if len(neg) > 1 else neg[0]) if neg else nz[0]
     found = findings(cells, len(prompts), st["n_random"], st["scale"], rep)
+    c_layers, c_strengths = default_control_cells(cells, rep)
+    c_layers = st["control_layers"] or c_layers
+    c_strengths = st["control_strengths"] or c_strengths
+    log(f"control sweep: layers {c_layers} x strengths {c_strengths}, "
+        f"{st['control_n_random']} random directions per cell")
+    if args.partial:
+        effects = partial_control_effects(ctx.out / CONTROLS, len(prompts),
+                                          len(c_layers) * len(c_strengths))
+    else:
+        effects = control_effects(sweep(
+            model, prompts, {VECTOR: vec.select(c_layers)}, layers=c_layers,
+            strengths=c_strengths, measures=("kl", "generate"), scorer=beh.scorer,
+            max_new_tokens=st["max_new_tokens"], n_random=st["control_n_random"],
+            random_seed=ctx.seed, batch_size=st["batch_size"], out_dir=ctx.out / CONTROLS,
+            resume=ctx.resume, show_progress=ctx.progress))
+    if effects["score"]["is_random"].any():
+        ctrl = control_table(effects)
+        write_csv(ctx.out / "controls.csv", ctrl)
+        found = control_findings(ctrl, st["scale"], rep) + found
+    else:
+        log("control sweep: no random direction finished yet; no VADER control rows")
+    for kdir in (ctx.out / CONTROLS, ctx.out / KL_CONTROLS):
+        if (kdir / "cells.jsonl").exists():
+            klc = kl_control_rows(kdir, len(prompts))
+            if len(klc):
+                write_csv(ctx.out / f"{kdir.name}_kl.csv", klc)
+                found += kl_control_findings(klc, st["scale"])
+    st = {**st, "control_layers": c_layers, "control_strengths": c_strengths}
     settings = {**st, "model": runtime.model_id(model), "vector": "mean_diff on sentiment/train "
                 f"({len(beh.train)} pairs)", "prompts": f"{len(prompts)} held-out prompts",
                 "baseline_score_mean": float(res.baseline["score"].mean())}
@@ -296,6 +489,12 @@ def main(argv=None, model=None) -> dict:
         "small pushes; the first-divergence position and the VADER shift carry more information.",
         "The sweet-spot row is the best of many cells (selection inflates it); its random "
         "control is the same cell with a random direction of equal norm.",
+        f"Control sweep (controls/): the cells the verdict rests on (layers {c_layers} x "
+        f"strengths {c_strengths}: the by-depth layers at the report strength and the sweet "
+        f"spot) rerun with {st['control_n_random']} norm-matched random directions each; "
+        "empirical p = (1 + #random means at least as extreme) / (1 + k), one-sided in the "
+        "direction the strength asks for. The rest of the grid has "
+        f"{st['n_random']} random direction(s) per cell (descriptive band only).",
     ]
     save_findings(ctx, found, settings, notes)
     draw(ctx.out, ctx.fig_dir)

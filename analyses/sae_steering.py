@@ -136,6 +136,11 @@ def build_parser():
                    help="documents sampled from the SAE training corpus for the feature-identity "
                    "contexts (0: behaviour texts and prose only)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--sparsity-saes", default=None,
+                   help="comma-separated label=DIR SAEs (e.g. k=32=DIR,...): run only the "
+                   "diffusion/overlap analysis on each (sparsity robustness), no sweeps")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples over pairs")
+    p.add_argument("--n-random", type=int, default=200, help="random directions for the band")
     return p
 
 
@@ -472,10 +477,121 @@ def make_figures(results_dir: Path = RESULTS / NAME, figures_dir: Path = FIGURES
     return entries
 
 
+def _diffusion(values: torch.Tensor, rel: float = 0.1) -> torch.Tensor:
+    """Fraction of features with |value| > rel x the largest |value| (rows of `values`)."""
+    a = values.abs()
+    return (a > rel * a.max(-1, keepdim=True).values).float().mean(-1)
+
+
+def _overlap(values: torch.Tensor, dom: torch.Tensor, k: int) -> torch.Tensor:
+    """Top-k (largest values) overlap of each row of `values` with the feature set `dom`."""
+    top = values.topk(k, dim=-1).indices
+    return torch.isin(top, dom).sum(-1).float()
+
+
+def _band(x: torch.Tensor) -> tuple[float, float]:
+    lo, hi = np.percentile(x.numpy(), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def sparsity_robustness(model, saes: dict, st: dict, ctx, n_boot: int, n_random: int) -> tuple:
+    """Diffusion and domain overlap of each behaviour's contrast in every SAE of `saes`.
+
+    Per SAE and behaviour: the pair feature difference (codes at the last token, target side
+    minus other side, averaged over pairs) and the CAA vector read through the encoder (v @
+    W_enc); diffusion = fraction of features above 10% of the largest |value|; overlap = top-k
+    features shared with the behaviour's domain features (target completions vs other side).
+    CIs: percentile bootstrap over contrast pairs (pair difference). Random band: 2.5-97.5%
+    of `n_random` Gaussian directions read through the same encoder."""
+    from steerlens.sae.decompose import encode_texts
+
+    k = st["k"]
+    rows, found = [], []
+    gen = torch.Generator().manual_seed(ctx.seed)
+    for lab, sae in saes.items():
+        site = check_sae(model, sae)
+        w_enc = sae.W_enc.detach().float()
+        d_sae = int(sae.cfg.d_sae)
+        rnd_vals = torch.randn(n_random, w_enc.shape[0], generator=gen) @ w_enc
+        rnd_diff = _diffusion(rnd_vals)
+        for name in st["behaviours"]:
+            beh = load_behaviour(name)
+            side = SIDE.get(name, 1)
+            train = beh.train if st["n_pairs"] is None else beh.train[: st["n_pairs"]]
+            pairs = oriented(train, side)
+            cav = cached_vector(model, beh, [site.layer], ctx, show_progress=False) * float(side)
+            dom = torch.tensor(behaviour_domain(model, sae, pairs, batch_size=16).top(k))
+            prompts = pairs.prompts * 2
+            codes = encode_texts(model, sae, pairs.positives + pairs.negatives,
+                                 prompts=None if all(q is None for q in prompts) else prompts,
+                                 read_at="last", batch_size=16).double()
+            n = len(pairs)
+            diffs = codes[:n] - codes[n:]
+            idx = torch.randint(0, n, (n_boot, n), generator=gen)
+            boot = diffs[idx].mean(1).float()
+            point = diffs.mean(0).float()[None]
+            enc = (cav[site.layer].float() @ w_enc)[None]
+            rnd_ov = _overlap(rnd_vals, dom, k)
+            for what, vals, bvals in (("pair feature diff (last token)", point, boot),
+                                      ("contrastive (encoder)", enc, None)):
+                for measure, f, band in (("diffusion", _diffusion, _band(rnd_diff)),
+                                         (f"top-{k} domain overlap",
+                                          lambda v, d=dom: _overlap(v, d, k), _band(rnd_ov))):
+                    est = float(f(vals)[0])
+                    lo, hi = _band(f(bvals)) if bvals is not None else (None, None)
+                    ref_lo, ref_hi = (lo, hi) if lo is not None else (est, est)
+                    if ref_lo > band[1]:
+                        verdict = "above the random band"
+                    elif ref_hi < band[0]:
+                        verdict = "below the random band"
+                    else:
+                        verdict = "within the random band (null)"
+                    rows.append({"sae": lab, "d_sae": d_sae, "l0_setting": lab, "behaviour": name,
+                                 "vector": what, "measure": measure, "estimate": est,
+                                 "low": lo, "high": hi, "random_low": band[0],
+                                 "random_high": band[1], "n_pairs": n,
+                                 "chance_overlap": k * k / d_sae, "verdict": verdict})
+                    found.append(Finding(
+                        NAME, f"sparsity robustness, SAE {lab}: {name} {what} {measure}",
+                        est, lo, hi, f"{n} pairs; {n_random} random directions",
+                        f"random [{fmt(band[0])}, {fmt(band[1])}]"
+                        + (f", chance {k * k / d_sae:.2f}" if "overlap" in measure else ""),
+                        verdict, headline=what.startswith("pair") and "overlap" in measure))
+    return pd.DataFrame(rows), found
+
+
+def main_sparsity(args, ctx, model, st) -> dict:
+    """--sparsity-saes: diffusion/overlap on several SAEs only (no sweeps)."""
+    from steerlens.sae.load import load_sae
+
+    t0 = time.perf_counter()
+    saes = {}
+    for item in args.sparsity_saes.split(","):
+        lab, _, path = item.rpartition("=")
+        if not lab or not path:
+            raise ValueError(f"--sparsity-saes items are LABEL=DIR, got {item!r}.")
+        saes[lab] = load_sae(path, device=args.device)
+    frame, found = sparsity_robustness(model, saes, st, ctx, args.n_boot, args.n_random)
+    write_csv(ctx.out / "diffusion_by_sparsity.csv", frame)
+    settings = {"behaviours": st["behaviours"], "k": st["k"], "saes": list(saes),
+                "model": runtime.model_id(model), "n_boot": args.n_boot,
+                "n_random": args.n_random, "seconds": round(time.perf_counter() - t0, 1)}
+    save_findings(ctx, found, settings, [
+        "Diffusion: fraction of SAE features above 10% of the largest |value|. Overlap: top-k "
+        "features shared with the behaviour's domain features (target vs other side completions);"
+        " chance k^2/d_sae. CIs: 95% percentile bootstrap over contrast pairs (pair difference "
+        "only; the CAA vector is one point). Random band: 2.5-97.5% of Gaussian directions read "
+        "through the same encoder."])
+    print(frame.round(4).to_string(index=False))
+    return {"frame": frame, "findings": found}
+
+
 def main(argv=None, model=None) -> dict:
     t0 = time.perf_counter()
     args, ctx, model = start(NAME, build_parser(), argv, model)
     st = settings_for(args)
+    if args.sparsity_saes:
+        return main_sparsity(args, ctx, model, st)
     sae, sae_desc = get_sae(args, model)
     site = check_sae(model, sae)
     k = st["k"]

@@ -34,6 +34,9 @@ from pathlib import Path
 
 from .backend import Model
 
+# the weights dtypes `load_model(dtype=)` takes (backend.loading.DTYPE_NAMES; a test keeps them equal)
+DTYPE_CHOICES = ("float32", "bfloat16", "float16", "float64", "fp32", "bf16", "fp16", "fp64")
+
 SEED_LIMIT = 2**63  # GenerationConfig's seed range is [0, 2**63)
 
 
@@ -306,7 +309,7 @@ def _load_vector(spec: str, model: Model | None = None):
 def _load_model(args: argparse.Namespace):
     from .backend import load_model
 
-    return load_model(args.model, device=args.device)
+    return load_model(args.model, device=args.device, dtype=getattr(args, "dtype", None))
 
 
 def _tty() -> bool:
@@ -627,6 +630,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"model name (default {DEFAULT_MODEL})")
         sp.add_argument("--device", default=None, type=_device,
                         help="cpu / cuda / cuda:N (default: cuda if available)")
+        sp.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
+                        help="model weights' dtype (default float32); measures reduce in float32/64")
 
     sub.add_parser("models", help="list the models that load without a hub")
 

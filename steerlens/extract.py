@@ -1,8 +1,10 @@
 """Batched activation extraction: many layers, one forward pass per batch.
 
-Texts are left-padded into batches; hooks on every requested site reduce the activation to the
-requested token position inside the forward (so memory stays O(batch x d_model) per site), and the
-forward stops after the deepest requested layer. Where activations are read (`read_at`) is relative
+Texts are tokenized once, sorted by length and left-padded into batches that carry only their own
+rows' padding; hooks on every requested site reduce the activation to the requested token position
+inside the forward (so memory stays O(batch x d_model) per site, and no logits are computed: the
+forward stops after the deepest requested layer); the reduced rows are put back in input order with
+one index at the end. Where activations are read (`read_at`) is relative
 to each row's content span:
 the completion when a prompt is given, otherwise the text after BOS. "last" / "first" take one
 token, "mean" averages the span (padding excluded), "all" returns every span token flattened, with
@@ -132,9 +134,10 @@ def _reduce(
         return act[idx, batch.span_start]
     pos = torch.arange(act.shape[1], device=act.device)
     in_span = (pos[None] >= batch.span_start[:, None]) & (pos[None] < batch.span_end[:, None])
-    if read_at == "mean":
-        w = in_span.to(act.dtype)
-        return (act * w[..., None]).sum(1) / w.sum(1, keepdim=True)
+    if read_at == "mean":  # half-precision activations are averaged in float32
+        a = act if act.dtype in (torch.float32, torch.float64) else act.float()
+        w = in_span.to(a.dtype)
+        return (a * w[..., None]).sum(1) / w.sum(1, keepdim=True)
     return act[in_span]  # "all": flattened in row order
 
 
@@ -179,11 +182,11 @@ def extract(
         raise ValueError("extract() needs at least one text.")
     use_chat = resolve_chat(model, chat, prompts is not None and any(p is not None for p in prompts))
 
-    def encode_chunk(start: int, stop: int) -> runtime.TokenBatch:
-        sub_prompts = None if prompts is None else list(prompts[start:stop])
-        return runtime.encode(model, list(texts[start:stop]), sub_prompts, chat=use_chat)
+    def encode_all() -> runtime.TokenBatch:
+        return runtime.encode(model, list(texts), None if prompts is None else list(prompts),
+                              chat=use_chat, device="cpu")
 
-    return _extract(model, len(texts), encode_chunk, layers, component, read_at, batch_size,
+    return _extract(model, len(texts), encode_all, layers, component, read_at, batch_size,
                     show_progress, "extract")
 
 
@@ -230,26 +233,54 @@ def extract_prompts(
         raise ValueError("extract_prompts() needs at least one prompt.")
     use_chat = resolve_chat(model, chat, True)
 
-    def encode_chunk(start: int, stop: int) -> runtime.TokenBatch:
-        return runtime.encode_prompts(model, list(prompts[start:stop]), chat=use_chat)
+    def encode_all() -> runtime.TokenBatch:
+        return runtime.encode_prompts(model, list(prompts), chat=use_chat, device="cpu")
 
-    return _extract(model, len(prompts), encode_chunk, layers, component, read_at, batch_size,
+    return _extract(model, len(prompts), encode_all, layers, component, read_at, batch_size,
                     show_progress, "extract_prompts")
 
 
-def _extract(model: Model, n: int, encode_chunk, layers: Sequence[int], component: str,
+def _length_sorted_chunks(
+    batch: runtime.TokenBatch, batch_size: int
+) -> list[tuple[Tensor, runtime.TokenBatch]]:
+    """Row chunks of a left-padded batch, longest rows first, each trimmed to its own width.
+
+    Grouping rows of similar length means a chunk carries little padding (the forward costs what
+    its widest row costs), and dropping the all-padding leading columns keeps each row's tokens,
+    mask and span exactly as they were, only shifted. Returns (original row indices, chunk).
+    """
+    lengths = batch.lengths.cpu()
+    width = int(batch.tokens.shape[1])
+    order = torch.argsort(lengths, descending=True, stable=True)
+    chunks = []
+    for lo in range(0, len(order), batch_size):
+        idx = order[lo:lo + batch_size]
+        off = width - int(lengths[idx].max())
+        sub = runtime.TokenBatch(batch.tokens[idx, off:], batch.attention_mask[idx, off:],
+                                 batch.span_start[idx] - off, batch.span_end[idx] - off)
+        chunks.append((idx, sub))
+    return chunks
+
+
+def _extract(model: Model, n: int, encode_all, layers: Sequence[int], component: str,
              read_at: str, batch_size: int, show_progress: bool, where: str) -> Activations:
-    """The shared loop: one forward per chunk, hooks reducing each site to `read_at`."""
+    """The shared loop: one forward per chunk, hooks reducing each site to `read_at`.
+
+    All texts are tokenized once, sorted by length into chunks of `batch_size` rows (see
+    `_length_sorted_chunks`), and the reduced rows are put back in input order with one index per
+    layer at the end, so the result does not depend on the chunking beyond float32 rounding.
+    """
     if not layers:
         raise ValueError(f"{where}() needs at least one layer.")
     check_batch_size(batch_size)
     site_list = [Site(int(layer), component).validate(model) for layer in layers]
     stop = min(max(s.layer for s in site_list) + 1, runtime.n_layers(model))
+    device = runtime.model_device(model)
+    full = encode_all()
+    chunks = _length_sorted_chunks(full, batch_size)
     out: dict[int, list[Tensor]] = {s.layer: [] for s in site_list}
-    rows: list[Tensor] = []
-    for start in progress(range(0, n, batch_size), desc=where, enabled=show_progress):
-        batch = encode_chunk(start, min(start + batch_size, n))
-        n_sub = int(batch.tokens.shape[0])
+    for _, batch in progress(chunks, desc=where, enabled=show_progress):
+        batch = batch.to(device)
         captured: dict[int, Tensor] = {}
 
         def make_hook(layer: int, batch=batch, captured=captured):
@@ -263,16 +294,28 @@ def _extract(model: Model, n: int, encode_chunk, layers: Sequence[int], componen
             runtime.forward(model, batch, stop_at_layer=stop, return_type=None)
         for layer, t in captured.items():
             out[layer].append(t)
-        if read_at == "all":
-            counts = (batch.span_end - batch.span_start).cpu()
-            rows.append(torch.repeat_interleave(torch.arange(n_sub) + start, counts))
-        else:
-            rows.append(torch.arange(n_sub) + start)
+    # rows come out in chunk order; `gather` puts them back in input order (one index for all layers)
+    order = torch.cat([idx for idx, _ in chunks])
+    if read_at == "all":
+        counts = (full.span_end - full.span_start).cpu()  # tokens per input row
+        sorted_counts = counts[order]
+        sorted_start = torch.cumsum(sorted_counts, 0) - sorted_counts
+        where_sorted = torch.empty_like(order)
+        where_sorted[order] = torch.arange(n)
+        first = torch.repeat_interleave(sorted_start[where_sorted], counts)
+        within = torch.arange(int(counts.sum())) - torch.repeat_interleave(
+            torch.cumsum(counts, 0) - counts, counts)
+        gather = first + within
+        row_index = torch.repeat_interleave(torch.arange(n), counts)
+    else:
+        gather = torch.empty_like(order)
+        gather[order] = torch.arange(n)
+        row_index = torch.arange(n)
     return Activations(
-        by_layer={k: torch.cat(v) for k, v in out.items()},
+        by_layer={k: torch.cat(v)[gather] for k, v in out.items()},
         component=component,
         read_at=read_at,
-        row_index=torch.cat(rows),
+        row_index=row_index,
     )
 
 

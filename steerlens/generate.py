@@ -6,7 +6,10 @@ positions either way (see `steer.py`), so greedy decoding gives the same tokens 
 the cache, including for position-specific and scheduled steering. Decoding settings are one
 `GenerationConfig` (or its fields as keyword overrides). Sampling uses a seeded generator, so a
 (seed, settings) pair reproduces its samples. `generate_stream` runs the same decoding loop and
-yields after every step (for live displays); closing it early removes its hooks.
+yields after every step (for live displays); closing it early removes its hooks. Decoding uses
+the backend's fast cache (preallocated, rotated once) and unembeds only the last position; a
+steered prefill reuses the unsteered prompt pass below the steered layer, shared by identical
+prompt rows and across calls (see `backend.fast`).
 """
 
 from __future__ import annotations
@@ -158,13 +161,20 @@ def _decode_steps(model: Model, batch: runtime.TokenBatch, steerer: Steerer | No
     gen = None if config.greedy else torch.Generator().manual_seed(config.seed)
     stop_ids = torch.tensor(sorted(runtime.eos_ids(model)), device=dev)
     done = torch.zeros(n, dtype=torch.bool, device=dev)
-    cache = runtime.new_kv_cache(model, n) if config.use_kv_cache else None
+    width = batch.tokens.shape[1] + config.max_new_tokens
+    cache = runtime.new_kv_cache(model, n, width) if config.use_kv_cache else None
     tokens, mask = batch.tokens, batch.attention_mask
     feed = batch
+    shared = (None if steerer is None
+              else runtime.shared_prefix_layer(model, steerer.hook_names, cache))
     for step in range(config.max_new_tokens):
         offset = 0 if cache is None or step == 0 else tokens.shape[1] - 1
-        logits = steered_forward(model, batch, steerer, feed=feed, offset=offset,
-                                 kv_cache=cache)[:, -1]
+        if step == 0 and shared is not None:  # unsteered prompt pass below the steering, shared
+            with steerer.bound(batch, 0):
+                logits = runtime.prefill_shared(model, batch, cache, shared)[:, -1]
+        else:
+            logits = steered_forward(model, batch, steerer, feed=feed, offset=offset,
+                                     kv_cache=cache, last_only=True)[:, -1]
         check_finite_tensor(logits, f"next-token logits at decoding step {step}")
         nxt = _sample(logits, config, gen)
         yield nxt, ~done

@@ -16,7 +16,9 @@ against random directions of the same norm. This module holds the pieces:
   empirical p-value (1 + #controls at least as extreme) / (1 + #controls).
 - `correlate`: Pearson or Spearman r with a bootstrap CI and a two-sided permutation p-value.
 
-Randomness is always seeded; results are frozen dataclasses that state their n.
+Randomness is always seeded; results are frozen dataclasses that state their n. Precision: every
+statistic runs in numpy float64; torch tensors of any dtype (bf16 included, which numpy lacks)
+and device are accepted and converted to float64 first.
 """
 
 from __future__ import annotations
@@ -36,11 +38,20 @@ Stat = Callable[..., float]
 # ------------------------------------------------------------------------------------ helpers
 
 
+def _host(values):
+    """A torch tensor (any dtype, bf16 included, any device) as a float64 numpy array; anything
+    else unchanged. numpy has no bfloat16, and every statistic here runs in float64."""
+    if hasattr(values, "detach") and hasattr(values, "is_floating_point"):
+        t = values.detach().cpu()
+        return (t.double() if t.is_floating_point() else t).numpy()
+    return values
+
+
 def _as_1d(values, name: str = "values", nan_policy: str = "raise") -> np.ndarray:
     if nan_policy not in ("raise", "omit"):
         raise ValueError(f"nan_policy must be 'raise' or 'omit', got {nan_policy!r}.")
     try:
-        arr = np.asarray(values, dtype=float)
+        arr = np.asarray(_host(values), dtype=float)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name} must be a sequence of numbers ({err}).") from err
     if arr.ndim != 1:
@@ -57,7 +68,7 @@ def _as_1d(values, name: str = "values", nan_policy: str = "raise") -> np.ndarra
 
 
 def _as_bools(values, name: str) -> np.ndarray:
-    arr = np.asarray(values)
+    arr = np.asarray(_host(values))
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a one-dimensional sequence of booleans.")
     if arr.dtype != bool:

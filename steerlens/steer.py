@@ -164,10 +164,10 @@ class _BoundAdd(BoundIntervention):
 
     def apply(self, act: Tensor, layer: int, hook_name: str, scale: float | Tensor,
               mask: Tensor | None, context: PositionContext) -> Tensor:
-        if isinstance(scale, Tensor):
-            delta = scale[:, None, None] * self.dirs[layer]
-        else:
-            delta = self.dirs[layer] * scale
+        d = self.dirs[layer]
+        if d.device != act.device:  # a model split over several GPUs: block `layer` lives elsewhere
+            d = d.to(act.device)
+        delta = scale[:, None, None].to(act.device) * d if isinstance(scale, Tensor) else d * scale
         return act + delta if mask is None else act + mask[..., None] * delta
 
 
@@ -260,6 +260,11 @@ class Steerer:
     def layers(self) -> list[int]:
         """Sorted layers any injection writes to."""
         return sorted({layer for sites in self._sites for _, layer in sites})
+
+    @property
+    def hook_names(self) -> list[str]:
+        """Sorted names of the hook points the interventions attach to."""
+        return sorted({name for sites in self._sites for name, _ in sites})
 
     def index(self, key: int | str) -> int:
         """The position of an injection given its index or name.
@@ -523,6 +528,7 @@ def steered_forward(
     kv_cache=None,
     stop_at_layer: int | None = None,
     return_type: str | None = "logits",
+    last_only: bool = False,
 ) -> Tensor:
     """The one steered forward pass: `runtime.forward` with `steerer` bound to the batch.
 
@@ -538,12 +544,15 @@ def steered_forward(
         stop_at_layer: stop before this block and return its input residual (with
             `return_type=None`).
         return_type: "logits" or None (the residual at `stop_at_layer`).
+        last_only: unembed only the last position (what decoding needs); hooks still see every
+            position.
 
     Returns:
-        Logits [batch, pos, d_vocab], or the residual stream when `return_type` is None.
+        Logits [batch, pos, d_vocab] ([batch, 1, d_vocab] with `last_only`), or the residual
+        stream when `return_type` is None.
     """
     feed = batch if feed is None else feed
     binding = contextlib.nullcontext() if steerer is None else steerer.bound(batch, offset)
     with binding:
         return runtime.forward(model, feed, kv_cache=kv_cache, stop_at_layer=stop_at_layer,
-                               return_type=return_type)
+                               return_type=return_type, last_only=last_only)

@@ -208,6 +208,10 @@ def test_saved_rows_rebuild_from_summaries_and_match_independent_files():
     for out in sorted((RESULTS / "spectral_weights").iterdir()):
         assert _same_rows(spec.findings_from_run(out), out / "findings.json")
     out = get("train_sae").results_dir(RESULTS)
+    # chat_mix/: the issue-13 docs + chat run, saved with per-domain results
+    mix = out / "chat_mix"
+    assert _same_rows(sae.findings_from_results(json.loads((mix / "results.json").read_text())),
+                      mix / "findings.json")
     rows = sae.findings_from_results(json.loads((out / "results.json").read_text()))
     assert _same_rows(rows, out / "findings.json")
     shipped = json.loads((ROOT / "steerlens" / "data" / "saes" /

@@ -21,8 +21,11 @@ from .loading import (
     ModelLoadError,
     available_models,
     cache_root,
+    check_devices,
     load_embedded,
+    place,
     quiet_backend,
+    resolve_dtype,
 )
 from .tiny import tiny_model
 from .types import Model
@@ -37,6 +40,7 @@ __all__ = [
     "cache_root",
     "default_device",
     "load_model",
+    "resolve_dtype",
     "runtime",
     "weights",
 ]
@@ -55,15 +59,27 @@ def load_model(
     name: str = DEFAULT_MODEL,
     *,
     device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    n_devices: int = 1,
     verify_cache: bool = True,
     seed: int = 0,
 ) -> Model:
     """Load a model by name, offline for the embedded ones, in eval mode.
 
+    Embedded and tiny models are built in float32 (the safetensors cache stays float32) and
+    cast afterwards; TransformerLens names load in `dtype` directly. Measures compute their
+    reductions (log-softmax, KL, means, statistics) in float32/float64 whatever the model's
+    dtype: see docs/topics/precision.md for the tolerances against float32.
+
     Args:
         name: "smollm2-135m-instruct" (default), "gemma-3-270m", "tiny-random", or any
             TransformerLens official model name (those download from the Hugging Face hub).
-        device: "cpu", "cuda", "cuda:1", ... (default: CUDA when available).
+        device: "cpu", "cuda", "cuda:1", ... (default: CUDA when available). With
+            `n_devices` > 1 this is the first of consecutive CUDA devices.
+        dtype: the weights' dtype: a torch.dtype or "float32"/"fp32" (default),
+            "bfloat16"/"bf16", "float16"/"fp16", "float64"/"fp64".
+        n_devices: split the blocks over this many CUDA devices (TransformerLens' pipeline
+            layout: embed with the first block, final norm and unembedding with the last).
         verify_cache: re-hash the cached weights (about 0.5 s per GB) so that silent
             corruption is caught.
         seed: seed of the tiny random model's weights (ignored for other models).
@@ -72,7 +88,9 @@ def load_model(
         The model (a TransformerLens `HookedTransformer`).
 
     Raises:
-        ValueError: for an empty or unknown name (the message lists the embedded models).
+        ValueError: for an empty or unknown name (the message lists the embedded models), an
+            unsupported dtype (the message lists the valid ones), or n_devices that the machine
+            cannot give (the message names the devices that are available).
         ModelLoadError: when the weights cannot be fetched, converted or verified.
 
     Example:
@@ -83,22 +101,24 @@ def load_model(
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"Model name must be a non-empty string, got {name!r}.")
-    device = str(device) if device is not None else default_device()
+    dtype = resolve_dtype(dtype)
+    first = check_devices(str(device) if device is not None else default_device(), n_devices)
     if name == TINY_MODEL:
-        model = tiny_model(device=device, seed=seed)
+        model = tiny_model(device="cpu", seed=seed)
         instruct = True
     elif name in EMBEDDED:
-        model = load_embedded(EMBEDDED[name], device, verify_cache)
+        model = load_embedded(EMBEDDED[name], "cpu", verify_cache)
         instruct = EMBEDDED[name].instruct
     else:
-        model = _load_official(name, device)
+        model = _load_official(name, str(first), dtype, n_devices)
         instruct = "instruct" in name.lower() or name.lower().endswith(("-it", "-chat"))
+    model = place(model, first, n_devices, dtype)
     model.steerlens_name = name
     model.steerlens_instruct = instruct
     return model
 
 
-def _load_official(name: str, device: str):
+def _load_official(name: str, device: str, dtype: torch.dtype, n_devices: int):
     from transformer_lens import HookedTransformer
     from transformer_lens.loading_from_pretrained import (
         OFFICIAL_MODEL_NAMES,
@@ -117,7 +137,9 @@ def _load_official(name: str, device: str):
         ) from None
     try:
         with quiet_backend(), contextlib.redirect_stdout(sys.stderr):
-            return HookedTransformer.from_pretrained(name, device=device).eval()
+            return HookedTransformer.from_pretrained(
+                name, device=device, dtype=dtype, n_devices=n_devices
+            ).eval()
     except OSError as err:
         raise ModelLoadError(
             f"Could not load {name!r} from the Hugging Face hub ({err}). Official TransformerLens "

@@ -162,18 +162,167 @@ def _atomic_dir(final: Path) -> contextlib.AbstractContextManager[Path]:
     return cm()
 
 
-def move(model: Model, device: str):
+def move(model: Model, device: str | torch.dtype):
     """`model.to(device)` without TransformerLens' "Moving model to device" print on stdout.
+
+    TransformerLens' `to` also records the new device or dtype in `model.cfg`.
 
     Args:
         model (Model): the model.
-        device: the target device.
+        device: the target device, or a dtype to cast to.
 
     Returns:
         (Model): The model, moved.
     """
     with contextlib.redirect_stdout(io.StringIO()):
         return model.to(device)
+
+
+# ------------------------------------------------------------------------ dtype and device placement
+
+DTYPE_NAMES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+    "float64": torch.float64, "fp64": torch.float64,
+}
+"""The dtype names `load_model` accepts (a torch.dtype among their values works too)."""
+
+
+def resolve_dtype(dtype: object) -> torch.dtype:
+    """Turn a dtype argument into a torch.dtype (None: float32, the weights cache's own dtype).
+
+    Args:
+        dtype: a torch.dtype (float32, bfloat16, float16, float64), one of `DTYPE_NAMES`
+            (case-insensitive, an optional "torch." prefix is ignored), or None. Any other
+            value (checked here, so annotated `object`) is refused.
+
+    Returns:
+        The torch dtype.
+
+    Raises:
+        ValueError: for any other value (the message lists the valid names).
+    """
+    valid = sorted(set(DTYPE_NAMES.values()), key=str)
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype in valid:
+            return dtype
+    elif isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key in DTYPE_NAMES:
+            return DTYPE_NAMES[key]
+    raise ValueError(
+        f"Unsupported dtype {dtype!r}: pass a torch.dtype among "
+        f"{[str(d) for d in valid]} or one of the names {sorted(DTYPE_NAMES)}."
+    )
+
+
+def check_devices(device: str, n_devices: object) -> torch.device:
+    """Validate a (device, n_devices) request against the devices this machine has.
+
+    Args:
+        device: the first (or only) device, e.g. "cpu", "cuda", "cuda:1".
+        n_devices: how many devices to split the layers over (consecutive CUDA indices from
+            `device`'s index).
+
+    Returns:
+        The parsed first device.
+
+    Raises:
+        ValueError: for a malformed device, n_devices that is not a positive int, n_devices > 1
+            off CUDA, a CUDA request without CUDA, or more devices than are present (the message
+            names the devices that are available).
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"Invalid device {device!r} ({err}); use e.g. 'cpu', 'cuda' or "
+                         f"'cuda:1'.") from None
+    if isinstance(n_devices, bool) or not isinstance(n_devices, int) or n_devices < 1:
+        raise ValueError(f"n_devices must be a positive int, got {n_devices!r}.")
+    if dev.type != "cuda":
+        if n_devices != 1:
+            raise ValueError(
+                f"n_devices={n_devices} splits a model over several CUDA devices, but device is "
+                f"{str(dev)!r}; on {dev.type} use n_devices=1 (or device='cuda' on a machine "
+                f"with {n_devices} GPUs)."
+            )
+        return dev
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    available = [f"cuda:{i}" for i in range(count)]
+    first = dev.index or 0
+    if first + n_devices > count:
+        want = [f"cuda:{i}" for i in range(first, first + n_devices)]
+        raise ValueError(
+            f"device={str(dev)!r} with n_devices={n_devices} needs {want}, but this machine has "
+            f"{count} CUDA device(s): {available or 'none (use device=' + repr('cpu') + ')'}."
+        )
+    return torch.device("cuda", first)
+
+
+def block_devices(n_layers: int, n_devices: int, device: str | torch.device) -> list[torch.device]:
+    """The device of every block when `n_layers` blocks are split over `n_devices` devices.
+
+    The layout is TransformerLens' own pipeline rule (`get_device_for_block_index`, which its
+    forward uses to move the residual stream between blocks): block i goes to device index
+    `first + i * n_devices // n_layers`, so consecutive blocks share a device and each device
+    gets n_layers / n_devices of them (+-1).
+
+    Args:
+        n_layers: number of blocks.
+        n_devices: number of devices.
+        device: the first device.
+
+    Returns:
+        One torch.device per block.
+    """
+    from types import SimpleNamespace
+
+    from transformer_lens.utilities.multi_gpu import get_device_for_block_index
+
+    dev = torch.device(device)
+    cfg = SimpleNamespace(n_layers=n_layers, n_devices=n_devices, device=dev)
+    return [get_device_for_block_index(i, cfg, dev) for i in range(n_layers)]
+
+
+def place(model: Model, device: torch.device, n_devices: int, dtype: torch.dtype):
+    """Cast a model to `dtype` and put it on `device`, split over `n_devices` when more than one.
+
+    The cast goes through TransformerLens' `to(dtype)`, which also sets `cfg.dtype` (its norms
+    and attention read it to upcast their internals to float32). With several devices the embed
+    sits with block 0 and the final norm and unembedding with the last block, matching where
+    TransformerLens' forward moves the residual stream (TransformerLens 3.9's own
+    `move_model_modules_to_device` puts each module on the GPU with the most free memory
+    instead, which its forward does not follow).
+
+    Args:
+        model (Model): the model (any device, any dtype).
+        device: the first device (validated by `check_devices`).
+        n_devices: number of devices.
+        dtype: the target dtype.
+
+    Returns:
+        (Model): The model, cast and placed, in eval mode.
+    """
+    if next(model.parameters()).dtype != dtype:
+        model = move(model, dtype)
+    model.cfg.n_devices = n_devices
+    if n_devices == 1:
+        return move(model, str(device)).eval()
+    model.cfg.device = str(device)
+    plan = block_devices(model.cfg.n_layers, n_devices, device)
+    with contextlib.redirect_stdout(io.StringIO()):
+        for name in ("embed", "hook_embed", "pos_embed", "hook_pos_embed"):
+            if hasattr(model, name):
+                getattr(model, name).to(plan[0])
+        for block, dev in zip(model.blocks, plan, strict=True):
+            block.to(dev)
+        for name in ("ln_final", "unembed"):
+            if hasattr(model, name):
+                getattr(model, name).to(plan[-1])
+    return model.eval()
 
 
 def sha256_file(path: Path) -> str:

@@ -18,6 +18,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .fast import FastCacheEntry, hooked_below, last_logits, lowest_block, new_cache, prefill_from_prefix
+from .fast import active as fast_active
+from .fast import prepare as prepare_fast
 from .loading import quiet_backend
 from .streams import close_abandoned
 from .types import Model
@@ -488,6 +491,7 @@ def forward(
     kv_cache=None,
     stop_at_layer: int | None = None,
     return_type: str | None = "logits",
+    last_only: bool = False,
 ) -> Tensor:
     """One forward pass over a TokenBatch (mask passed through, so left padding is exact).
 
@@ -497,19 +501,75 @@ def forward(
         kv_cache (TransformerLensKeyValueCache | None): a cache to read and extend while decoding.
         stop_at_layer: return the residual stream entering this block instead of logits.
         return_type: "logits" or None (with `stop_at_layer`).
+        last_only: unembed only the last position (logits [batch, 1, d_vocab]); every block and
+            its hooks still run over all positions, only the final norm and unembedding shrink.
 
     Returns:
-        Logits [batch, pos, d_vocab], or the residual stream [batch, pos, d_model].
+        Logits [batch, pos, d_vocab] ([batch, 1, d_vocab] with `last_only`), or the residual
+        stream [batch, pos, d_model].
     """
     close_abandoned(model)
+    prepare_fast(model)
     with quiet_backend(), torch.inference_mode():
-        return model(
+        if last_only and stop_at_layer is None and return_type == "logits" and fast_active(model):
+            resid = model(batch.tokens, attention_mask=batch.attention_mask,
+                          past_kv_cache=kv_cache, stop_at_layer=n_layers(model))
+            return last_logits(model, resid)
+        out = model(
             batch.tokens,
             attention_mask=batch.attention_mask,
             past_kv_cache=kv_cache,
             stop_at_layer=stop_at_layer,
             return_type=return_type,
         )
+        return out[:, -1:] if last_only and stop_at_layer is None and return_type == "logits" \
+            else out
+
+
+def shared_prefix_layer(model: Model, hook_names: Sequence[str], kv_cache) -> int | None:
+    """The block from which a steered prefill must run, when the part below it can be shared.
+
+    Steering whose hooks all sit in blocks >= L leaves the prompt's pass through blocks 0..L-1
+    unsteered, so that part (residual and KV cache) is the same for every strength and vector at
+    layers >= L. Shared only on the fast decode path, with L >= 1 and no other hook below L.
+
+    Args:
+        model (Model): the model.
+        hook_names: the hook points the steering attaches to.
+        kv_cache (TransformerLensKeyValueCache | None): the cache the prefill will fill.
+
+    Returns:
+        L, or None when the prefix cannot be shared.
+    """
+    if kv_cache is None or not kv_cache.entries or \
+            not isinstance(kv_cache.entries[0], FastCacheEntry) or kv_cache.entries[0].length:
+        return None
+    layer = lowest_block(hook_names)
+    if layer is None or layer < 1 or hooked_below(model, layer):
+        return None
+    return layer
+
+
+def prefill_shared(model: Model, batch: TokenBatch, kv_cache, layer: int
+                   ) -> Float[Tensor, "batch 1 d_vocab"]:
+    """Prefill `kv_cache` for decoding, reusing the unsteered prompt pass below `layer`.
+
+    The pass through blocks 0..layer-1 runs once per distinct prompt row and is remembered per
+    model (a few batches, keyed by tokens, layer and weight versions); blocks layer.. run over
+    every row with the attached hooks. Use `shared_prefix_layer` to get `layer`.
+
+    Args:
+        model (Model): the model.
+        batch: the prompt batch.
+        kv_cache (TransformerLensKeyValueCache): an empty fast cache.
+        layer: from `shared_prefix_layer`.
+
+    Returns:
+        Logits of the last prompt position, [batch, 1, d_vocab].
+    """
+    close_abandoned(model)
+    with quiet_backend(), torch.inference_mode():
+        return prefill_from_prefix(model, batch.tokens, batch.attention_mask, kv_cache, layer)
 
 
 def run_from_layer(
@@ -529,6 +589,7 @@ def run_from_layer(
     Returns:
         The residual stream after the last block, before the final norm.
     """
+    prepare_fast(model)
     with quiet_backend(), torch.inference_mode():
         return model(
             resid,
@@ -588,7 +649,7 @@ def direction_logits(
         norm: "scale", "none" or "full".
 
     Returns:
-        Logit effects [..., n_tokens] in the model's dtype.
+        Logit effects [..., n_tokens] in float32 (float64 for a float64 model).
 
     Raises:
         ValueError: for an unknown `norm` or a direction of the wrong width.
@@ -599,18 +660,22 @@ def direction_logits(
         raise ValueError(f"Direction has size {directions.shape[-1]} but the model's d_model is "
                          f"{d_model(model)}.")
     with torch.inference_mode():
+        # computed in float32 (float64 for a float64 model) whatever the model's dtype: a
+        # steering vector is a float32 object, and its lens in bf16 would keep 8 mantissa bits
         w_u = model.W_U
-        x = directions.to(w_u.device, w_u.dtype)
+        cdt = torch.promote_types(w_u.dtype, torch.float32)
         if norm == "full":
-            full = unembed(model, x) - model.b_U
+            full = unembed(model, directions.to(w_u.device, w_u.dtype)).to(cdt) - model.b_U.to(cdt)
             cols = full if token_ids is None else full[..., _ids(token_ids, w_u.device)]
             return cols - full.mean(-1, keepdim=True) if centred else cols
+        x = directions.to(w_u.device, cdt)
+        w_u = w_u.to(cdt)
         if norm == "scale":
             if model.cfg.normalization_type in ("LN", "LNPre"):  # LayerNorm centres its input
                 x = x - x.mean(-1, keepdim=True)
             w = getattr(model.ln_final, "w", None) if model.cfg.normalization_type else None
             if isinstance(w, torch.Tensor):
-                x = x * w
+                x = x * w.to(x.device, cdt)
         cols = w_u if token_ids is None else w_u[:, _ids(token_ids, w_u.device)]
         out = x @ cols
         if centred:
@@ -622,19 +687,22 @@ def _ids(token_ids: Sequence[int], device) -> Tensor:
     return torch.as_tensor(list(token_ids), device=device).long()
 
 
-def new_kv_cache(model: Model, batch_size: int):
-    """A fresh TransformerLens key-value cache for decoding.
+def new_kv_cache(model: Model, batch_size: int, capacity: int | None = None):
+    """A fresh key-value cache for decoding (preallocated and rotated once where supported).
+
+    On models `fast.prepare` supports (rotary, causal attention: SmolLM2, Gemma 3, the tiny
+    model) the entries are `fast.FastCacheEntry` buffers; otherwise, or inside `fast.plain`,
+    TransformerLens' own cache.
 
     Args:
         model (Model): the model.
         batch_size: rows the cache holds.
+        capacity: positions to preallocate (prompt width + new tokens); None: grown as needed.
 
     Returns:
         (TransformerLensKeyValueCache): An empty cache on the model's device.
     """
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    return TransformerLensKeyValueCache.init_cache(model.cfg, model_device(model), batch_size)
+    return new_cache(model, batch_size, capacity)
 
 
 def mlp_out_weight(model: Model, layer: int) -> Tensor:

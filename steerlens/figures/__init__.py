@@ -7,9 +7,13 @@ importable from here (`sl.figures.kl_per_token(...)`); the submodules group them
 """
 
 from ._html import save_html
+from .breakdown import breakdown_curves
+from .composition import segment_shift_bars, shift_bars
+from .controls import grouped_ci_bars, real_vs_random, strength_band_curve, transition_matrices
 from .demo import demo_figure
 from .diversity import diversity_bars
 from .eval import accuracy_vs_strength
+from .geometry import cosine_heatmaps, pair_scatter
 from .heads import head_gap_response
 from .interop import llama_cpp_agreement_figure
 from .interventions import orthogonalisation_equivalence_figure
@@ -38,8 +42,10 @@ from .tokens import save_token_view, token_kl_view
 __all__ = [
     "accuracy_vs_strength",
     "alpha_curves",
+    "breakdown_curves",
     "ci_forest",
     "condition_curves",
+    "cosine_heatmaps",
     "decomposition_bar",
     "demo_figure",
     "diffusion_bar",
@@ -48,6 +54,7 @@ __all__ = [
     "feature_view",
     "gap_vs_effect",
     "gate_histogram",
+    "grouped_ci_bars",
     "head_gap_response",
     "kl_by_layer",
     "kl_by_layer_at_strength",
@@ -57,16 +64,22 @@ __all__ = [
     "llama_cpp_agreement_figure",
     "orthogonalisation_equivalence_figure",
     "overlap_heatmap",
+    "pair_scatter",
     "random_control_plot",
+    "real_vs_random",
     "refusal_rate_bars",
     "residual_lens_heatmap",
     "save_html",
     "save_token_view",
+    "segment_shift_bars",
+    "shift_bars",
     "sparsity_tradeoff",
     "spectrum_before_after",
+    "strength_band_curve",
     "strength_curves",
     "token_kl_view",
     "transition_bars",
+    "transition_matrices",
     "transition_sankey",
     "vector_lens_table",
     "zone_heatmap",

@@ -207,7 +207,9 @@ __all__ = ["condition_curves", "decomposition_bar", "diffusion_bar", "feature_vi
 
 def sparsity_tradeoff(runs: Mapping[str, SAEMetrics],
                       out_of_distribution: Mapping[str, SAEMetrics] | None = None,
-                      title: str | None = None) -> go.Figure:
+                      title: str | None = None,
+                      domains: Mapping[str, Mapping[str, SAEMetrics]] | None = None,
+                      target: tuple[float, float] | None = None) -> go.Figure:
     """The sparsity trade-off of SAE training settings: explained variance vs L0, one point per
     setting (e.g. per L1 coefficient), with MSE and dead fraction on hover; a second series for
     the same SAEs on out-of-distribution text when given.
@@ -216,6 +218,9 @@ def sparsity_tradeoff(runs: Mapping[str, SAEMetrics],
         runs: setting label -> held-out metrics.
         out_of_distribution: setting label -> metrics on other text.
         title: the figure title.
+        domains: more series, series name -> (setting label -> metrics), e.g. one per held-out
+            text domain (docs, prose, chat).
+        target: (minimum explained variance, maximum L0) drawn as dashed lines.
 
     Returns:
         A plotly scatter/line chart.
@@ -228,13 +233,20 @@ def sparsity_tradeoff(runs: Mapping[str, SAEMetrics],
     series = [("held-out activations (same corpus)", runs)]
     if out_of_distribution:
         series.append(("out-of-distribution text", out_of_distribution))
+    series += [(name, ms) for name, ms in (domains or {}).items() if ms]
     fig = go.Figure()
+    if target is not None:
+        fig.add_hline(y=target[0], line_dash="dash", line_color="grey",
+                      annotation_text=f"target EV >= {target[0]:g}")
+        fig.add_vline(x=target[1], line_dash="dash", line_color="grey",
+                      annotation_text=f"L0 <= {target[1]:g}")
     for i, (name, ms) in enumerate(series):
         labels = sorted(ms, key=lambda k: ms[k].l0)  # a line along the trade-off
         fig.add_trace(go.Scatter(
             x=[ms[k].l0 for k in labels], y=[ms[k].explained_variance for k in labels],
             mode="lines+markers+text", name=name, text=labels, textposition="top center",
-            marker=dict(size=10, color=_PALETTE[i]), line=dict(color=_PALETTE[i]),
+            marker=dict(size=10, color=_PALETTE[i % len(_PALETTE)]),
+            line=dict(color=_PALETTE[i % len(_PALETTE)]),
             customdata=[[ms[k].mse, ms[k].dead_fraction, ms[k].n_tokens] for k in labels],
             hovertemplate="%{text}: L0 %{x:.1f}, EV %{y:.3f}<br>MSE %{customdata[0]:.3g}, dead "
                           "%{customdata[1]:.1%}, n=%{customdata[2]} tokens<extra></extra>"))

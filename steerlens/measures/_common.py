@@ -5,6 +5,8 @@
 or None) into a context manager. `span_logprobs` scores the content span of each row of a
 `TokenBatch` (the continuation when a prompt was given): the log-probability of every span token
 given everything before it, unembedding only the positions that predict span tokens.
+Precision: `span_logprobs` upcasts the logits to float64 before the log-softmax, whatever the
+model's dtype.
 """
 
 from __future__ import annotations

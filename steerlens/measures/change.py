@@ -6,6 +6,8 @@ n the number of prompts. A vector that changes nothing cannot steer anything, an
 changes everything at a small strength is probably breaking the model, so the rate is a cheap
 first screen before behaviour scoring. The first position at which the two continuations differ
 is kept too: late divergence means the steering acts weakly.
+Precision: greedy choices are argmaxes of the model's own logits (in its dtype); in bf16 near
+ties can flip, which docs/topics/precision.md quantifies.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ times, so the k samples cost one batched generation). Two numbers per prompt:
 
 Sampling is seeded: the same (seed, batch_size, prompts, settings) reproduce the same samples.
 Prompts are batched `batch_size // k` at a time, and batch b uses seed `seed + b`.
+Precision: sampling draws from a float64 softmax of the logits (`generate`), whatever the
+model's dtype.
 """
 
 from __future__ import annotations

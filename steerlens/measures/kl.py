@@ -11,6 +11,9 @@ once, keeps the residual stream entering the lowest steered layer, and runs only
 there up again with the steering attached, so each prompt costs one forward plus the steered
 suffix; only the last position is unembedded. `per_token_kl` gives the KL at every position of
 one text (the prediction made after reading each token), for token-level views.
+Precision: the log-softmax and the KL sum run in float64 whatever the model's dtype (bf16 and
+fp16 logits are upcast exactly), so a half-precision model's KL carries only its own rounding;
+see docs/topics/precision.md for the measured bf16/fp16-vs-fp32 tolerances.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ def kl_bits(
     """KL(softmax(p_logits) || softmax(q_logits)) in bits over the last axis (float64).
 
     Terms where P is exactly zero contribute 0, and tiny negative rounding is clamped to 0, so
-    identical logits give exactly 0.
+    identical logits give exactly 0. Precision: the logits are upcast to float64 before the
+    log-softmax, whatever their dtype (bf16/fp16 logits are used at their exact values), so the
+    KL carries only the model's own rounding (docs/topics/precision.md).
 
     Args:
         p_logits: logits of P (the base model), [..., vocab].
@@ -75,10 +80,14 @@ def kl_bits(
                                  "the steering strength is probably too large for the model's "
                                  "dtype. No KL is returned for them.")
     logp = p_logits.double().log_softmax(-1)
-    logq = q_logits.double().log_softmax(-1).to(logp.device)
-    terms = logp.exp() * (logp - logq)
+    terms = q_logits.double().log_softmax(-1).to(logp.device)
+    # in place: three [..., vocab] float64 buffers at the peak (logp, P, terms) instead of six;
+    # the same IEEE operations as P * (logp - logq), so the same bits
+    terms.neg_().add_(logp)
+    p = logp.exp()
+    terms.mul_(p)
     # 0 * log(0 / q) = 0: drop terms whose P is exactly zero (e.g. -inf logits)
-    terms = torch.where(logp.exp() > 0, terms, torch.zeros_like(terms))
+    terms.masked_fill_(p == 0, 0.0)
     return terms.sum(-1).clamp_min(0.0) / LN2
 
 

@@ -15,6 +15,9 @@ is left out: it cancels in the difference a vector makes.
 and the final one (`resid_post` of the last block) are each put through the final norm and the
 unembedding at one token position, giving the model's "current guess" per layer. The last row
 equals the model's actual output logits there.
+Precision: the residual lens upcasts each layer's logits to float64 before its softmax and
+ranks; the vector lens returns float32 logit effects (a bf16/fp16 model's unembedding is read
+in its own dtype by the backend). See docs/topics/precision.md.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ grade itself. `continuation_perplexity` re-tokenizes texts exactly as `runtime.e
 ids a `Generation` produced. `text_perplexity` scores plain (e.g. held-out) text after BOS, and may
 be steered, to measure how much a vector degrades language modelling. Only positions that predict
 scored tokens are unembedded.
+Precision: log-probabilities come from a float64 log-softmax of the (upcast) logits and the mean
+NLL is a float64 sum, whatever the model's dtype (docs/topics/precision.md).
 """
 
 from __future__ import annotations

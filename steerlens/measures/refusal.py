@@ -21,6 +21,8 @@ mediated by a single direction"):
 
 `refusal_prompts(split)` loads the shipped harmful / harmless prompt sets
 (`data/behaviours/refusal/{harmful,harmless}.jsonl`, fixed train/test split; see the README there).
+Precision: prefix log-probabilities are float64 (`span_logprobs`) and the sum over prefixes
+runs in numpy float64, whatever the model's dtype (docs/topics/precision.md).
 """
 
 from __future__ import annotations

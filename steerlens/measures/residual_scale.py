@@ -9,6 +9,8 @@ constant "massive activation" dimensions. `scale_to_residual` rescales every lay
 that norm, so strength alpha then adds alpha x (typical residual norm) at every layer: a scale
 comparable across layers and models. Which of the two norms is "right" is a modelling choice, and
 conclusions can depend on it (see the base-vs-instruct finding in the README).
+Precision: norms and medians are computed in float64 from the float32 activations that
+`extract` returns, whatever the model's dtype.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ failing item as NaN plus an error instead of stopping.
 `ab_logprob` scores CAA-style multiple-choice items (Rimsky et al. 2024): for each question it
 compares the log-probability of the answer showing the behaviour with the other answer(s), each
 answer scored as a full continuation (so multi-token answers are handled), optionally steered.
+Precision: `ab_logprob`'s answer log-probabilities are float64 (`span_logprobs`), and the
+softmax over answers runs in numpy float64, whatever the model's dtype.
 """
 
 from __future__ import annotations

@@ -276,6 +276,7 @@ def cache_activations(
     root: str | Path | None = None,
     show_progress: bool = True,
     autocast_bf16: bool = False,
+    max_shards: int | None = None,
 ) -> ActivationCache:
     """Cache about `n_tokens` activations of `site` (resumable; returns the finished cache).
 
@@ -296,9 +297,11 @@ def cache_activations(
             its spec.
         show_progress: show a progress bar.
         autocast_bf16: run the model under bfloat16 autocast.
+        max_shards: compute (and return) only the first this many shards; the cache's spec and
+            directory stay those of the full `n_tokens`, so a later call completes it.
 
     Returns:
-        The finished `ActivationCache`.
+        The finished `ActivationCache` (its first `max_shards` shards when that is given).
 
     Raises:
         ValueError: if the site is invalid, n_tokens < 1, or the corpus is empty or too small.
@@ -326,6 +329,8 @@ def cache_activations(
         raise ValueError(f"The corpus yields {len(windows) * (context_size - 1)} tokens in "
                          f"windows of {context_size}, fewer than n_tokens={n_tokens}.")
     n_shards = -(-len(windows) // seqs_per_shard)
+    if max_shards is not None:
+        n_shards = min(n_shards, max_shards)
     cache = ActivationCache(path, spec, (), 0, 0.0)
     t0 = time.perf_counter()
     sizes: list[int] = []
@@ -347,6 +352,8 @@ def cache_activations(
         sizes.append(int(acts.shape[0]))
         outliers += n_out
     done = ActivationCache(path, spec, tuple(sizes), outliers, time.perf_counter() - t0)
+    if max_shards is not None:
+        return done
     atomic_write_text(path / "manifest.json", json.dumps(
         {"shard_sizes": sizes, "n_outliers": outliers, "n_tokens": done.n_tokens}, indent=1))
     return done
@@ -374,7 +381,7 @@ def _shard_acts(model: Model, rows, site, batch_size, outlier_factor,
     return torch.cat(parts).contiguous(), n_out
 
 
-def iter_batches(cache: ActivationCache, shards: Sequence[int], batch_size: int, seed: int,
+def iter_batches(cache: ActivationCache | MixedCache, shards: Sequence[int], batch_size: int, seed: int,
                  start_batch: int = 0, group: int = 8) -> Iterator[Tensor]:
     """Shuffled fp32 batches over `shards`, looping over epochs; deterministic in `seed`.
 
@@ -384,7 +391,7 @@ def iter_batches(cache: ActivationCache, shards: Sequence[int], batch_size: int,
     how training resumes at the exact data position.
 
     Args:
-        cache: the activation cache.
+        cache: the activation cache (or a `MixedCache`).
         shards: the shard indices to draw from.
         batch_size: rows per batch.
         seed: the shuffling seed.
@@ -421,3 +428,121 @@ def iter_batches(cache: ActivationCache, shards: Sequence[int], batch_size: int,
                 yield rows[perm[b * batch_size:(b + 1) * batch_size]].float()
             skip = 0
         epoch += 1
+
+
+def open_cache(path: str | Path, max_shards: int | None = None) -> ActivationCache:
+    """Open a cache directory as it stands: its spec and the complete shards 0, 1, ... on disk.
+
+    A cache whose `cache_activations` call was stopped early is usable this way: shards are
+    computed in stream order, so the shards present are a prefix of the full cache.
+
+    Args:
+        path: the cache directory (holding spec.json).
+        max_shards: use at most this many shards (None: all consecutive ones present).
+
+    Returns:
+        The `ActivationCache` (seconds = 0).
+
+    Raises:
+        ValueError: if spec.json is missing or corrupt, or no shard is present.
+    """
+    path = Path(path)
+    try:
+        spec = ActivationSpec(**json.loads((path / "spec.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"{path} is not an activation cache (spec.json unreadable: {e}).") from e
+    probe = ActivationCache(path, spec, (), 0, 0.0)
+    sizes: list[int] = []
+    outliers = 0
+    while max_shards is None or len(sizes) < max_shards:
+        shard = probe.shard_path(len(sizes))
+        if not shard.exists():
+            break
+        d = read_shard(shard)
+        sizes.append(int(d["acts"].shape[0]))
+        outliers += int(d["n_outliers"].item())
+    if not sizes:
+        raise ValueError(f"The activation cache {path} has no shards yet.")
+    return ActivationCache(path, spec, tuple(sizes), outliers, 0.0)
+
+
+@dataclass(frozen=True)
+class MixedCache:
+    """Several activation caches of one site read as one: shard i of the mix is a shard of one of
+    them, interleaved in proportion to their shard counts (deterministic), so training batches
+    drawn by `iter_batches` mix the domains.
+
+    Attributes:
+        caches: the caches (same hook and width).
+        names: a label per cache (e.g. "docs", "chat").
+        order: (cache index, shard index) per mixed shard.
+    """
+
+    caches: tuple[ActivationCache, ...]
+    names: tuple[str, ...]
+    order: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, caches: Sequence[ActivationCache], names: Sequence[str]) -> MixedCache:
+        """Mix caches; their shards are interleaved by fractional position.
+
+        Args:
+            caches: the caches (same hook name and width).
+            names: one label per cache.
+
+        Returns:
+            The `MixedCache`.
+
+        Raises:
+            ValueError: for no caches, mismatched names, or caches of different sites or widths.
+        """
+        if not caches or len(caches) != len(names):
+            raise ValueError(f"Need one name per cache and at least one cache; got "
+                             f"{len(caches)} caches and {len(names)} names.")
+        sites = {(c.spec.hook_name, c.spec.d_model) for c in caches}
+        if len(sites) != 1:
+            raise ValueError(f"Caches to mix must be of one hook and width; got {sorted(sites)}.")
+        keyed = [((j + 0.5) / c.n_shards, k, j) for k, c in enumerate(caches)
+                 for j in range(c.n_shards)]
+        order = tuple((k, j) for _, k, j in sorted(keyed))
+        return cls(tuple(caches), tuple(names), order)
+
+    @property
+    def spec(self) -> ActivationSpec:
+        """The first cache's spec (hook name and width are shared)."""
+        return self.caches[0].spec
+
+    @property
+    def shard_sizes(self) -> tuple[int, ...]:
+        """Activations per mixed shard."""
+        return tuple(self.caches[k].shard_sizes[j] for k, j in self.order)
+
+    @property
+    def n_shards(self) -> int:
+        """Number of shards in all."""
+        return len(self.order)
+
+    @property
+    def n_tokens(self) -> int:
+        """Activations in all."""
+        return sum(self.shard_sizes)
+
+    def tokens_by_name(self) -> dict[str, int]:
+        """Activations per mixed cache.
+
+        Returns:
+            name -> number of activations.
+        """
+        return {n: c.n_tokens for n, c in zip(self.names, self.caches)}
+
+    def load_shard(self, i: int) -> Float[Tensor, "tokens d_model"]:
+        """Mixed shard `i`'s activations (fp16, as stored).
+
+        Args:
+            i: the mixed shard index.
+
+        Returns:
+            The activations, [tokens, d_model].
+        """
+        k, j = self.order[i]
+        return self.caches[k].load_shard(j)

@@ -422,6 +422,32 @@ def corpus_from_texts(texts: Sequence[str], tokenizer, source: str = "user") -> 
     return Corpus(docs, prov)
 
 
+def heldout_split(texts: Sequence[str], every: int = 50) -> tuple[list[str], list[str]]:
+    """Split documents into training and held-out ones by a hash of each text (order-free).
+
+    A text is held out when blake2b(text) % every == 0, so the split of a document does not
+    depend on which other documents are present or on their order.
+
+    Args:
+        texts: the documents.
+        every: about one in `every` documents is held out (>= 2).
+
+    Returns:
+        (training texts, held-out texts), each in input order.
+
+    Raises:
+        ValueError: if every < 2.
+    """
+    if every < 2:
+        raise ValueError(f"every must be >= 2 (one in `every` documents is held out), got {every}.")
+    train: list[str] = []
+    held: list[str] = []
+    for t in texts:
+        h = int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "big")
+        (held if h % every == 0 else train).append(t)
+    return train, held
+
+
 # ---------------------------------------------------------------------------------- caching
 
 

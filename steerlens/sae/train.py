@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..checks import NonFiniteError
 from ..io import apply_umask, atomic_write_text, commit_entries, read_bounded, resolve_entry
-from .activations import ActivationCache, iter_batches
+from .activations import ActivationCache, MixedCache, iter_batches
 
 ARCHITECTURES = ("standard", "topk")
 CHECKPOINT_DIR = "checkpoint"
@@ -105,6 +105,9 @@ class SAETrainConfig:
         for name in ("d_in", "d_sae", "batch_size", "train_tokens", "checkpoint_every", "k"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.eval_shards < 0:
+            raise ValueError(f"eval_shards must be >= 0 (0: evaluate on activations passed to "
+                             f"train_sae as eval_acts), got {self.eval_shards}.")
         if self.l1_coefficient < 0 or self.lr <= 0:
             raise ValueError("l1_coefficient must be >= 0 and lr > 0.")
         if self.train_tokens < self.batch_size:
@@ -395,11 +398,12 @@ class TrainingInterrupted(RuntimeError):
     """Raised by a step callback to stop training (the last checkpoint stays on disk)."""
 
 
-def split_shards(cache: ActivationCache, eval_shards: int) -> tuple[list[int], list[int]]:
+def split_shards(cache: ActivationCache | MixedCache,
+                 eval_shards: int) -> tuple[list[int], list[int]]:
     """The training and held-out shard indices of a cache (the last `eval_shards` are held out).
 
     Args:
-        cache: the activation cache.
+        cache: the activation cache (or a `MixedCache`).
         eval_shards: how many shards to hold out.
 
     Returns:
@@ -415,31 +419,35 @@ def split_shards(cache: ActivationCache, eval_shards: int) -> tuple[list[int], l
     return list(range(n)), list(range(n, cache.n_shards))
 
 
-def eval_activations(cache: ActivationCache, eval_shards: int) -> Tensor:
+def eval_activations(cache: ActivationCache | MixedCache, eval_shards: int) -> Tensor:
     """The held-out activations of a cache, in float32.
 
     Args:
-        cache: the activation cache.
+        cache: the activation cache (or a `MixedCache`).
         eval_shards: how many final shards are held out.
 
     Returns:
         The held-out activations, [n, d_model].
 
     Raises:
-        ValueError: as `split_shards`.
+        ValueError: as `split_shards`, or if eval_shards is 0 (nothing held out).
     """
+    if eval_shards < 1:
+        raise ValueError("eval_shards is 0, so the cache holds no held-out shards; pass held-out "
+                         "activations to train_sae as eval_acts.")
     _, ev = split_shards(cache, eval_shards)
     return torch.cat([cache.load_shard(i) for i in ev]).float()
 
 
 def train_sae(
-    cache: ActivationCache,
+    cache: ActivationCache | MixedCache,
     config: SAETrainConfig,
     out_dir: str | Path,
     *,
     max_steps: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
     show_progress: bool = True,
+    eval_acts: Float[Tensor, "n d_in"] | None = None,
 ) -> TrainResult:
     """Train (or resume) an SAE on `cache`; checkpoints and the final SAE go to `out_dir`.
 
@@ -448,15 +456,18 @@ def train_sae(
     is split; `on_step(step, loss)` is called after every step and may raise to interrupt.
 
     Args:
-        cache: the activation cache to train on (its last `config.eval_shards` shards are held out).
+        cache: the activation cache to train on (its last `config.eval_shards` shards are held
+            out), or a `MixedCache` of several (e.g. docs and chat).
         config: the training config.
         out_dir: the run directory; an existing checkpoint there is resumed.
         max_steps: stop after this many total steps (None: train to the end).
         on_step: called as `on_step(step, loss)` after every step.
         show_progress: show a progress bar.
+        eval_acts: held-out activations to compute the metrics on (None: the cache's last
+            `config.eval_shards` shards, which must then be >= 1).
 
     Returns:
-        A `TrainResult`; metrics are on the held-out shards.
+        A `TrainResult`; metrics are on `eval_acts` or the held-out shards.
 
     Raises:
         ValueError: if the cache does not match the config (width, hook), has too few shards, or a
@@ -470,6 +481,9 @@ def train_sae(
     if cache.spec.hook_name != config.hook_name:
         raise ValueError(f"The activation cache is for {cache.spec.hook_name!r} but the config "
                          f"names {config.hook_name!r}.")
+    if eval_acts is None and config.eval_shards < 1:
+        raise ValueError("config.eval_shards is 0 and no eval_acts were given: there is nothing "
+                         "to evaluate on. Pass held-out activations or set eval_shards >= 1.")
     train_shards, _ = split_shards(cache, config.eval_shards)
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -516,13 +530,34 @@ def train_sae(
     if trainer.n_training_steps % config.checkpoint_every != 0:
         _save_checkpoint(run_dir, trainer, config)
     final = _finalise(trainer)
-    metrics = sae_metrics(final, eval_activations(cache, config.eval_shards))
+    held = eval_acts if eval_acts is not None else eval_activations(cache, config.eval_shards)
+    metrics = sae_metrics(final, held.float())
     result = TrainResult(config, metrics, trainer.n_training_samples, trainer.n_training_steps,
                          seconds, tuple(losses), start, run_dir)
     if trainer.n_training_steps >= config.total_steps:
         save_sae(final, run_dir / "sae", dtype=torch.float32)
         atomic_write_text(run_dir / "metrics.json", json.dumps(result_dict(result), indent=1))
     return result
+
+
+def checkpoint_sae(config: SAETrainConfig, out_dir: str | Path) -> tuple[object, int]:
+    """The inference SAE of a run's latest checkpoint, e.g. of a run stopped before the end.
+
+    Args:
+        config: the run's training config.
+        out_dir: the run directory.
+
+    Returns:
+        (sae_lens.SAE with the activation scale folded in, the checkpoint's step).
+
+    Raises:
+        ValueError: if the run has no checkpoint, or it is corrupt or from another config.
+    """
+    trainer = _trainer(config, build_training_sae(config), iter(()))
+    step = _load_checkpoint(Path(out_dir), trainer, config)
+    if step == 0:
+        raise ValueError(f"{out_dir} holds no checkpoint of this config; train first.")
+    return _finalise(trainer), step
 
 
 def _finalise(trainer):

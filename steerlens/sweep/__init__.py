@@ -10,13 +10,16 @@ continuation is generated once per prompt. Results stream to disk (`store.py`) a
 sweep resumes where it stopped. `n_random` adds norm-matched random directions run through the same
 grid (`control.py`), and `compare_random` sets the real vector against them. Modules: grid
 (validation and fingerprint), engine, store (the cell log and `load_sweep`, which reopens a results
-directory without the model), result (table, summaries, per-layer effects, zones), control.
+directory without the model), result (table, summaries, per-layer effects, zones), control, and
+executor (`sweep(..., executor=RayExecutor(...))` runs the engine's units on Ray workers; the
+default runs them in-process and needs no Ray).
 """
 
 from ..config import SWEEP_MEASURES as MEASURES
 from ..config import SweepConfig
 from .control import RANDOM_PREFIX, compare_random, random_controls
 from .engine import sweep
+from .executor import Executor, LocalExecutor, ModelLoader, RayExecutor, WorkUnit
 from .grid import SweepGrid, make_grid
 from .result import MEASURE_COLUMNS, ZONES, SweepResult, effect_values, layer_effect, zones
 from .store import (
@@ -39,6 +42,11 @@ __all__ = [
     "RANDOM_PREFIX",
     "ZONES",
     "CellStore",
+    "Executor",
+    "LocalExecutor",
+    "ModelLoader",
+    "RayExecutor",
+    "WorkUnit",
     "CorruptStoreError",
     "RepairReport",
     "SweepConfig",

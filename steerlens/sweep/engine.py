@@ -32,6 +32,13 @@ are execution choices that do not change a cell's value, so they stay arguments.
 results is appended to the store (`store.py`) as soon as it is computed, so an
 interrupted sweep rerun with the same settings and `out_dir` computes only the missing cells.
 The store holds `out_dir`'s lock for the whole call (released on every exit path).
+
+Units. The work is planned as `WorkUnit`s (data, see `executor.py`): a KL unit is one prompt
+chunk x one (vector, layer) with its strengths as rows, a "base" unit one chunk's unsteered
+continuations, a "gen" unit one (vector, layer)'s steered continuations. `run_unit` runs one
+in any process and returns its records; this process (the driver) is the only writer of the
+store. `executor=None` runs the units here in order; a `RayExecutor` runs them on Ray actors
+that load the model themselves, with the same results.
 """
 
 from __future__ import annotations
@@ -51,9 +58,18 @@ from ..generate import Generation, generate
 from ..measures import first_divergence, generation_perplexity, get_scorer, kl_bits, safe_score
 from ..progress import progress
 from ..steer import steer
+from .executor import (
+    Executor,
+    LocalExecutor,
+    SweepJob,
+    UnitContext,
+    UnitResult,
+    WorkUnit,
+    probe_logits,
+)
 from .grid import SweepGrid, make_grid, scorer_label
 from .result import SweepResult, build_tables
-from .store import CellStore
+from .store import CellStore, Key
 
 Row = tuple[float, int]  # (strength, prompt_idx)
 
@@ -84,7 +100,7 @@ class _PromptChunk:
         self.batch: runtime.TokenBatch | None = None
         self.resid: dict[int, torch.Tensor] = {}
         self.base_logits: torch.Tensor | None = None
-        self.pending = 0  # units still to run; the cache is dropped when it reaches 0
+        self.group: tuple | None = None  # the WorkUnit.group it serves
 
     def ensure(self, counts: _Counts) -> None:
         if self.batch is not None:
@@ -111,16 +127,25 @@ class _PromptChunk:
             raise _unsteered_error(self.idxs, err) from err
         self.batch, self.resid, self.base_logits = batch, cache, base_logits
 
-    def done_one(self) -> None:
-        self.pending -= 1
-        if self.pending <= 0:
-            self.batch, self.resid, self.base_logits = None, {}, None
+
+# ------------------------------------------------------------------------------ planning units
 
 
-def _kl_units(model: Model, spec: SweepGrid, store: CellStore, counts: _Counts, batch_size: int
-              ) -> list[Callable[[], None]]:
-    """Plan the KL work; strength-0 cells are recorded at once (0 bits, no forward)."""
-    units: list[Callable[[], None]] = []
+def _plan_units(spec: SweepGrid, store: CellStore, batch_size: int
+                ) -> tuple[list[dict], list[WorkUnit]]:
+    """Plan the work still missing from `store`: strength-0 KL records (0 bits, no forward)
+    and the units to run, KL units first (grouped by prompt chunk), then "base" and "gen"."""
+    zero_recs, units = _kl_plan(spec, store, batch_size)
+    if spec.generate:
+        units += _gen_plan(spec, store, batch_size)
+    return zero_recs, units
+
+
+def _kl_plan(spec: SweepGrid, store: CellStore, batch_size: int
+             ) -> tuple[list[dict], list[WorkUnit]]:
+    """KL units: per prompt chunk, per (vector, layer), the missing non-zero rows in pieces of
+    at most `batch_size`; each unit names its chunk and the layers the chunk forward keeps."""
+    units: list[WorkUnit] = []
     zero_recs = []
     order = range(len(spec.prompts))
     for start in range(0, len(spec.prompts), batch_size):
@@ -138,14 +163,87 @@ def _kl_units(model: Model, spec: SweepGrid, store: CellStore, counts: _Counts, 
                             todo.setdefault((name, layer), []).append((s, p))
         if not todo:
             continue
-        chunk = _PromptChunk(model, spec, idxs, sorted({layer for _, layer in todo}))
+        layers = tuple(sorted({layer for _, layer in todo}))
         for (name, layer), rows in todo.items():
             for piece in _split(rows, batch_size):
-                chunk.pending += 1
-                units.append(_kl_unit(model, spec, store, counts, chunk, name, layer, piece))
-    counts.records += len(zero_recs)
-    store.add(zero_recs)
+                units.append(WorkUnit("kl", tuple(piece), tuple(idxs), name, layer, layers))
+    return zero_recs, units
+
+
+def _gen_plan(spec: SweepGrid, store: CellStore, batch_size: int) -> list[WorkUnit]:
+    """Generation units: the missing unsteered continuations in chunks, then per (vector, layer)
+    the missing non-zero rows in pieces of at most `batch_size` (strength-0 cells copy the
+    baseline on the driver, `_zero_gen_cells`)."""
+    units = [WorkUnit("base", idxs=tuple(piece)) for piece in _split(
+        [p for p in range(len(spec.prompts)) if ("base", p) not in store], batch_size)]
+    for name in spec.names:
+        for layer in spec.layers:
+            rows = [(s, p) for s in spec.strengths if s != 0.0 for p in range(len(spec.prompts))
+                    if _cell("gen", name, layer, s, p) not in store]
+            units += [WorkUnit("gen", tuple(piece), name=name, layer=layer)
+                      for piece in _split(rows, batch_size)]
     return units
+
+
+def _zero_gen_cells(spec: SweepGrid, store: CellStore) -> list[tuple[str, int, float, int]]:
+    return [(name, layer, s, p) for name in spec.names for layer in spec.layers
+            for s in spec.strengths if s == 0.0 for p in range(len(spec.prompts))
+            if _cell("gen", name, layer, s, p) not in store]
+
+
+# ------------------------------------------------------------------------------ running units
+
+
+class _UnitStore:
+    """The store a unit's kernels see in any process: the records it needs, and what it adds."""
+
+    def __init__(self, needs: dict[Key, dict]) -> None:
+        self.records = dict(needs)
+        self.added: list[dict] = []
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self.records
+
+    def get(self, key: Key) -> dict | None:
+        return self.records.get(key)
+
+    def add(self, records: Iterable[dict]) -> None:
+        for rec in records:
+            self.added.append(rec)
+            part = rec["part"]
+            key = (("base", rec["prompt_idx"]) if part == "base" else
+                   (part, rec["vector"], rec["layer"], float(rec["strength"]), rec["prompt_idx"]))
+            self.records[key] = rec
+
+
+def run_unit(ctx: UnitContext, unit: WorkUnit, needs, worker: str = "local") -> UnitResult:
+    """Run one unit on this process's model and return its records (the driver stores them).
+
+    Args:
+        ctx: this process's model, grid, scorer and cached prompt chunk.
+        unit: the unit.
+        needs (Mapping[Key, dict]): the stored records the unit reads (`unit.needs`).
+        worker: who runs it, recorded in the result.
+
+    Returns:
+        The `UnitResult`: the unit's records and the model passes it ran.
+
+    Raises:
+        NonFiniteError: when the unsteered model produces non-finite values.
+    """
+    counts = _Counts()
+    local = _UnitStore(dict(needs))
+    spec, bs = ctx.grid, ctx.job.batch_size
+    if unit.kind == "kl":
+        _kl_unit(ctx, local, counts, unit)
+    else:
+        ctx.close()  # KL units come first; their cached chunk is not needed any more
+        if unit.kind == "base":
+            _base_unit(ctx.model, spec, local, counts, ctx.scorer, bs, list(unit.idxs))()
+        else:
+            _gen_unit(ctx.model, spec, local, counts, ctx.scorer, bs, unit.name, unit.layer,
+                      list(unit.rows))()
+    return UnitResult(tuple(local.added), dict(counts.passes), worker)
 
 
 def _kl_record(spec: SweepGrid, name: str, layer: int, s: float, p: int, bits: float) -> dict:
@@ -193,8 +291,18 @@ def _isolating(rows: list[Row], compute: Callable[[list[Row]], None],
         _isolating(rows[mid:], compute, fail)
 
 
-def _kl_unit(model: Model, spec, store, counts, chunk: _PromptChunk, name: str, layer: int,
-             rows: list[Row]) -> Callable[[], None]:
+def _kl_unit(ctx: UnitContext, store: _UnitStore, counts: _Counts, unit: WorkUnit) -> None:
+    """One KL unit: the chunk's unsteered forward (cached in `ctx` for the next unit of the same
+    chunk), then one steered forward from `layer` over the unit's rows."""
+    model, spec, name, layer = ctx.model, ctx.grid, unit.name, unit.layer
+    chunk = ctx.chunk
+    if chunk is None or chunk.group != unit.group:
+        ctx.close()  # at most one chunk's residuals are held
+        chunk = _PromptChunk(model, spec, list(unit.idxs), list(unit.chunk_layers))
+        chunk.group = unit.group
+        ctx.chunk = chunk
+    chunk.ensure(counts)
+
     def compute(rows: list[Row]) -> None:
         batch = chunk.batch
         local = torch.tensor([chunk.local[p] for _, p in rows], device=batch.tokens.device)
@@ -221,12 +329,7 @@ def _kl_unit(model: Model, spec, store, counts, chunk: _PromptChunk, name: str, 
         store.add([_failed_kl_record(spec, name, layer, row[0], row[1], _error_text(err))])
         counts.records += 1
 
-    def run() -> None:
-        chunk.ensure(counts)
-        _isolating(rows, compute, fail)
-        chunk.done_one()
-
-    return run
+    _isolating(list(unit.rows), compute, fail)
 
 
 # ------------------------------------------------------------------------------ generation
@@ -244,27 +347,6 @@ def _measure_generation(model: Model, gen: Generation, scorer, batch_size: int, 
     for e in errs:
         errors[e.index] = e.error
     return list(ppl), [float(x) for x in scores], errors
-
-
-def _gen_units(model: Model, spec: SweepGrid, store: CellStore, counts: _Counts, scorer,
-               batch_size: int) -> list[Callable[[], None]]:
-    units: list[Callable[[], None]] = []
-    missing_base = [p for p in range(len(spec.prompts)) if ("base", p) not in store]
-    for piece in _split(missing_base, batch_size):
-        units.append(_base_unit(model, spec, store, counts, scorer, batch_size, piece))
-    zero = [(name, layer, s, p) for name in spec.names for layer in spec.layers
-            for s in spec.strengths if s == 0.0 for p in range(len(spec.prompts))
-            if _cell("gen", name, layer, s, p) not in store]
-    if zero:
-        units.append(_zero_unit(store, counts, zero))
-    for name in spec.names:
-        for layer in spec.layers:
-            rows = [(s, p) for s in spec.strengths if s != 0.0 for p in range(len(spec.prompts))
-                    if _cell("gen", name, layer, s, p) not in store]
-            for piece in _split(rows, batch_size):
-                units.append(_gen_unit(model, spec, store, counts, scorer, batch_size, name,
-                                       layer, piece))
-    return units
 
 
 def _base_unit(model: Model, spec, store, counts, scorer, batch_size, idxs: list[int]):
@@ -351,6 +433,7 @@ def sweep(
     on_corrupt: str = "raise",
     batch_size: int = 32,
     show_progress: bool = True,
+    executor: Executor | None = None,
     **settings: Any,
 ) -> SweepResult:
     """Run a layers x strengths x prompts grid for one or several vectors; return a tidy table.
@@ -374,6 +457,10 @@ def sweep(
             the missing ones; see `repair_store`).
         batch_size: most rows per forward.
         show_progress: show a progress bar.
+        executor: where the units run: None (default) in this process on `model`; a
+            `RayExecutor` on Ray actors that each load the model (see `executor.py`). The
+            results, the store and resuming are the same either way; this process stays the
+            only writer of `out_dir`.
         **settings: `SweepConfig` field overrides, e.g. `layers=[4, 8], strengths=[0, 2],
             n_random=20`; `max_new_tokens` sets `generation.max_new_tokens`.
 
@@ -385,7 +472,8 @@ def sweep(
 
     Raises:
         ValueError: for invalid settings, vectors, layers or prompts, an `out_dir` that holds a
-            sweep with other settings, or one another sweep is writing (its lock is held).
+            sweep with other settings, or one another sweep is writing (its lock is held), an
+            `executor` that is not an Executor, or (Ray) workers whose model is not the driver's.
         CorruptStoreError: a damaged line in `out_dir`'s log (with `on_corrupt="raise"`).
         NonFiniteError: when the unsteered model itself produces non-finite values.
 
@@ -402,14 +490,47 @@ def sweep(
     score_fn = None
     if grid.config.scorer is not None:
         score_fn = get_scorer(scorer if scorer is not None else _scorer_spec(grid.config.scorer))
+    if executor is not None and not isinstance(executor, Executor):
+        raise ValueError(f"executor must be None (run here) or an Executor such as "
+                         f"steerlens.sweep.RayExecutor, got {type(executor).__name__}.")
     counts = _Counts()
-    with CellStore.open(out_dir, grid.fingerprint(model), resume, on_corrupt) as store:
-        units = _kl_units(model, grid, store, counts, batch_size)
-        if grid.generate:
-            units += _gen_units(model, grid, store, counts, score_fn, batch_size)
-        for run in progress(units, desc="sweep", enabled=show_progress and bool(units),
-                            total=len(units)):
-            run()
+    fingerprint = grid.fingerprint(model)
+    with CellStore.open(out_dir, fingerprint, resume, on_corrupt) as store:
+        zero_kl, units = _plan_units(grid, store, batch_size)
+        counts.records += store.add_new(zero_kl)
+        zero_gen = _zero_gen_cells(grid, store) if grid.generate else []
+
+        def flush_zero_gen() -> None:  # strength-0 continuations copy the baseline
+            nonlocal zero_gen
+            if zero_gen and all(("base", p) in store for *_, p in zero_gen):
+                _zero_unit(store, counts, zero_gen)()
+                zero_gen = []
+
+        flush_zero_gen()
+        if units:
+            job_scorer = scorer if scorer is not None or grid.config.scorer is None else \
+                _scorer_spec(grid.config.scorer)
+            job = SweepJob.from_grid(grid, fingerprint, job_scorer, batch_size,
+                                     None if executor is None else probe_logits(model, grid),
+                                     runner=run_unit)
+            ticks = iter(progress(range(len(units)), desc="sweep", enabled=show_progress,
+                                  total=len(units)))
+
+            def on_result(unit: WorkUnit, result: UnitResult) -> None:
+                counts.records += store.add_new(result.records)  # the driver is the only writer
+                for kind, n in result.passes.items():
+                    counts.passes[kind] = counts.passes.get(kind, 0) + n
+                if unit.kind == "base":
+                    flush_zero_gen()
+                next(ticks, None)
+
+            if executor is None:
+                LocalExecutor().run(model, job, units, store.get, on_result, scorer=score_fn)
+            else:
+                executor.run(model, job, units, store.get, on_result)
+            for _ in ticks:
+                pass
+        flush_zero_gen()
         table, baseline = build_tables(grid, store)
     n_failed = int(table["failed"].sum())
     if n_failed:

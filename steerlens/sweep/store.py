@@ -567,6 +567,28 @@ class CellStore:
         for r in recs:
             self.records[record_key(r)] = r
 
+    def add_new(self, records: Iterable[dict[str, Any]]) -> int:
+        """Append only the records whose key is not stored yet (each cell is written once).
+
+        A distributed sweep's driver stores results through this, so a unit that was rerun
+        after its worker died, or whose result arrives twice, never duplicates a cell.
+
+        Args:
+            records: the new records.
+
+        Returns:
+            How many were added.
+        """
+        seen: set[Key] = set()
+        fresh = []
+        for r in records:
+            key = record_key(r)
+            if key not in self.records and key not in seen:
+                seen.add(key)
+                fresh.append(r)
+        self.add(fresh)
+        return len(fresh)
+
 
 def _differences(found: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
     """Names of the settings that differ, looking inside the nested "config" dict."""
