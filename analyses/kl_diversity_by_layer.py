@@ -153,6 +153,16 @@ def per_prompt_group_kl(table: pd.DataFrame, vector: str, layers) -> np.ndarray:
 SCALES = {"raw": "x mean-diff vector", "resid": "x median residual norm"}
 
 
+
+def mid_late_ratio(ts, rnd, mid, late):
+    """The vector's per-prompt mid and late KL, their ratio of means with a bootstrap CI, and
+    the same ratio for every random direction in `rnd`."""
+    num = per_prompt_group_kl(ts, "sentiment", mid)
+    den = per_prompt_group_kl(ts, "sentiment", late)
+    rr = [per_prompt_group_kl(ts, v, mid).mean() / per_prompt_group_kl(ts, v, late).mean()
+          for v in rnd]
+    return num, den, ratio_ci(num, den, n_boot=4000), rr
+
 def kl_part(model, ctx, st, beh, prompts):
     """Two KL sweeps (raw and residual-scaled vector); returns their results and the vectors."""
     n = runtime.n_layers(model)
@@ -195,11 +205,7 @@ def kl_findings(results, strengths, layers, n_layers, args, n) -> tuple[list[Fin
                 f"last layer L{layers[-1]}: {fmt(by_layer.loc[layers[-1]])} bits"))
             if mid is None:
                 continue
-            num = per_prompt_group_kl(ts, "sentiment", mid)
-            den = per_prompt_group_kl(ts, "sentiment", late)
-            c = ratio_ci(num, den, n_boot=4000)
-            rr = [per_prompt_group_kl(ts, v, mid).mean() / per_prompt_group_kl(ts, v, late).mean()
-                  for v in rnd]
+            num, den, c, rr = mid_late_ratio(ts, rnd, mid, late)
             ratios.append({"scale": scale, "strength": s_, "mid": mid, "late": late,
                            "ratio": c.estimate, "low": c.low, "high": c.high,
                            "mid_mean": float(num.mean()), "late_mean": float(den.mean()),
@@ -268,11 +274,7 @@ def kl_control_findings(t: pd.DataFrame, mid, late, n: int) -> tuple[list[Findin
              "not supported: inside the random band") + " (peak chosen on the same data)"))
         if mid is None:
             continue
-        num = per_prompt_group_kl(ts, "sentiment", mid)
-        den = per_prompt_group_kl(ts, "sentiment", late)
-        c = ratio_ci(num, den, n_boot=4000)
-        rr = [per_prompt_group_kl(ts, v, mid).mean() / per_prompt_group_kl(ts, v, late).mean()
-              for v in rnd]
+        num, den, c, rr = mid_late_ratio(ts, rnd, mid, late)
         e = empirical_p(c.estimate, rr, "greater")
         rows.append({"strength": s_, "stat": "mid_late_ratio", "mid": mid, "late": late,
                      "real": c.estimate, "low": c.low, "high": c.high, "random": rr,

@@ -25,19 +25,25 @@ import torch
 from _record import write
 
 from steerlens.backend import fast, load_model, runtime
-from steerlens.backend.loading import cached_hf_export
+from steerlens.backend.loading import DTYPE_NAMES, cached_hf_export
 from steerlens.generate import generate
 from steerlens.methods import random_like
 from steerlens.pairs import load_behaviour
 from steerlens.vectors import SteeringVector
 
 
-def hf_model(name: str):
+def hf_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
     path = cached_hf_export(name)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    return model.eval()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    return model.to(device).eval()
+
+
+def sync(device: str) -> None:
+    """Wait for queued CUDA work, so a timer stops when the GPU is done."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def hf_steering(hf, layer: int, direction: torch.Tensor, strength: float):
@@ -85,18 +91,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--with-plain", action="store_true",
                     help="also time TransformerLens' own decode path")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both libraries)")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPE_NAMES),
+                    help="weights' dtype for both libraries")
     ap.add_argument("--out", default=None, help="results directory (default results/benchmarks)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model, device="cpu")
-    hf = hf_model(args.model)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    hf = hf_model(args.model, args.device, DTYPE_NAMES[args.dtype])
     beh = load_behaviour("sentiment")
     prompts = (list(beh.eval_prompts) * 8)[: args.n]
     batch = runtime.encode_prompts(model, prompts, chat=True)
     vec = random_like(SteeringVector({args.layer: torch.ones(runtime.d_model(model))})
                       .normalized(1.0), seed=0)
-    direction = vec[args.layer].float()
+    direction = vec[args.layer].to(args.device, DTYPE_NAMES[args.dtype])
     stop = runtime.eos_ids(model)
     settings = dict(max_new_tokens=args.tokens, stop_at_eos=False)
 
@@ -135,8 +144,10 @@ def main() -> None:
     outputs: dict[str, list] = {}
     for _ in range(args.repeats):
         for name, fn in cases.items():
+            sync(args.device)
             t = time.perf_counter()
             outputs[name] = fn()
+            sync(args.device)
             times[name].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
@@ -194,7 +205,7 @@ def main() -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     write("generate", {**{k: v for k, v in vars(args).items() if k != "out"},
                        "timing": "best and median of round-robin repeats"}, rows, summary,
-          out_dir=args.out)
+          device=args.device, out_dir=args.out)
 
 
 if __name__ == "__main__":

@@ -265,3 +265,30 @@ def test_single_values_and_table_types(tiny, vec):
     arr = sweep(tiny, ["a", "b"], vec, layers=np.arange(2), strengths=np.linspace(-2.0, 2.0, 3),
                 chat=False, show_progress=False)
     assert arr.table.layer.tolist()[::6] == [0, 1] and arr.settings.strengths == (-2.0, 0.0, 2.0)
+
+
+def test_prompt_chunk_holds_one_layer_and_matches_run_with_cache(tiny):
+    """The KL engine keeps one layer's unsteered residual per prompt chunk (issue 14's memory
+    rule), advancing it upwards and recomputing it for a lower layer. Against run_with_cache on
+    the same padded batch: the same blocks on the same inputs, so equal to float32 rounding of a
+    differently fused call (atol 1e-5 on activations of size ~1)."""
+    from steerlens.config import SweepConfig
+    from steerlens.sweep.engine import _Counts, _PromptChunk
+    from steerlens.sweep.grid import make_grid
+
+    v = SteeringVector({0: torch.ones(64), 1: torch.ones(64)}, model_id="tiny-random")
+    grid = make_grid(tiny, v, PROMPTS, SweepConfig(layers=[0, 1], strengths=[1.0], chat=False))
+    chunk = _PromptChunk(tiny, grid, [0, 1, 2, 3], [0, 1])
+    counts = _Counts()
+    chunk.ensure(counts)
+    assert counts.passes["base"] == 1 and chunk.layer == 0
+    batch = runtime.encode_prompts(tiny, PROMPTS, chat=False)
+    names = [runtime.hook_name(layer, "resid_pre") for layer in (0, 1)]
+    _, cache = tiny.run_with_cache(batch.tokens, attention_mask=batch.attention_mask,
+                                   names_filter=lambda n: n in names)
+    for layer in (0, 1, 0, 1):  # up (advance), down (recompute), up again
+        got = chunk.resid_at(layer)
+        assert chunk.layer == layer and isinstance(chunk.resid, torch.Tensor)
+        torch.testing.assert_close(got, cache[names[layer]], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="start_layer < stop_layer"):
+        runtime.run_blocks(tiny, got, batch.attention_mask, 1, 1)

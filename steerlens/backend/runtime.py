@@ -599,6 +599,37 @@ def run_from_layer(
         )
 
 
+def run_blocks(
+    model: Model,
+    resid: Float[Tensor, "batch pos d_model"],
+    attention_mask: Int[Tensor, "batch pos"],
+    start_layer: int,
+    stop_layer: int,
+) -> Float[Tensor, "batch pos d_model"]:
+    """Run blocks start_layer..stop_layer-1 on a residual stream (no final norm, no logits).
+
+    Args:
+        model (Model): the model.
+        resid: the residual stream entering `start_layer`.
+        attention_mask: the batch's attention mask.
+        start_layer: the first block to run.
+        stop_layer: the block whose incoming residual is returned (> start_layer).
+
+    Returns:
+        The residual stream entering `stop_layer`.
+
+    Raises:
+        ValueError: unless 0 <= start_layer < stop_layer <= n_layers.
+    """
+    if not 0 <= start_layer < stop_layer <= n_layers(model):
+        raise ValueError(f"run_blocks needs 0 <= start_layer < stop_layer <= {n_layers(model)}; "
+                         f"got start_layer={start_layer}, stop_layer={stop_layer}.")
+    prepare_fast(model)
+    with quiet_backend(), torch.inference_mode():
+        return model(resid, start_at_layer=start_layer, stop_at_layer=stop_layer,
+                     attention_mask=attention_mask)
+
+
 def unembed(model: Model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
     """Final norm + unembedding of selected residual vectors (logits).
 

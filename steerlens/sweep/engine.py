@@ -92,13 +92,23 @@ def _cell(part: str, name: str, layer: int, strength: float, p: int) -> tuple:
 
 
 class _PromptChunk:
-    """One chunk of prompts: its tokens, cached unsteered residuals and base next-token logits."""
+    """One chunk of prompts: its tokens, base next-token logits and the unsteered residual
+    entering ONE layer at a time.
+
+    The chunk's unsteered forward keeps only the lowest swept layer's residual (and the last
+    position's base logits). A unit at a higher layer advances that residual through the blocks
+    in between (`runtime.run_blocks`) and drops the old one, so at most one layer's activations
+    per chunk are held; units are planned in ascending layer order, so the advances add up to at
+    most one more forward per chunk. A unit at a lower layer (possible when another process ran
+    the chunk's earlier units) recomputes the residual from the embeddings.
+    """
 
     def __init__(self, model: Model, spec: SweepGrid, idxs: list[int], layers: list[int]) -> None:
         self.model, self.spec, self.idxs, self.layers = model, spec, idxs, layers
         self.local = {p: i for i, p in enumerate(idxs)}
         self.batch: runtime.TokenBatch | None = None
-        self.resid: dict[int, torch.Tensor] = {}
+        self.layer: int | None = None  # the layer whose incoming residual `resid` holds
+        self.resid: torch.Tensor | None = None
         self.base_logits: torch.Tensor | None = None
         self.group: tuple | None = None  # the WorkUnit.group it serves
 
@@ -108,15 +118,13 @@ class _PromptChunk:
         model = self.model
         batch = runtime.encode_prompts(model, [self.spec.prompts[p] for p in self.idxs],
                                        chat=self.spec.chat)
-        cache: dict[int, torch.Tensor] = {}
+        first = min(self.layers)
+        kept: list[torch.Tensor] = []
 
-        def keep(layer: int):
-            def hook(act, hook):
-                cache[layer] = act.detach().clone()
-            return hook
+        def keep(act, hook):
+            kept.append(act.detach().clone())
 
-        hooks = [(runtime.hook_name(layer, "resid_pre"), keep(layer)) for layer in self.layers]
-        with runtime.attached(model, hooks):
+        with runtime.attached(model, [(runtime.hook_name(first, "resid_pre"), keep)]):
             final = runtime.forward(model, batch, stop_at_layer=runtime.n_layers(model),
                                     return_type=None)
         counts.passes["base"] += 1
@@ -125,7 +133,20 @@ class _PromptChunk:
             check_finite_tensor(base_logits, "unsteered next-token logits")
         except NonFiniteError as err:
             raise _unsteered_error(self.idxs, err) from err
-        self.batch, self.resid, self.base_logits = batch, cache, base_logits
+        self.batch, self.base_logits = batch, base_logits
+        self.layer, self.resid = first, kept[0]
+
+    def resid_at(self, layer: int) -> torch.Tensor:
+        """The unsteered residual entering `layer` for every prompt of the chunk."""
+        if self.layer != layer:
+            if self.layer is not None and self.layer < layer:
+                resid = runtime.run_blocks(self.model, self.resid, self.batch.attention_mask,
+                                           self.layer, layer)
+            else:
+                resid = runtime.forward(self.model, self.batch, stop_at_layer=layer,
+                                        return_type=None)
+            self.layer, self.resid = layer, resid
+        return self.resid
 
 
 # ------------------------------------------------------------------------------ planning units
@@ -164,7 +185,8 @@ def _kl_plan(spec: SweepGrid, store: CellStore, batch_size: int
         if not todo:
             continue
         layers = tuple(sorted({layer for _, layer in todo}))
-        for (name, layer), rows in todo.items():
+        # ascending layers, so the chunk's cached residual only ever moves up (see _PromptChunk)
+        for (name, layer), rows in sorted(todo.items(), key=lambda item: item[0][1]):
             for piece in _split(rows, batch_size):
                 units.append(WorkUnit("kl", tuple(piece), tuple(idxs), name, layer, layers))
     return zero_recs, units
@@ -311,7 +333,7 @@ def _kl_unit(ctx: UnitContext, store: _UnitStore, counts: _Counts, unit: WorkUni
         with steer(model, spec.vectors[name].layer(layer), 1.0, spec.positions) as steerer, \
                 steerer.bound(sub):
             steerer.set_strength(0, [s for s, _ in rows])
-            final = runtime.run_from_layer(model, chunk.resid[layer][local],
+            final = runtime.run_from_layer(model, chunk.resid_at(layer)[local],
                                            sub.attention_mask, layer)
         counts.passes["steered"] += 1
         steered = runtime.unembed(model, final[:, -1])
