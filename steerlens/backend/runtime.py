@@ -589,14 +589,7 @@ def run_from_layer(
     Returns:
         The residual stream after the last block, before the final norm.
     """
-    prepare_fast(model)
-    with quiet_backend(), torch.inference_mode():
-        return model(
-            resid,
-            start_at_layer=start_layer,
-            stop_at_layer=n_layers(model),
-            attention_mask=attention_mask,
-        )
+    return run_blocks(model, resid, attention_mask, start_layer, n_layers(model))
 
 
 def run_blocks(
