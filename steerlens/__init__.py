@@ -5,11 +5,11 @@ load a model (`load_model`), build a vector from a behaviour's pairs (`load_beha
 `build_vector`, `random_like` for the control), steer and generate (`steer`, `schedule`,
 `generate` with a `GenerationConfig`; remove a direction with `Ablation` or bake that into the
 weights with `orthogonalised`), measure (`next_token_kl`, `per_token_kl`, `vector_lens`,
-`residual_lens`, `bootstrap_ci`), sweep layers x strengths (`sweep`, `SweepConfig`, `load_sweep`)
-and read sweeps (`layer_effect`, `zones`, `compare_random`), and score layers spectrally
-(`eigengaps`). Everything else stays in its subpackage, reachable as an
-attribute without another import line (loaded on first use): `sl.measures`, `sl.stats`,
-`sl.spectral`, `sl.sae`, `sl.figures`, `sl.backend`, `sl.config`, `sl.interventions` (feature
+`residual_lens`, `bootstrap_ci`), sweep layers x strengths (`sweep`, `SweepConfig`,
+`load_sweep`; `RayExecutor` and `ModelLoader` run a sweep's units on Ray workers) and read
+sweeps (`layer_effect`, `zones`, `compare_random`), and score layers spectrally (`eigengaps`).
+Everything else stays in its subpackage, reachable as an attribute without another import line
+(loaded on first use): `sl.measures`, `sl.stats`, `sl.spectral`, `sl.sae`, `sl.figures`, `sl.backend`, `sl.config`, `sl.interventions` (feature
 clamps, head edits, conditional steering), `sl.interop` (GGUF control vectors, other libraries'
 vectors) and `sl.eval` (lm-evaluation-harness) (`sl.sweep` and `sl.steer` are the
 functions; `import steerlens.sweep` reaches the rest of that package).
@@ -31,7 +31,7 @@ from .pairs import ContrastPair, ContrastSet, load_behaviour
 from .spectral import eigengaps
 from .stats import bootstrap_ci
 from .steer import Injection, schedule, steer
-from .sweep import compare_random, layer_effect, load_sweep, sweep, zones
+from .sweep import ModelLoader, RayExecutor, compare_random, layer_effect, load_sweep, sweep, zones
 from .vectors import SteeringVector, SteeringVectorSet
 
 __all__ = [
@@ -42,6 +42,8 @@ __all__ = [
     "GenerationConfig",
     "Injection",
     "Model",
+    "ModelLoader",
+    "RayExecutor",
     "SteeringVector",
     "SteeringVectorSet",
     "SweepConfig",
