@@ -2,17 +2,17 @@
 
 `import steerlens as sl` gives the names a steering study needs, from contrast pairs to figures:
 load a model (`load_model`), build a vector from a behaviour's pairs (`load_behaviour`,
-`build_vector`, `random_like` for the control), steer and generate (`steer`, `schedule`,
-`generate` with a `GenerationConfig`; remove a direction with `Ablation` or bake that into the
-weights with `orthogonalised`), measure (`next_token_kl`, `per_token_kl`, `vector_lens`,
-`residual_lens`, `bootstrap_ci`), sweep layers x strengths (`sweep`, `SweepConfig`,
-`load_sweep`; `RayExecutor` and `ModelLoader` run a sweep's units on Ray workers) and read
-sweeps (`layer_effect`, `zones`, `compare_random`), and score layers spectrally (`eigengaps`).
-Everything else stays in its subpackage, reachable as an attribute without another import line
-(loaded on first use): `sl.measures`, `sl.stats`, `sl.spectral`, `sl.sae`, `sl.figures`, `sl.backend`, `sl.config`, `sl.interventions` (feature
-clamps, head edits, conditional steering), `sl.interop` (GGUF control vectors, other libraries'
-vectors) and `sl.eval` (lm-evaluation-harness) (`sl.sweep` and `sl.steer` are the
-functions; `import steerlens.sweep` reaches the rest of that package).
+`build_vector`, `random_like` for the control), steer and generate (`steer`, `schedule`, `generate`
+with a `GenerationConfig`; remove a direction with `Ablation` or bake that into the weights with
+`orthogonalised`), measure (`next_token_kl`, `per_token_kl`, `vector_lens`, `residual_lens`,
+`bootstrap_ci`), sweep layers x strengths (`sweep`, `SweepConfig`, `load_sweep`; `RayExecutor` and
+`ModelLoader` run a sweep's units on Ray workers) and read sweeps (`layer_effect`, `zones`,
+`compare_random`), and score layers spectrally (`eigengaps`). Everything else stays in its
+subpackage, reachable as an attribute without another import line (loaded on first use):
+`sl.measures`, `sl.stats`, `sl.spectral`, `sl.sae`, `sl.figures`, `sl.backend`, `sl.config`,
+`sl.interventions` (feature clamps, head edits, conditional steering), `sl.interop` (GGUF control
+vectors, other libraries' vectors) and `sl.eval` (lm-evaluation-harness) (`sl.sweep` and `sl.steer`
+are the functions; `import steerlens.sweep` reaches the rest of that package).
 """
 
 import importlib
