@@ -60,14 +60,7 @@ def shift_bars(rows: Sequence[ShiftRow], title: str | None = None) -> go.Figure:
     """
     if not rows:
         raise ValueError("shift_bars needs at least one ShiftRow.")
-    fig = go.Figure()
-    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
-    for i, b in enumerate(dict.fromkeys(r.behaviour for r in rows)):
-        _bars(fig, [r for r in rows if r.behaviour == b], lambda r: r.condition, b,
-              colors[i % len(colors)], b)
-    fig.update_layout(barmode="group", title=title or "Score shift vs unsteered",
-                      yaxis_title="score shift (steered - unsteered)", height=480, width=900)
-    return fig
+    return _grouped(rows, lambda r: r.condition, title or "Score shift vs unsteered", 480, 900)
 
 
 def segment_shift_bars(rows: Sequence[ShiftRow], title: str | None = None) -> go.Figure:
@@ -85,11 +78,16 @@ def segment_shift_bars(rows: Sequence[ShiftRow], title: str | None = None) -> go
     """
     if not rows:
         raise ValueError("segment_shift_bars needs at least one ShiftRow.")
+    return _grouped(rows, lambda r: f"{r.condition} | {r.segment}",
+                    title or "Score shift before and after the switch", 500, 1100)
+
+
+def _grouped(rows: Sequence[ShiftRow], x, title: str, height: int, width: int) -> go.Figure:
+    """One bar colour per behaviour, grouped at the x label `x(row)`."""
     fig = go.Figure()
     colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
     for i, b in enumerate(dict.fromkeys(r.behaviour for r in rows)):
-        _bars(fig, [r for r in rows if r.behaviour == b], lambda r: f"{r.condition} | {r.segment}",
-              b, colors[i % len(colors)], b)
-    fig.update_layout(barmode="group", title=title or "Score shift before and after the switch",
-                      yaxis_title="score shift (steered - unsteered)", height=500, width=1100)
+        _bars(fig, [r for r in rows if r.behaviour == b], x, b, colors[i % len(colors)], b)
+    fig.update_layout(barmode="group", title=title,
+                      yaxis_title="score shift (steered - unsteered)", height=height, width=width)
     return fig
