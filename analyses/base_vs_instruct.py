@@ -33,7 +33,10 @@ the run:
   of log2(steered / unsteered) > 1); also for the steered continuations' own perplexity under the
   unsteered model;
 - behaviour onset = the first |strength| where the mean paired VADER shift of greedy continuations
-  of held-out prompts (raw text) is <= -0.2; the peak = the |strength| of the largest shift;
+  of held-out prompts (raw text) is <= -0.2; the peak = the |strength| of the largest shift.
+  VADER scores 0 on text without sentiment words, so each row also gives the fraction of
+  continuations scored exactly 0 (degenerate output reads as a shift towards 0), and the onset's
+  verdict says when the random direction reaches the onset shift at the same or a smaller push;
 - CIs: the same first-crossing rule on bootstrap resamples of texts / prompts; a norm-matched
   random direction gives the random breakpoints;
 - normalisation shown as above: each breakpoint is also given in units of the centred residual
@@ -440,10 +443,14 @@ def breakdown_points(r: dict, st: dict, seed: int) -> dict:
         base_s = g[(~g["is_random"]) & (g["strength"] == 0)].set_index("prompt_idx")["score"]
         base_p = g[(~g["is_random"]) & (g["strength"] == 0)].set_index("prompt_idx")["perplexity"]
         cols = [a for a in grid if a in score.columns and a > 0]
+        out["unsteered_neutral"] = float((base_s.dropna() == 0).mean())
         shift = score[cols].sub(base_s, axis=0).dropna()
         lpr = np.log2(ppl[cols].div(base_p, axis=0)).dropna()
         strengths = np.array(cols)
         out[f"{kind}_shift"] = {float(a): float(shift[a].mean()) for a in cols}
+        # VADER scores exactly 0 on text with no sentiment words, e.g. degenerate output, so a
+        # "shift" to 0 from a positive baseline can be the model breaking, not the behaviour
+        out[f"{kind}_neutral"] = {float(a): float((score[a].dropna() == 0).mean()) for a in cols}
         out[f"{kind}_cont_log2_ppl"] = {float(a): float(lpr[a].mean()) for a in cols}
         out[f"{kind}_onset"] = crossing_ci(strengths, shift.to_numpy(float), ONSET_SHIFT, False,
                                            2000, seed)
@@ -503,6 +510,14 @@ def breakdown_findings(points: list[dict], runs: list[dict], st: dict) -> list[F
         verdict = ("behaviour appears before breakdown" if est < both else
                    "onset not reached within the grid" if not math.isfinite(est) else
                    "behaviour onset only at or after breakdown")
+        if math.isfinite(est) and math.isfinite(rr) and rr <= est:
+            verdict += (f"; not specific to the vector: a random direction of the same norm "
+                        f"reaches the onset shift at |strength| {rr:g}")
+        if math.isfinite(est):
+            verdict += (f"; VADER-neutral (score 0) continuations at the onset: "
+                        f"{pt['real_neutral'].get(est, math.nan):.0%} (random "
+                        f"{pt.get('random_neutral', {}).get(est, math.nan):.0%}, unsteered "
+                        f"{pt['unsteered_neutral']:.0%})")
         out.append(Finding(
             NAME, f"[breakdown] {lab}: behaviour onset = first |strength| where the mean VADER shift "
             f"<= {ONSET_SHIFT} (pushed negative); peak shift at |strength| {pt['real_peak']:g}", est,
@@ -513,7 +528,9 @@ def breakdown_findings(points: list[dict], runs: list[dict], st: dict) -> list[F
                 e, lo_, hi_, f"{pt['n_prompts']} prompts (paired)",
                 f"random {fmt(pt.get('random_shift', {}).get(a, math.nan))}",
                 f"continuation log2 perplexity ratio {fmt(pt['real_cont_log2_ppl'][a])}, prose "
-                f"{fmt(pt['real_prose_log2_ppl_all'][0].get(a, math.nan))}"))
+                f"{fmt(pt['real_prose_log2_ppl_all'][0].get(a, math.nan))}; VADER-neutral "
+                f"continuations {pt['real_neutral'][a]:.0%} (random "
+                f"{pt.get('random_neutral', {}).get(a, math.nan):.0%})"))
     if len(points) >= 2:
         a, b = points[0], points[1]
         ra, rb = runs[0], runs[1]

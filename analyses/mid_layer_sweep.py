@@ -471,12 +471,13 @@ def main(argv=None, model=None) -> dict:
         found = control_findings(ctrl, st["scale"], rep) + found
     else:
         log("control sweep: no random direction finished yet; no VADER control rows")
-    for kdir in (ctx.out / CONTROLS, ctx.out / KL_CONTROLS):
+    for kdir in (ctx.out / CONTROLS, ctx.out / KL_CONTROLS):  # the earlier grid only as a fallback
         if (kdir / "cells.jsonl").exists():
             klc = kl_control_rows(kdir, len(prompts))
             if len(klc):
                 write_csv(ctx.out / f"{kdir.name}_kl.csv", klc)
                 found += kl_control_findings(klc, st["scale"])
+                break
     st = {**st, "control_layers": c_layers, "control_strengths": c_strengths}
     settings = {**st, "model": runtime.model_id(model), "vector": "mean_diff on sentiment/train "
                 f"({len(beh.train)} pairs)", "prompts": f"{len(prompts)} held-out prompts",

@@ -16,7 +16,8 @@
 #
 # A **sparse autoencoder** (SAE) rewrites a residual-stream activation `x` (576 numbers for
 # SmolLM2) as a sparse, non-negative code over many more *features* (here 4608):
-# `f = ReLU((x - b_dec) W_enc + b_enc)`, and reconstructs `x ≈ f W_dec + b_dec`. Each row of
+# `f = ReLU((x - b_dec) W_enc + b_enc)` (a TopK SAE, like the shipped one, then keeps only the k
+# largest entries of f), and reconstructs `x ≈ f W_dec + b_dec`. Each row of
 # `W_dec` is a direction in the residual stream, and with luck each feature fires on one
 # recognisable thing (a token, a topic, a style).
 #
@@ -40,8 +41,9 @@
 # - `decompose_pairs`: the mean SAE code of the positive texts minus that of the negative texts,
 #   i.e. what the contrast means in feature space (the SAE only sees real activations).
 #
-# We use the SAE that ships with steerlens (trained on SmolLM2's `blocks.12.hook_resid_pre`, see
-# `python -m analyses.train_sae`). Runtime: about 2-3 minutes on 2 CPU cores; n is small everywhere
+# We use the SAE that ships with steerlens (TopK, k = 128, trained on docs and chat text at
+# SmolLM2's `blocks.12.hook_resid_pre`, see `python -m analyses.train_sae`). Runtime: about 2-3
+# minutes on 2 CPU cores; n is small everywhere
 # (n = 6 prompts for generation), so numbers illustrate the method and establish nothing.
 
 # %%

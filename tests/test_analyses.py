@@ -208,15 +208,17 @@ def test_saved_rows_rebuild_from_summaries_and_match_independent_files():
     for out in sorted((RESULTS / "spectral_weights").iterdir()):
         assert _same_rows(spec.findings_from_run(out), out / "findings.json")
     out = get("train_sae").results_dir(RESULTS)
-    # chat_mix/: the issue-13 docs + chat run, saved with per-domain results
-    mix = out / "chat_mix"
-    assert _same_rows(sae.findings_from_results(json.loads((mix / "results.json").read_text())),
-                      mix / "findings.json")
-    rows = sae.findings_from_results(json.loads((out / "results.json").read_text()))
+    results = json.loads((out / "results.json").read_text())
+    rows = sae.findings_from_results(results)
     assert _same_rows(rows, out / "findings.json")
-    shipped = json.loads((ROOT / "steerlens" / "data" / "saes" /
-                          "smollm2-135m-instruct-l12-resid_pre-4608" / "metrics.json").read_text())
+    ship_dir = ROOT / "steerlens" / "data" / "saes" / "smollm2-135m-instruct-l12-resid_pre-4608"
+    shipped = json.loads((ship_dir / "metrics.json").read_text())
     assert shipped["metrics"]["explained_variance"] in [r.value for r in rows]
+    # the shipped weights are the run's chosen setting, and its chat metrics are what it reports
+    config = json.loads((ship_dir / "training_config.json").read_text())
+    run = next(r for r in results["runs"] if r["config"] == config)
+    assert sae.label(config) == results["shipped"] == shipped["setting"]
+    assert run["domains"]["chat"]["metrics"] == shipped["metrics"]
 
 
 def test_docs_run_analyses_as_modules():

@@ -48,6 +48,30 @@ def test_roundtrip_and_saelens_loader_agree(saved):
     assert ours.cfg.metadata.hook_name == HOOK
 
 
+def test_topk_decoder_norms_folded_on_load(tmp_path):
+    """A TopK SAE saved with rescale_acts_by_decoder_norm loads with the norms folded: unit
+    decoder rows, and the same codes and reconstructions as SAELens' own loader gives."""
+    from sae_lens import SAE
+
+    torch.manual_seed(1)
+    sae = SAE.from_dict({"architecture": "topk", "k": 8, "d_in": 64, "d_sae": 256,
+                         "rescale_acts_by_decoder_norm": True,
+                         "metadata": {"hook_name": HOOK, "model_name": "tiny-random"}})
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.1)
+        sae.W_dec.mul_(torch.rand(256, 1) * 3 + 0.2)
+    path = save_sae(sae, tmp_path / "topk")
+    ours, theirs = load_sae(path), SAE.load_from_disk(str(path))
+    assert theirs.cfg.rescale_acts_by_decoder_norm and not ours.cfg.rescale_acts_by_decoder_norm
+    torch.testing.assert_close(ours.W_dec.norm(dim=-1), torch.ones(256))
+    x = torch.randn(20, 64)
+    with torch.no_grad():  # float32 rounding of the folded products: 1e-5
+        torch.testing.assert_close(ours.encode(x), theirs.encode(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours.decode(ours.encode(x)), theirs.decode(theirs.encode(x)),
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_fp16_save_roundtrip(tmp_path):
     sae = make_sae()
     path = save_sae(sae, tmp_path / "h", dtype=torch.float16)

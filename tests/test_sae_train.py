@@ -249,6 +249,37 @@ def test_topk_trains(cache, tmp_path):
     assert 0 < res.metrics.l0 <= 8
 
 
+def test_topk_finalise_folds_decoder_norms(cache):
+    """A TopK SAE trained with rescale_acts_by_decoder_norm decodes f / |W_dec|; the saved SAE has
+    the norms folded (unit decoder rows, plain f @ W_dec) and computes the same function: checked
+    against float64 numpy of the unfolded training weights."""
+    tsae = build_training_sae(tiny_config(architecture="topk", k=8, seed=3))
+    assert tsae.cfg.rescale_acts_by_decoder_norm
+    with torch.no_grad():
+        tsae.W_dec.mul_(torch.rand(tsae.W_dec.shape[0], 1) * 3 + 0.2)  # uneven decoder norms
+        tsae.b_enc.normal_(0, 0.5)
+        tsae.b_dec.normal_(0, 0.5)
+    We, be = tsae.W_enc.double().detach().numpy(), tsae.b_enc.double().detach().numpy()
+    Wd, bd = tsae.W_dec.double().detach().numpy(), tsae.b_dec.double().detach().numpy()
+    sae = _finalise(SimpleNamespace(sae=tsae, activation_scaler=SimpleNamespace(scaling_factor=None)))
+    assert not sae.cfg.rescale_acts_by_decoder_norm
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(sae.W_dec.shape[0]), atol=1e-6)
+    x = cache.load_shard(0).float()[:300]
+    X = x.double().numpy()
+    norms = np.linalg.norm(Wd, axis=1)
+    pre = ((X - bd) @ We + be) * norms  # SAELens' rescaled pre-activations
+    kth = np.sort(pre, axis=1)[:, -8][:, None]
+    f = np.where(pre >= kth, np.maximum(pre, 0), 0.0)
+    R = (f / norms) @ Wd + bd
+    with torch.no_grad():
+        codes = sae.encode(x).double().numpy()
+        rec = sae.decode(sae.encode(x)).double().numpy()
+    # float32 SAE vs float64 numpy: ~1e-6 relative per value; ties at the k-th value do not occur
+    # with continuous random weights
+    np.testing.assert_allclose(codes, f, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(rec, R, rtol=1e-4, atol=1e-4)
+
+
 def test_metrics_match_numpy(cache):
     sae = _finalise(SimpleNamespace(sae=build_training_sae(tiny_config(seed=5)),
                                     activation_scaler=SimpleNamespace(scaling_factor=None)))

@@ -12,7 +12,8 @@ names the file instead of an opaque torch error or all-NaN results later. A dire
 `save_sae` was replacing when its process died is read as the old or the new SAE. `check_sae` ties
 an SAE to a model: its hook must be one of the model's residual-stream sites and its `d_in` must
 match the model's width; it returns that `Site`, the space in which steerlens vectors at that layer
-live.
+live. A TopK SAE that decodes `f / |W_dec|` (`rescale_acts_by_decoder_norm`) is returned with
+the decoder norms folded into its weights: the same function with plain `f @ W_dec` semantics.
 """
 
 from __future__ import annotations
@@ -125,6 +126,16 @@ def _check_finite(sae, where: str):
     if bad:
         raise ValueError(f"{where} holds non-finite values (NaN or inf) in {bad}; the SAE is "
                          "unusable (its training probably diverged).")
+    return _fold_decoder_norms(sae)
+
+
+def _fold_decoder_norms(sae):
+    """Fold `rescale_acts_by_decoder_norm` (TopK SAEs decoding f / |W_dec|) into the weights: the
+    same function with unit decoder rows, so that a feature's activation times W_dec[i] is what it
+    writes, as `v @ W_enc` readings, decoder-column vectors and FeatureClamp assume."""
+    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+        sae.fold_W_dec_norm()
+        sae.cfg.rescale_acts_by_decoder_norm = False
     return sae
 
 

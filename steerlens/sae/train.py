@@ -561,7 +561,13 @@ def checkpoint_sae(config: SAETrainConfig, out_dir: str | Path) -> tuple[object,
 
 
 def _finalise(trainer):
-    """An inference copy of the trained SAE with the activation scale folded into the weights."""
+    """An inference copy of the trained SAE with the activation scale folded into the weights.
+
+    A TopK SAE trained with `rescale_acts_by_decoder_norm` (SAELens' default) decodes f / |W_dec|;
+    its decoder norms are folded into the encoder too, so the saved SAE has unit decoder rows and
+    plain `f @ W_dec` semantics: a feature's activation times W_dec[i] is exactly what it writes,
+    which `v @ W_enc` readings, decoder-column vectors and clamp matching rely on. Same function.
+    """
     from sae_lens.saes.sae import SAE
 
     sae = trainer.sae
@@ -572,6 +578,9 @@ def _finalise(trainer):
     inf.load_state_dict(sd)
     if trainer.activation_scaler.scaling_factor is not None:
         inf.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
+    if getattr(inf.cfg, "rescale_acts_by_decoder_norm", False):
+        inf.fold_W_dec_norm()
+        inf.cfg.rescale_acts_by_decoder_norm = False
     return inf.eval()
 
 
