@@ -105,7 +105,7 @@ def build_parser():
     deprecated_alias(p, "--div-alpha", "--div-strength")
     p.add_argument("--k", type=int, default=6, help="samples per prompt")
     add_list(p, "--temperatures", float, [0.3, 1.0], "sampling temperatures for diversity")
-    p.add_argument("--div-n-random", type=int, default=2,
+    p.add_argument("--div-n-random", type=int, default=20,
                    help="random directions per diversity layer and temperature")
     p.add_argument("--parts", choices=("all", "diversity"), default="all",
                    help="'diversity': only sample (and cache) the diversity conditions, e.g. in a "

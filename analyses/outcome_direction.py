@@ -96,13 +96,13 @@ def build_parser():
              "|strengths| the verdict rests on: --n-random random directions there")
     p.add_argument("--n-random", type=int, default=20,
                    help="random directions at each --control-strengths value")
-    p.add_argument("--n-random-other", type=int, default=2,
+    p.add_argument("--n-random-other", type=int, default=0,
                    help="random directions at the other |strengths|")
     p.add_argument("--n-per-class", type=int, default=24,
                    help="train items answered right and (as many) answered wrong")
     p.add_argument("--pool", type=int, default=None,
                    help="items answered at baseline to draw the split from (default all 249)")
-    p.add_argument("--n-test", type=int, default=200, help="held-out items")
+    p.add_argument("--n-test", type=int, default=100, help="held-out items")
     p.add_argument("--n-small", type=int, default=20, help="the small-n comparison")
     p.add_argument("--max-new-tokens", type=int, default=14)
     p.add_argument("--batch-size", type=int, default=64)

@@ -26,7 +26,7 @@ sentiment (the unsteered answers are already positive, see `sae_steering`):
 Saved in results/sae_clamping/: clamping.json (settings, feature, values, per-prompt scores and
 texts, table) and table.csv; figure figures/sae_clamping.html.
 
-    python -m analyses.sae_clamping [--multipliers 2,4] [--n-prompts 14] [--threads 1]
+    python -m analyses.sae_clamping [--multipliers 0.5,1,2] [--n-prompts 14] [--threads 1]
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ SIDE = -1  # steer towards negative sentiment
 
 def build_parser():
     p = parser(NAME, __doc__.splitlines()[0], fresh=False)
-    add_list(p, "--multipliers", float, [2.0, 4.0], "clamp values as multiples of the feature's "
+    add_list(p, "--multipliers", float, [0.5, 1.0, 2.0], "clamp values as multiples of the feature's "
              "maximum observed activation")
     p.add_argument("--feature", type=int, default=None, help="feature id (default: chosen)")
     p.add_argument("--n-prompts", type=int, default=14)
