@@ -115,7 +115,7 @@ def load_sae_dir(path: str | Path, device: str = "cpu", dtype: str = "float32"):
         sae = SAE.load_from_disk(str(path), device=device, dtype=dtype)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise ValueError(f"SAELens could not load the SAE in {path} ({type(e).__name__}: {e}).") from e
-    return _check_finite(sae, f"SAE weights file {path / WEIGHTS_FILE}")
+    return fold_decoder_norms(_check_finite(sae, f"SAE weights file {path / WEIGHTS_FILE}"))
 
 
 def _check_finite(sae, where: str):
@@ -126,13 +126,20 @@ def _check_finite(sae, where: str):
     if bad:
         raise ValueError(f"{where} holds non-finite values (NaN or inf) in {bad}; the SAE is "
                          "unusable (its training probably diverged).")
-    return _fold_decoder_norms(sae)
+    return sae
 
 
-def _fold_decoder_norms(sae):
-    """Fold `rescale_acts_by_decoder_norm` (TopK SAEs decoding f / |W_dec|) into the weights: the
-    same function with unit decoder rows, so that a feature's activation times W_dec[i] is what it
-    writes, as `v @ W_enc` readings, decoder-column vectors and FeatureClamp assume."""
+def fold_decoder_norms(sae):
+    """Fold `rescale_acts_by_decoder_norm` (TopK SAEs decoding f / |W_dec|) into the weights, in
+    place: the same function with unit decoder rows, so that a feature's activation times W_dec[i]
+    is what it writes, as `v @ W_enc` readings, decoder-column vectors and FeatureClamp assume.
+
+    Args:
+        sae (sae_lens.SAE): the SAE; one without the flag is returned unchanged.
+
+    Returns:
+        (sae_lens.SAE): the same SAE object.
+    """
     if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
         sae.fold_W_dec_norm()
         sae.cfg.rescale_acts_by_decoder_norm = False
@@ -202,7 +209,7 @@ def load_sae(source: str | Path, sae_id: str | None = None, device: str = "cpu",
             f"({type(e).__name__}: {e}). Pretrained releases need the hub to be reachable; offline, "
             f"use a shipped SAE ({list_shipped_saes()}) or a SAELens-format directory."
         ) from e
-    return _check_finite(sae, f"SAELens release {source!r} id {sae_id!r}")
+    return fold_decoder_norms(_check_finite(sae, f"SAELens release {source!r} id {sae_id!r}"))
 
 
 def _valid_hooks(model: Model) -> str:

@@ -36,6 +36,7 @@ from torch import Tensor
 from ..checks import NonFiniteError
 from ..io import apply_umask, atomic_write_text, commit_entries, read_bounded, resolve_entry
 from .activations import ActivationCache, MixedCache, iter_batches
+from .load import fold_decoder_norms
 
 ARCHITECTURES = ("standard", "topk")
 CHECKPOINT_DIR = "checkpoint"
@@ -578,10 +579,7 @@ def _finalise(trainer):
     inf.load_state_dict(sd)
     if trainer.activation_scaler.scaling_factor is not None:
         inf.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
-    if getattr(inf.cfg, "rescale_acts_by_decoder_norm", False):
-        inf.fold_W_dec_norm()
-        inf.cfg.rescale_acts_by_decoder_norm = False
-    return inf.eval()
+    return fold_decoder_norms(inf).eval()
 
 
 def save_sae(sae, path: str | Path, dtype: torch.dtype = torch.float32) -> Path:
